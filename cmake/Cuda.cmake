@@ -1,0 +1,41 @@
+# SHRINKRAY_CUDA: AUTO builds the CUDA backend when nvcc is found; ON requires it
+# (CI sets ON so a machine without nvcc fails instead of silently skipping); OFF skips it.
+set(SHRINKRAY_HAVE_CUDA OFF)
+if(NOT SHRINKRAY_CUDA STREQUAL "OFF")
+  if(NOT CMAKE_CUDA_COMPILER)
+    find_program(_nvcc nvcc HINTS /usr/local/cuda/bin ENV CUDA_HOME PATH_SUFFIXES bin)
+    if(_nvcc)
+      set(CMAKE_CUDA_COMPILER ${_nvcc})
+    endif()
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES "90a;80")
+    endif()
+    # One CUDA runtime per process: shrinkray_cuda links CUDA::cudart (shared),
+    # so CMake's implicit CUDA link must not add libcudart_static beside it.
+    if(NOT DEFINED CMAKE_CUDA_RUNTIME_LIBRARY)
+      set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
+    endif()
+    enable_language(CUDA)
+    # CMake 3.25 knows no C++20 flag for nvcc (its NVIDIA module stops at 17),
+    # although nvcc >= 12 takes -std=c++20: tell it, or CUDA20 is "unsupported".
+    if(NOT DEFINED CMAKE_CUDA20_STANDARD_COMPILE_OPTION
+       AND CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.0)
+      set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+      set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+    endif()
+    set(CMAKE_CUDA_STANDARD 20)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    find_package(CUDAToolkit REQUIRED)
+    find_package(NCCL REQUIRED)
+    set(SHRINKRAY_HAVE_CUDA ON)
+    message(STATUS "shrinkray: CUDA backend ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${CMAKE_CUDA_ARCHITECTURES})")
+  elseif(SHRINKRAY_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "SHRINKRAY_CUDA=ON but no CUDA compiler (nvcc) was found")
+  else()
+    message(STATUS "shrinkray: CUDA backend OFF (nvcc not found)")
+  endif()
+endif()

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs every Debian package shrinkray's build, tests and benchmarks need.
+# Idempotent: packages already present are left alone; apt-get update runs only
+# when something is missing.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libabsl-dev
+  prometheus-cpp-dev
+  libgloo-dev
+  libsqlite3-dev
+  libopenblas-dev liblapacke-dev
+  nlohmann-json3-dev
+  libyaml-cpp-dev
+  libpcre2-dev
+  libutf8proc-dev
+  libgtest-dev libgmock-dev
+  libbenchmark-dev
+  python3-numpy
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
