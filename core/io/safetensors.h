@@ -1,0 +1,79 @@
+// safetensors files: a memory-mapped, fully validated reader and a writer.
+// Format: 8-byte little-endian header length N, N bytes of JSON
+// {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
+//  "__metadata__": {"k": "v"}}, then the data region; offsets are relative to it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/tensor/dtype.h"
+
+namespace shrinkray {
+
+// One tensor inside a mapped file. `data` points into the mapping and lives as
+// long as the SafetensorsFile that owns it.
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const std::byte* data = nullptr;
+  size_t nbytes = 0;
+
+  int64_t numel() const;
+};
+
+class SafetensorsFile {
+ public:
+  // Maps `path` read-only and validates everything: file at least 8 bytes,
+  // header length inside the file, header valid JSON object, known dtype names,
+  // shapes of non-negative ints, shape×dtype size == byte range, every range
+  // inside the data region, no two ranges overlapping. Errors are
+  // InvalidArgument (NotFound for a missing file) and name the file, and the
+  // tensor where one is at fault.
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::filesystem::path& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  // Tensors in the order of their data offsets.
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // nullptr when absent.
+  const TensorInfo* Find(std::string_view name) const;
+
+ private:
+  SafetensorsFile() = default;
+  std::filesystem::path path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// A tensor to write: bytes in `dtype`'s little-endian layout.
+struct TensorToWrite {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::span<const std::byte> data;
+};
+
+// Writes one safetensors file (tensors sorted by name, as the Python library
+// does; header padded with spaces to a multiple of 8). Validates that each
+// tensor's byte count matches shape×dtype and names are unique. Writes to a
+// temporary file and renames, so a crash never leaves a half file at `path`.
+absl::Status WriteSafetensors(const std::filesystem::path& path,
+                              std::span<const TensorToWrite> tensors,
+                              const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace shrinkray
