@@ -1,0 +1,136 @@
+// CUDA errors as absl::Status values, device discovery, and an RAII device buffer.
+// Library code never exits or aborts on a CUDA failure: every runtime call goes
+// through SR_CUDA_RETURN_IF_ERROR / CudaStatus and the caller decides.
+// Host-only header: includable from .cc files compiled by g++.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace shrinkray {
+
+// OK for cudaSuccess; otherwise an error naming the CUDA error, the failed
+// expression and where it was called. Out-of-memory maps to ResourceExhausted,
+// a bad argument to InvalidArgument, everything else to Internal.
+absl::Status CudaStatus(cudaError_t err, const char* expr, const char* file, int line);
+
+// The number of CUDA devices this process can use. 0, not an error, when the
+// machine has no GPU or no (new enough) driver, so callers and tests can fall
+// back or skip cleanly.
+absl::StatusOr<int> CudaDeviceCount();
+
+}  // namespace shrinkray
+
+// Returns a non-OK absl::Status from the enclosing function when the CUDA
+// runtime call `expr` does not return cudaSuccess.
+#define SR_CUDA_RETURN_IF_ERROR(expr)                                                \
+  do {                                                                               \
+    const cudaError_t sr_cuda_err_ = (expr);                                         \
+    if (sr_cuda_err_ != cudaSuccess) {                                               \
+      return ::shrinkray::CudaStatus(sr_cuda_err_, #expr, __FILE__, __LINE__);       \
+    }                                                                                \
+  } while (0)
+
+// The status of the last kernel launch (a launch itself returns nothing).
+#define SR_CUDA_CHECK_LAUNCH() SR_CUDA_RETURN_IF_ERROR(cudaGetLastError())
+
+namespace shrinkray {
+
+// An owning device allocation of `size()` elements of T. Move-only; frees on
+// destruction. Host copies are synchronous with respect to the host (they wait
+// for `stream`), so the host span may be reused as soon as they return.
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  ~DeviceBuffer() { Reset(); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& other) noexcept
+      : ptr_(std::exchange(other.ptr_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      ptr_ = std::exchange(other.ptr_, nullptr);
+      size_ = std::exchange(other.size_, 0);
+    }
+    return *this;
+  }
+
+  // Allocates `count` uninitialised elements on the current device.
+  static absl::StatusOr<DeviceBuffer> Create(size_t count) {
+    DeviceBuffer buf;
+    if (count > 0) {
+      void* p = nullptr;
+      SR_CUDA_RETURN_IF_ERROR(cudaMalloc(&p, count * sizeof(T)));
+      buf.ptr_ = static_cast<T*>(p);
+      buf.size_ = count;
+    }
+    return buf;
+  }
+
+  // Allocates and fills from host memory.
+  static absl::StatusOr<DeviceBuffer> FromHost(absl::Span<const T> src,
+                                               cudaStream_t stream = nullptr) {
+    absl::StatusOr<DeviceBuffer> buf = Create(src.size());
+    if (!buf.ok()) return buf.status();
+    absl::Status st = buf->CopyFromHost(src, stream);
+    if (!st.ok()) return st;
+    return buf;
+  }
+
+  absl::Status CopyFromHost(absl::Span<const T> src, cudaStream_t stream = nullptr) {
+    if (src.size() > size_) {
+      return absl::InvalidArgumentError("DeviceBuffer::CopyFromHost: source larger than buffer");
+    }
+    if (src.empty()) return absl::OkStatus();
+    SR_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(ptr_, src.data(), src.size() * sizeof(T), cudaMemcpyHostToDevice, stream));
+    SR_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    return absl::OkStatus();
+  }
+
+  absl::Status CopyToHost(absl::Span<T> dst, cudaStream_t stream = nullptr) const {
+    if (dst.size() > size_) {
+      return absl::InvalidArgumentError("DeviceBuffer::CopyToHost: destination larger than buffer");
+    }
+    if (dst.empty()) return absl::OkStatus();
+    SR_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(dst.data(), ptr_, dst.size() * sizeof(T), cudaMemcpyDeviceToHost, stream));
+    SR_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    return absl::OkStatus();
+  }
+
+  // Sets every byte to `value` (asynchronously on `stream`).
+  absl::Status Memset(int value, cudaStream_t stream = nullptr) {
+    if (size_ == 0) return absl::OkStatus();
+    SR_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(ptr_, value, size_ * sizeof(T), stream));
+    return absl::OkStatus();
+  }
+
+  T* data() { return ptr_; }
+  const T* data() const { return ptr_; }
+  size_t size() const { return size_; }
+  size_t bytes() const { return size_ * sizeof(T); }
+
+  // Frees the allocation now. A destructor cannot return a status, and a
+  // failing cudaFree means the context is already broken (the next checked
+  // call reports it), so the error is dropped here on purpose.
+  void Reset() {
+    if (ptr_ != nullptr) (void)cudaFree(ptr_);
+    ptr_ = nullptr;
+    size_ = 0;
+  }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace shrinkray

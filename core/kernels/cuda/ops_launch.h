@@ -1,0 +1,48 @@
+// Internal: the raw kernel launchers behind ops.h. They return the launch's
+// cudaError_t so that the .cu files need no abseil (nvcc compiles them);
+// ops.cc turns the result into absl::Status. Arguments are already validated.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace shrinkray::kernels {
+
+cudaError_t LaunchRmsnorm(float* out, float* rstd, const float* inp, const float* weight, int N,
+                          int C, float eps, cudaStream_t stream);
+cudaError_t LaunchRmsnorm(__nv_bfloat16* out, float* rstd, const __nv_bfloat16* inp,
+                          const float* weight, int N, int C, float eps, cudaStream_t stream);
+
+cudaError_t LaunchSwiglu(float* out, const float* gate, const float* up, long N,
+                         cudaStream_t stream);
+cudaError_t LaunchSwiglu(__nv_bfloat16* out, const __nv_bfloat16* gate, const __nv_bfloat16* up,
+                         long N, cudaStream_t stream);
+
+// llama_ops.cu
+template <typename T>
+cudaError_t LaunchEmbedding(T* out, const int32_t* tokens, const T* wte, int N, int V, int C,
+                            cudaStream_t stream);
+template <typename T>
+cudaError_t LaunchResidual(T* out, const T* inp1, const T* inp2, long N, cudaStream_t stream);
+template <typename T>
+cudaError_t LaunchRope(T* out, const T* inp, const float* cos, const float* sin, int B, int T_,
+                       int NH, int HD, cudaStream_t stream);
+// out[n, c] += bias[c] for out [N, C].
+template <typename T>
+cudaError_t LaunchAddBias(T* out, const float* bias, int N, int C, cudaStream_t stream);
+
+// attention.cu. Tensor-core path: bf16, HD in {64, 128}, aligned pointers
+// (checked by the caller via AttentionTensorCoreOk).
+bool AttentionTensorCoreOk(const void* out, const void* q, const void* k, const void* v, int NH,
+                           int NKV, int HD);
+cudaError_t LaunchAttentionTensorCore(__nv_bfloat16* out, const __nv_bfloat16* q,
+                                      const __nv_bfloat16* k, const __nv_bfloat16* v, int B,
+                                      int T, int NH, int NKV, int HD, int window,
+                                      cudaStream_t stream);
+template <typename T>
+cudaError_t LaunchAttentionSimt(T* out, const T* q, const T* k, const T* v, int B, int T_, int NH,
+                                int NKV, int HD, int window, cudaStream_t stream);
+
+}  // namespace shrinkray::kernels

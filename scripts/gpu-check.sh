@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# GPU checks for a bundle made by scripts/make-bundle.sh, run ON the GPU
+# machine from the repo root where .bundle/ was carried:
+#
+#   scripts/gpu-check.sh [section...]     sections: env ops goldens (default: all)
+#
+#   env      nvidia-smi, and ldd of every bundled program through the bundle's
+#            env.sh: any "not found" library fails the section
+#   ops      shrinkray_cuda_tests (CUDA kernels vs the CPU references); a test
+#            that SKIPS here counts as a failure: this machine has a GPU
+#   goldens  shrinkray_unit_tests filtered to the golden tests ($GOLDEN_FILTER,
+#            default *Golden*:*golden*), data from the bundle's data/
+#
+# Every section runs even when an earlier one failed. Logs go to $OUT when set
+# (the device tool's output folder), else .gpu/logs/. A summary table comes
+# last; the exit status is non-zero when any section failed.
+set -u
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUNDLE=${SHRINKRAY_BUNDLE_DIR:-$ROOT/.bundle}
+LOGDIR=${OUT:-$ROOT/.gpu/logs}
+GOLDEN_FILTER=${GOLDEN_FILTER:-*Golden*:*golden*}
+mkdir -p "$LOGDIR"
+
+declare -a SUMMARY=()
+FAILED=0
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+header() { printf '\n==== %s ==== %s\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+# Counts from a gtest XML report: "tests failures skipped" (0 0 0 if absent).
+gtest_counts() {
+  local xml=$1
+  if [[ ! -s "$xml" ]]; then echo "0 0 0"; return; fi
+  local tests failures errors skipped
+  tests=$(grep -m1 -o '<testsuites tests="[0-9]*"' "$xml" | grep -o '[0-9]*')
+  failures=$(grep -m1 -o '<testsuites tests="[0-9]*" failures="[0-9]*"' "$xml" | grep -o '[0-9]*$')
+  errors=$(grep -m1 '<testsuites ' "$xml" | grep -o 'errors="[0-9]*"' | grep -o '[0-9]*')
+  skipped=$(grep -c 'result="skipped"' "$xml")
+  echo "${tests:-0} $(( ${failures:-0} + ${errors:-0} )) ${skipped:-0}"
+}
+
+# Runs a bundled gtest program; sets STATUS and NOTE.
+run_gtest() {
+  local name=$1 prog=$2; shift 2
+  local log="$LOGDIR/$name.log" xml="$LOGDIR/$name.xml"
+  rm -f "$xml"
+  "$BUNDLE/bin/$prog" --gtest_brief=1 --gtest_color=no --gtest_output="xml:$xml" "$@" >"$log" 2>&1
+  local rc=$?
+  # Skip messages repeat per test; the full text stays in the log.
+  grep -v -E ': Skipped$|^no CUDA device$' "$log" | tail -n 40
+  read -r tests fails skipped < <(gtest_counts "$xml")
+  NOTE="rc=$rc tests=$tests failed=$fails skipped=$skipped"
+  if ((rc != 0 || fails > 0)); then
+    STATUS=FAIL
+  elif ((tests == 0)); then
+    STATUS=EMPTY; NOTE="$NOTE (no test matched)"
+  elif ((skipped > 0)); then
+    STATUS=FAIL; NOTE="$NOTE (tests skipped on a GPU machine; see $name.log)"
+  else
+    STATUS=PASS
+  fi
+}
+
+section_env() {
+  local log="$LOGDIR/env.log"
+  STATUS=PASS; NOTE=""
+  (
+    echo "host: $(uname -n) $(uname -r)"
+    if command -v nvidia-smi >/dev/null 2>&1; then
+      nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv ||
+        { echo "nvidia-smi failed"; }
+    else
+      echo "nvidia-smi: not found"
+    fi
+    command -v nvcc >/dev/null 2>&1 && nvcc --version | tail -n 2
+    if [[ ! -f "$BUNDLE/env.sh" ]]; then
+      echo "no bundle at $BUNDLE (run scripts/make-bundle.sh and carry .bundle)"
+      exit 3
+    fi
+    head -n 2 "$BUNDLE/MANIFEST"
+    # A subshell with a clean environment, as the wrappers see it.
+    env -i TMPDIR="${TMPDIR:-/tmp}" bash -c '
+      source "$1/env.sh" || { echo "env.sh failed"; exit 2; }
+      echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+      missing=0
+      for f in "$1"/libexec/*; do
+        nf=$(ldd "$f" 2>&1 | grep "not found")
+        if [[ -n "$nf" ]]; then
+          echo "MISSING for $(basename "$f"):"; echo "$nf"; missing=1
+        fi
+      done
+      echo "CUDA libraries as resolved for shrinkray_cuda_tests:"
+      ldd "$1/libexec/shrinkray_cuda_tests" 2>/dev/null | grep -E "libcuda|cublas|cusolver|nccl|cudart" || true
+      exit $missing' _ "$BUNDLE"
+  ) >"$log" 2>&1
+  local rc=$?
+  cat "$log"
+  if ((rc != 0)); then STATUS=FAIL; NOTE="missing libraries or no bundle (rc=$rc)"; fi
+  if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+    STATUS=FAIL; NOTE="${NOTE:+$NOTE; }no GPU visible to nvidia-smi"
+  fi
+}
+
+section_ops() {
+  if [[ ! -x "$BUNDLE/bin/shrinkray_cuda_tests" ]]; then
+    STATUS=FAIL; NOTE="no shrinkray_cuda_tests in the bundle"; echo "$NOTE"; return
+  fi
+  run_gtest ops shrinkray_cuda_tests
+}
+
+section_goldens() {
+  if [[ ! -x "$BUNDLE/bin/shrinkray_unit_tests" ]]; then
+    STATUS=FAIL; NOTE="no shrinkray_unit_tests in the bundle"; echo "$NOTE"; return
+  fi
+  echo "filter: $GOLDEN_FILTER"
+  run_gtest goldens shrinkray_unit_tests --gtest_filter="$GOLDEN_FILTER"
+  # Golden tests skip (not fail) when data is missing: that is a failed check here.
+}
+
+sections=("$@")
+((${#sections[@]} > 0)) || sections=(env ops goldens)
+for s in "${sections[@]}"; do
+  case "$s" in env | ops | goldens) ;; *)
+    echo "unknown section '$s' (env ops goldens)" >&2; exit 2 ;;
+  esac
+done
+
+for s in "${sections[@]}"; do
+  header "$s"
+  t0=$(now)
+  STATUS=FAIL; NOTE=""
+  "section_$s"
+  secs=$(elapsed "$t0")
+  printf -- '---- %s: %s in %ss %s\n' "$s" "$STATUS" "$secs" "$NOTE"
+  SUMMARY+=("$(printf '%-8s %-6s %7s  %s' "$s" "$STATUS" "$secs" "$NOTE")")
+  [[ "$STATUS" == FAIL ]] && FAILED=1
+done
+
+{
+  printf '\n==== summary ====\n'
+  printf '%-8s %-6s %7s  %s\n' section status seconds note
+  printf '%s\n' "${SUMMARY[@]}"
+} | tee "$LOGDIR/summary.txt"
+exit "$FAILED"
