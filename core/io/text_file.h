@@ -1,0 +1,21 @@
+// Reading evaluation / calibration text: whole file, validated as UTF-8,
+// optionally cut to its first N characters (Unicode code points, as Python's
+// text[:N] counts them, which is how the golden numbers were made).
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace shrinkray {
+
+// max_chars < 0 reads everything. Errors: NotFound (missing file),
+// InvalidArgument for an empty file or one that is not valid UTF-8 (naming the
+// byte offset).
+absl::StatusOr<std::string> ReadTextFile(const std::filesystem::path& path, long max_chars = -1);
+
+// Byte offset of the first invalid UTF-8 sequence, or -1 when `text` is valid.
+long FindInvalidUtf8(std::string_view text);
+
+}  // namespace shrinkray
