@@ -1,0 +1,39 @@
+// The result of quantizing one Linear weight W [rows = out_features,
+// cols = in_features] on a per-row min-max grid (GPTQ's Quantizer), in the
+// terms every packed format needs: integer codes, per-group scales and zero
+// points, and each input column's group (g_idx).
+//
+//   dequantized W[r, c] = scales[g, r] * (codes[r, c] - zeros[g, r]),  g = g_idx[c]
+//
+// Groups: group_size == -1 means one group per row (num_groups == 1). With
+// act_order the groups are contiguous in the permuted column order, so g_idx is
+// not monotone; without it g_idx[c] == c / group_size. A last partial group is
+// allowed (cols need not be a multiple of group_size).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace shrinkray {
+
+struct QuantizedWeight {
+  int rows = 0;
+  int cols = 0;
+  int bits = 4;
+  int group_size = -1;  // -1: per row
+  bool sym = true;
+  bool act_order = false;
+  int num_groups = 1;
+  std::vector<int32_t> codes;   // [rows, cols], each in [0, 2^bits - 1]
+  std::vector<float> scales;    // [num_groups, rows]
+  std::vector<int32_t> zeros;   // [num_groups, rows], each in [0, 2^bits - 1]
+  std::vector<int32_t> g_idx;   // [cols]
+
+  float Dequantize(int r, int c) const {
+    const int g = g_idx[c];
+    return scales[static_cast<long>(g) * rows + r] *
+           static_cast<float>(codes[static_cast<long>(r) * cols + c] - zeros[static_cast<long>(g) * rows + r]);
+  }
+};
+
+}  // namespace shrinkray
