@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/io/quantized_reader.h"
 #include "core/kernels/cpu/ops.h"
 #include "core/util/parallel.h"
 #include "core/util/status_macros.h"
@@ -127,6 +128,10 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::FromCheckpoint(
     total += Numel(shape);
   });
   model->arena_.resize(static_cast<size_t>(total));
+  // Linears may be stored quantized (GPTQ, compressed-tensors): read them
+  // back dequantized, so that every output format of shrinkray evaluates.
+  SR_ASSIGN_OR_RETURN(const CheckpointQuantization quantization,
+                      ParseCheckpointQuantization(QuantizationConfigOf(config.raw)));
   int64_t offset = 0;
   absl::Status status;
   VisitParameters(*model, [&](const std::string& name, const std::vector<int64_t>& shape,
@@ -135,7 +140,8 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::FromCheckpoint(
     slot = model->arena_.data() + offset;
     offset += n;
     if (!status.ok()) return;
-    status = checkpoint.ReadF32Into(name, std::span<float>(slot, static_cast<size_t>(n)), shape);
+    status = ReadWeightF32Into(checkpoint, quantization, name,
+                               std::span<float>(slot, static_cast<size_t>(n)), shape);
   });
   SR_RETURN_IF_ERROR(status);
   model->lm_head_ = config.tie_word_embeddings ? model->embed_tokens_ : model->lm_head_;
