@@ -11,6 +11,7 @@ namespace shrinkray::cli {
 
 using Args = std::vector<std::string>;
 
+absl::Status RunCompress(const Args& args);
 absl::Status RunEval(const Args& args);
 absl::Status RunGenerate(const Args& args);
 absl::Status RunInspect(const Args& args);

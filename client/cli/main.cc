@@ -14,6 +14,10 @@ constexpr char kUsage[] =
     "usage: shrinkray <command> [flags]\n"
     "\n"
     "commands:\n"
+    "  compress  --model DIR --recipe FILE --calib FILE --out DIR [--num-samples 128] [--seqlen 2048]\n"
+    "            [--seed 0] [--format dense|gptq|compressed-tensors] [--overwrite] [--compare-rtn]\n"
+    "            [--print-matrices] [--eval FILE [--eval-max-chars N] [--eval-seqlen 256]]\n"
+    "            layerwise GPTQ/SparseGPT/Wanda/magnitude/RTN with a YAML recipe (docs/recipes.md)\n"
     "  eval      --model DIR --data FILE [--seqlen 256] [--max-chars N] [--reference DIR]\n"
     "            perplexity (protocol in docs/eval.md); with --reference also KL and top-1 agreement\n"
     "  generate  --model DIR --prompt TEXT [--max-new-tokens 48]   greedy decoding\n"
@@ -31,7 +35,9 @@ int main(int argc, char** argv) {
   const std::string command = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
   absl::Status status;
-  if (command == "eval") {
+  if (command == "compress") {
+    status = shrinkray::cli::RunCompress(args);
+  } else if (command == "eval") {
     status = shrinkray::cli::RunEval(args);
   } else if (command == "generate") {
     status = shrinkray::cli::RunGenerate(args);

@@ -1,0 +1,28 @@
+#include "core/calib/activation_norm_accumulator.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace shrinkray {
+
+absl::Status ActivationNormAccumulator::Add(const float* x, long rows, int samples) {
+  if (samples <= 0 || rows < 0 || (rows > 0 && x == nullptr)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ActivationNormAccumulator::Add: bad batch (rows ", rows, ", samples ", samples, ")"));
+  }
+  std::fill(sums_.begin(), sums_.end(), 0.0);
+  for (long r = 0; r < rows; ++r) {
+    const float* row = x + static_cast<size_t>(r) * dim_;
+    for (int j = 0; j < dim_; ++j) sums_[j] += static_cast<double>(row[j]) * row[j];
+  }
+  const long n_old = n_;
+  n_ += samples;
+  const float shrink = static_cast<float>(static_cast<double>(n_old) / static_cast<double>(n_));
+  for (int j = 0; j < dim_; ++j) {
+    scaler_[j] = scaler_[j] * shrink + static_cast<float>(sums_[j] / static_cast<double>(n_));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace shrinkray

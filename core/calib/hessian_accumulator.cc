@@ -1,0 +1,80 @@
+#include "core/calib/hessian_accumulator.h"
+
+#include <cblas.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace shrinkray {
+
+HessianAccumulator::HessianAccumulator(int dim, HessianPrecision precision)
+    : dim_(dim), precision_(precision) {
+  const size_t n = static_cast<size_t>(dim) * dim;
+  if (precision == HessianPrecision::kFloat64) {
+    h64_.assign(n, 0.0);
+  } else {
+    h32_.assign(n, 0.0f);
+  }
+}
+
+absl::Status HessianAccumulator::Add(const float* x, long rows, int samples) {
+  if (samples <= 0 || rows < 0 || (rows > 0 && x == nullptr)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("HessianAccumulator::Add: bad batch (rows ", rows, ", samples ", samples, ")"));
+  }
+  if (rows > INT32_MAX) {
+    return absl::InvalidArgumentError("HessianAccumulator::Add: too many rows for one batch");
+  }
+  const long n_old = n_;
+  n_ += samples;
+  const size_t count = static_cast<size_t>(rows) * dim_;
+  if (precision_ == HessianPrecision::kFloat64) {
+    const double shrink = static_cast<double>(n_old) / static_cast<double>(n_);
+    const double s = std::sqrt(2.0 / static_cast<double>(n_));
+    scratch64_.resize(count);
+    for (size_t i = 0; i < count; ++i) scratch64_[i] = s * static_cast<double>(x[i]);
+    // H = shrink·H + xsᵀ·xs (x rows are tokens, so H += Xᵀ X).
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, dim_, static_cast<int>(rows), 1.0,
+                scratch64_.data(), dim_, shrink, h64_.data(), dim_);
+  } else {
+    // The reference's float32 operations: scale H, scale x by sqrt(2/n), add.
+    const float shrink = static_cast<float>(static_cast<double>(n_old) / static_cast<double>(n_));
+    const float s = static_cast<float>(std::sqrt(2.0 / static_cast<double>(n_)));
+    scratch32_.resize(count);
+    for (size_t i = 0; i < count; ++i) scratch32_[i] = s * x[i];
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, dim_, static_cast<int>(rows), 1.0f,
+                scratch32_.data(), dim_, shrink, h32_.data(), dim_);
+  }
+  return absl::OkStatus();
+}
+
+std::vector<float> HessianAccumulator::HessianF32() const {
+  const size_t d = static_cast<size_t>(dim_);
+  std::vector<float> out(d * d);
+  for (size_t i = 0; i < d; ++i) {
+    for (size_t j = i; j < d; ++j) {
+      const float v = precision_ == HessianPrecision::kFloat64 ? static_cast<float>(h64_[i * d + j])
+                                                               : h32_[i * d + j];
+      out[i * d + j] = v;
+      out[j * d + i] = v;
+    }
+  }
+  return out;
+}
+
+std::vector<double> HessianAccumulator::HessianF64() const {
+  const size_t d = static_cast<size_t>(dim_);
+  std::vector<double> out(d * d);
+  for (size_t i = 0; i < d; ++i) {
+    for (size_t j = i; j < d; ++j) {
+      const double v = precision_ == HessianPrecision::kFloat64 ? h64_[i * d + j]
+                                                                : static_cast<double>(h32_[i * d + j]);
+      out[i * d + j] = v;
+      out[j * d + i] = v;
+    }
+  }
+  return out;
+}
+
+}  // namespace shrinkray

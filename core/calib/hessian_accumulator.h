@@ -1,0 +1,45 @@
+// H = (2/n)·Σ x xᵀ over the inputs of one Linear, n counting *samples*
+// (calibration windows), in the reference's running-average form
+// (IST-DASLab gptq.py add_batch): for each batch of b samples
+//   H *= n/(n+b);  n += b;  x *= sqrt(2/n);  H += x·xᵀ
+// so that H is usable (and numerically tame) at every point. float32 as the
+// reference, or float64. Only the upper triangle is accumulated (syrk); the
+// getters return the full symmetric matrix.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/algo/hessian_inverse.h"
+
+namespace shrinkray {
+
+class HessianAccumulator {
+ public:
+  HessianAccumulator(int dim, HessianPrecision precision);
+
+  // x: [rows, dim] row-major, one row per token, from `samples` samples
+  // (rows = samples · seqlen for full windows). samples > 0.
+  absl::Status Add(const float* x, long rows, int samples);
+
+  int dim() const { return dim_; }
+  long num_samples() const { return n_; }
+  HessianPrecision precision() const { return precision_; }
+
+  // Full symmetric [dim, dim] in float32 (converted when accumulated in double).
+  std::vector<float> HessianF32() const;
+  // Full symmetric [dim, dim] in float64 (widened when accumulated in float).
+  std::vector<double> HessianF64() const;
+
+ private:
+  int dim_;
+  HessianPrecision precision_;
+  long n_ = 0;
+  std::vector<float> h32_;  // upper triangle valid
+  std::vector<double> h64_;
+  std::vector<float> scratch32_;
+  std::vector<double> scratch64_;
+};
+
+}  // namespace shrinkray

@@ -1,0 +1,49 @@
+// Applies a recipe's stages to one Linear weight, in order, given its input
+// statistics: the matrix-level step of the layerwise executor. A pruning
+// stage's keep mask is carried into later stages (GPTQ quantizes only the
+// surviving weights; RTN maps 0 to exactly 0 on every grid, so zeros survive).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "core/algo/quantized_weight.h"
+#include "core/pipeline/compress_report.h"
+#include "core/pipeline/recipe.h"
+
+namespace shrinkray {
+
+// One Linear weight while the stages compress it.
+struct LinearState {
+  std::vector<float> weight;  // current [rows, cols]
+  std::vector<uint8_t> keep;  // [rows, cols] 1 = kept; empty until a pruning stage ran
+  std::optional<QuantizedWeight> quantized;
+  std::string pattern;  // "N:M" of the pruning stage, empty otherwise
+};
+
+// The statistics of the matrix's input (shared by the matrices of a group).
+struct LinearInputStats {
+  absl::Span<const float> h32;     // [cols, cols] full symmetric, always set
+  absl::Span<const double> h64;    // [cols, cols] when the recipe asks for float64, else empty
+  absl::Span<const float> scaler;  // Wanda's Σx²/n [cols], empty unless a Wanda stage applies
+};
+
+// Checks that the stages applying to `module` can be chained: at most one
+// pruning stage, at most one quantizing stage (sparsegpt with bits is both),
+// pruning before quantizing. InvalidArgument naming the module and stages.
+absl::Status CheckStageChain(const std::string& module, const std::vector<const RecipeStage*>& stages);
+
+// Runs `stage` on `state` and adds to `report` (methods, bits, damping, solve
+// seconds, solver loss). Errors name the module and the stage.
+absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int rows, int cols,
+                        const LinearInputStats& stats, LinearState* state, MatrixReport* report);
+
+// tr((W−Q) H (W−Q)ᵀ) / tr(W H Wᵀ) = ‖(W−Q)X‖²/‖WX‖² for H ∝ X Xᵀ; 0 when W H Wᵀ is 0.
+double RelativeOutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
+                           absl::Span<const float> h);
+
+}  // namespace shrinkray

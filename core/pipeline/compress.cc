@@ -1,0 +1,379 @@
+#include "core/pipeline/compress.h"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <span>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/algo/rtn.h"
+#include "core/calib/layer_statistics.h"
+#include "core/io/checkpoint.h"
+#include "core/model/config.h"
+#include "core/tokenizer/tokenizer.h"
+#include "core/util/status_macros.h"
+
+namespace shrinkray {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// One decoder-layer Linear: where its weights live and which stages apply.
+struct LinearSlot {
+  std::string module;
+  LinearGroup group;
+  float* LayerWeights::*view;
+  int rows = 0;
+  int cols = 0;
+  std::vector<const RecipeStage*> stages;
+};
+
+std::vector<LinearSlot> LayerLinears(const ModelConfig& c, int layer) {
+  const int C = c.hidden_size, I = c.intermediate_size, QD = c.q_dim(), KVD = c.kv_dim();
+  return {
+      {LinearModuleName(layer, "self_attn.q_proj"), LinearGroup::kQkv, &LayerWeights::q_proj, QD, C, {}},
+      {LinearModuleName(layer, "self_attn.k_proj"), LinearGroup::kQkv, &LayerWeights::k_proj, KVD, C, {}},
+      {LinearModuleName(layer, "self_attn.v_proj"), LinearGroup::kQkv, &LayerWeights::v_proj, KVD, C, {}},
+      {LinearModuleName(layer, "self_attn.o_proj"), LinearGroup::kO, &LayerWeights::o_proj, C, QD, {}},
+      {LinearModuleName(layer, "mlp.gate_proj"), LinearGroup::kGateUp, &LayerWeights::gate_proj, I, C, {}},
+      {LinearModuleName(layer, "mlp.up_proj"), LinearGroup::kGateUp, &LayerWeights::up_proj, I, C, {}},
+      {LinearModuleName(layer, "mlp.down_proj"), LinearGroup::kDown, &LayerWeights::down_proj, C, I, {}},
+  };
+}
+
+// Every layer's Linears with their stages; checks each chain and that every
+// stage compresses something.
+absl::StatusOr<std::vector<std::vector<LinearSlot>>> PlanLinears(const ModelConfig& config,
+                                                                 const Recipe& recipe) {
+  std::vector<std::vector<LinearSlot>> plan;
+  std::vector<int> matched(recipe.stages.size(), 0);
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    std::vector<LinearSlot> slots = LayerLinears(config, l);
+    for (LinearSlot& slot : slots) {
+      for (const RecipeStage& stage : recipe.stages) {
+        if (stage.Applies(slot.module)) {
+          slot.stages.push_back(&stage);
+          ++matched[stage.index];
+        }
+      }
+      SR_RETURN_IF_ERROR(CheckStageChain(slot.module, slot.stages));
+    }
+    plan.push_back(std::move(slots));
+  }
+  for (const RecipeStage& stage : recipe.stages) {
+    if (matched[stage.index] == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("recipe ", recipe.source, ": ", stage.Label(),
+                                                     ": targets/ignore select no decoder-layer Linear"));
+    }
+  }
+  return plan;
+}
+
+int AutoBatchWindows(const ModelConfig& c, int seqlen, int num_samples) {
+  const long per_token_floats = 3L * c.hidden_size + 2L * c.q_dim() + 2L * c.kv_dim() +
+                                2L * c.intermediate_size + 2L * std::max(c.hidden_size, c.intermediate_size);
+  const long per_window_bytes = std::max(1L, per_token_floats * 4L * seqlen + 4L * seqlen * seqlen);
+  const long budget = 512L << 20;
+  return static_cast<int>(std::clamp<long>(budget / per_window_bytes, 1, num_samples));
+}
+
+// Runs every window through `layer`; in place when `output` is true, else on
+// a scratch copy (statistics passes leave the layer inputs untouched).
+absl::Status RunLayer(const LlamaModel& model, int layer, std::vector<float>& hidden, int num_samples,
+                      int seqlen, int batch_windows, bool output, const LinearInputObserver& observer) {
+  const size_t window_floats = static_cast<size_t>(seqlen) * model.config().hidden_size;
+  std::vector<float> scratch;
+  for (int first = 0; first < num_samples; first += batch_windows) {
+    const int b = std::min(batch_windows, num_samples - first);
+    std::span<float> batch(hidden.data() + first * window_floats, b * window_floats);
+    if (!output) {
+      scratch.assign(batch.begin(), batch.end());
+      batch = std::span<float>(scratch);
+    }
+    SR_RETURN_IF_ERROR(model.LayerForward(layer, model.layer(layer), b, seqlen, batch, observer));
+  }
+  return absl::OkStatus();
+}
+
+double ZeroFraction(const std::vector<float>& w) {
+  if (w.empty()) return 0.0;
+  const long zeros = std::count(w.begin(), w.end(), 0.0f);
+  return static_cast<double>(zeros) / static_cast<double>(w.size());
+}
+
+// The RTN error at the quantizing stage's settings, on the weight that stage
+// received (zeros of an earlier pruning stage stay zero under RTN).
+absl::StatusOr<double> RtnError(const RecipeStage& stage, const std::vector<float>& before,
+                                const std::vector<float>& original, int rows, int cols,
+                                absl::Span<const float> h) {
+  RtnOptions o;
+  o.bits = stage.bits;
+  o.group_size = stage.group_size;
+  o.sym = stage.sym;
+  SR_ASSIGN_OR_RETURN(RtnResult r, RtnQuantize(before, rows, cols, o));
+  return RelativeOutputError(original, r.weight, rows, cols, h);
+}
+
+absl::Status CompressGroup(LlamaModel& model, int layer, LinearGroup group, std::vector<LinearSlot>& slots,
+                           const LayerStatistics& stats, const Recipe& recipe, const LayerwiseOptions& options,
+                           LayerwiseResult* result) {
+  const HessianAccumulator* hessian = stats.hessian(group);
+  if (hessian == nullptr) return absl::InternalError("no Hessian for a targeted group");
+  const std::vector<float> h32 = hessian->HessianF32();
+  std::vector<double> h64;
+  if (recipe.hessian_dtype() == HessianPrecision::kFloat64) h64 = hessian->HessianF64();
+  LinearInputStats input{absl::Span<const float>(h32), absl::Span<const double>(h64), {}};
+  if (const ActivationNormAccumulator* a = stats.act_norm(group)) input.scaler = a->scaler_row();
+
+  LayerWeights& weights = model.mutable_layer(layer);
+  for (LinearSlot& slot : slots) {
+    if (slot.group != group || slot.stages.empty()) continue;
+    float* view = weights.*slot.view;
+    const size_t numel = static_cast<size_t>(slot.rows) * slot.cols;
+    const std::vector<float> original(view, view + numel);
+    LinearState state;
+    state.weight = original;
+    MatrixReport report;
+    report.module = slot.module;
+    report.layer = layer;
+    report.group = LinearGroupName(group);
+    report.rows = slot.rows;
+    report.cols = slot.cols;
+    const RecipeStage* quantizer = nullptr;
+    std::vector<float> before_quantizer;
+    for (const RecipeStage* stage : slot.stages) {
+      if (stage->quantizes()) {
+        quantizer = stage;
+        before_quantizer = state.weight;
+      }
+      SR_RETURN_IF_ERROR(ApplyStage(*stage, slot.module, slot.rows, slot.cols, input, &state, &report));
+    }
+    report.error = RelativeOutputError(original, state.weight, slot.rows, slot.cols, h32);
+    // Joint SparseGPT quantization has no RTN counterpart with equal settings,
+    // and RTN's own error needs no second copy.
+    if (options.compare_rtn && quantizer != nullptr && !quantizer->prunes() &&
+        quantizer->method != StageMethod::kRtn) {
+      SR_ASSIGN_OR_RETURN(report.rtn_error,
+                          RtnError(*quantizer, before_quantizer, original, slot.rows, slot.cols, h32));
+    }
+    report.sparsity = ZeroFraction(state.weight);
+    report.pattern = state.pattern;
+    std::memcpy(view, state.weight.data(), numel * sizeof(float));
+    result->matrices.push_back(std::move(report));
+    result->linears[slot.module] = std::move(state);
+  }
+  return absl::OkStatus();
+}
+
+void Progress(const LayerwiseOptions& options, const std::string& line) {
+  if (options.progress) options.progress(line);
+}
+
+}  // namespace
+
+std::string LinearModuleName(int layer, const char* leaf) {
+  return absl::StrCat("model.layers.", layer, ".", leaf);
+}
+
+absl::StatusOr<LayerwiseResult> CompressLayerwise(LlamaModel& model, const Recipe& recipe,
+                                                  const CalibrationSet& calibration,
+                                                  const LayerwiseOptions& options) {
+  const ModelConfig& config = model.config();
+  if (recipe.stages.empty()) return absl::InvalidArgumentError("recipe has no stages");
+  const int n = calibration.num_samples, seqlen = calibration.seqlen;
+  if (n <= 0 || seqlen <= 0 || calibration.tokens.size() != static_cast<size_t>(n) * seqlen) {
+    return absl::InvalidArgumentError("calibration set is empty or malformed");
+  }
+  if (seqlen > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("calibration seqlen ", seqlen,
+                                                   " exceeds the model's max_position_embeddings ",
+                                                   config.max_position_embeddings));
+  }
+  SR_ASSIGN_OR_RETURN(std::vector<std::vector<LinearSlot>> plan, PlanLinears(config, recipe));
+  const int batch_windows =
+      options.batch_windows > 0 ? std::min(options.batch_windows, n) : AutoBatchWindows(config, seqlen, n);
+
+  LayerwiseResult result;
+  auto start = Clock::now();
+  std::vector<float> hidden(static_cast<size_t>(n) * seqlen * config.hidden_size);
+  {
+    absl::Status s = model.Embed(calibration.tokens, hidden);
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("calibration ", calibration.source, ": ", std::string(s.message())));
+    }
+  }
+  result.embed_seconds = Seconds(start);
+
+  bool any_wanda = false;
+  for (const RecipeStage& s : recipe.stages) any_wanda |= s.needs_act_norm();
+  const std::vector<std::vector<LinearGroup>> passes =
+      recipe.true_sequential()
+          ? std::vector<std::vector<LinearGroup>>{{LinearGroup::kQkv}, {LinearGroup::kO},
+                                                  {LinearGroup::kGateUp}, {LinearGroup::kDown}}
+          : std::vector<std::vector<LinearGroup>>{
+                {LinearGroup::kQkv, LinearGroup::kO, LinearGroup::kGateUp, LinearGroup::kDown}};
+
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    const auto layer_start = Clock::now();
+    const size_t first_row = result.matrices.size();
+    std::vector<LinearSlot>& slots = plan[l];
+    for (const std::vector<LinearGroup>& pass : passes) {
+      LayerStatistics stats(config, seqlen, recipe.hessian_dtype());
+      std::vector<LinearGroup> targeted;
+      for (LinearGroup g : pass) {
+        bool any = false, wanda = false;
+        for (const LinearSlot& slot : slots) {
+          if (slot.group != g || slot.stages.empty()) continue;
+          any = true;
+          for (const RecipeStage* s : slot.stages) wanda |= s->needs_act_norm();
+        }
+        if (!any) continue;
+        // H is always gathered: besides GPTQ/SparseGPT it gives every matrix's error.
+        stats.Request(g, /*hessian=*/true, /*act_norm=*/wanda && any_wanda);
+        targeted.push_back(g);
+      }
+      if (targeted.empty()) continue;
+      absl::Status observed;
+      SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, n, seqlen, batch_windows, /*output=*/false,
+                                  stats.Observer(&observed)));
+      SR_RETURN_IF_ERROR(observed);
+      for (LinearGroup g : targeted) {
+        SR_RETURN_IF_ERROR(CompressGroup(model, l, g, slots, stats, recipe, options, &result));
+      }
+    }
+    // The next layer sees this layer's outputs with every weight compressed.
+    SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, n, seqlen, batch_windows, /*output=*/true, {}));
+    result.layer_seconds.push_back(Seconds(layer_start));
+    double err = 0.0;
+    const size_t rows = result.matrices.size() - first_row;
+    for (size_t i = first_row; i < result.matrices.size(); ++i) err += result.matrices[i].error;
+    Progress(options, absl::StrFormat("layer %d/%d: %d matrices, mean error %.6f, %.2f s", l + 1,
+                                      config.num_hidden_layers, static_cast<int>(rows),
+                                      rows > 0 ? err / static_cast<double>(rows) : 0.0,
+                                      result.layer_seconds.back()));
+  }
+  return result;
+}
+
+namespace {
+
+DType DenseDtypeOf(const Checkpoint& checkpoint) {
+  auto info = checkpoint.Find("model.embed_tokens.weight");
+  if (info.ok()) {
+    const DType d = (*info)->dtype;
+    if (d == DType::kF16 || d == DType::kBF16 || d == DType::kF32) return d;
+  }
+  return DType::kF32;
+}
+
+nlohmann::json RecipeInfo(const Recipe& recipe) {
+  nlohmann::json info = {{"true_sequential", recipe.true_sequential()}, {"stages", recipe.ToJson()}};
+  for (const RecipeStage& s : recipe.stages) {
+    if (!s.quantizes()) continue;
+    info["bits"] = s.bits;
+    info["group_size"] = s.group_size;
+    info["sym"] = s.sym;
+    info["desc_act"] = s.act_order;
+    info["static_groups"] = s.static_groups;
+    info["damp"] = s.damp;
+  }
+  return info;
+}
+
+absl::Status WriteJson(const std::filesystem::path& path, const nlohmann::json& j) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return absl::InternalError(absl::StrCat("cannot create ", path.string()));
+  out << j.dump(2) << "\n";
+  out.flush();
+  if (!out) return absl::InternalError(absl::StrCat("error writing ", path.string()));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const CompressOptions& options) {
+  const auto total_start = Clock::now();
+  std::error_code ec;
+  if (!options.overwrite && std::filesystem::exists(options.out_dir, ec)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("output folder ", options.out_dir.string(), " exists; pass --overwrite"));
+  }
+  CompressReport report;
+  report.model_dir = options.model_dir.string();
+  report.out_dir = options.out_dir.string();
+  report.format = std::string(OutputFormatName(options.format));
+  report.recipe = recipe.ToJson();
+  report.true_sequential = recipe.true_sequential();
+
+  auto start = Clock::now();
+  SR_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(options.model_dir));
+  SR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(options.model_dir));
+  SR_ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LlamaModel::FromCheckpoint(config, *checkpoint));
+  // Fail on targets/stage chains before the (slow) calibration.
+  SR_RETURN_IF_ERROR(PlanLinears(config, recipe).status());
+  report.load_seconds = Seconds(start);
+
+  start = Clock::now();
+  CalibrationOptions calib = options.calibration;
+  calib.seqlen = std::min(calib.seqlen, config.max_position_embeddings);
+  CalibrationSet calibration;
+  if (options.calib_path.extension() == ".safetensors") {
+    SR_ASSIGN_OR_RETURN(calibration, CalibrationSetFromTokens(options.calib_path, calib));
+  } else {
+    SR_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
+                        Tokenizer::FromFile(options.model_dir / "tokenizer.json"));
+    SR_ASSIGN_OR_RETURN(calibration, CalibrationSetFromText(options.calib_path, *tokenizer, calib));
+  }
+  report.calibration_seconds = Seconds(start);
+  report.calibration = {calibration.source,     calibration.pretokenized, calibration.num_samples,
+                        calibration.seqlen,     calib.seed,               calibration.source_tokens};
+
+  SR_ASSIGN_OR_RETURN(LayerwiseResult result, CompressLayerwise(*model, recipe, calibration, options.layerwise));
+  report.embed_seconds = result.embed_seconds;
+  report.layer_seconds = result.layer_seconds;
+
+  start = Clock::now();
+  CompressedModelSpec spec;
+  spec.source_dir = options.model_dir;
+  spec.source_config = config.raw;
+  spec.dense_dtype = DenseDtypeOf(*checkpoint);
+  spec.recipe_info = RecipeInfo(recipe);
+  for (const LlamaModel::NamedParameter& p : model->Parameters()) {
+    CompressedTensorEntry entry;
+    entry.name = p.name;
+    entry.shape = p.shape;
+    int64_t numel = 1;
+    for (int64_t d : p.shape) numel *= d;
+    entry.values.assign(p.data, p.data + numel);
+    const std::string suffix = ".weight";
+    if (p.name.size() > suffix.size() && p.name.ends_with(suffix)) {
+      auto it = result.linears.find(p.name.substr(0, p.name.size() - suffix.size()));
+      if (it != result.linears.end()) {
+        entry.quantized = it->second.quantized;
+        if (!it->second.keep.empty()) {
+          entry.sparsity = ZeroFraction(entry.values);
+          entry.two_four = it->second.pattern == "2:4";
+        }
+      }
+    }
+    spec.tensors.push_back(std::move(entry));
+  }
+  SR_ASSIGN_OR_RETURN(std::vector<DenseFallback> fallbacks, PlanDenseFallbacks(spec, options.format));
+  for (const DenseFallback& f : fallbacks) report.dense_fallbacks.push_back({{"module", f.module}, {"reason", f.reason}});
+  SR_RETURN_IF_ERROR(WriteCompressedModel(options.out_dir, spec, options.format, options.overwrite));
+  report.write_seconds = Seconds(start);
+  report.matrices = std::move(result.matrices);
+  report.total_seconds = Seconds(total_start);
+  SR_RETURN_IF_ERROR(WriteJson(options.out_dir / "report.json", report.ToJson()));
+  return report;
+}
+
+}  // namespace shrinkray

@@ -1,0 +1,80 @@
+// The layer-streaming compression executor (GPTQ's llama.py order):
+//   embed the calibration windows -> hidden [N·L, C];
+//   for each decoder layer:
+//     for each Linear group in true-sequential order qkv -> o -> gate_up ->
+//     down (or all four at once when true_sequential is false):
+//       run every window through the layer (LayerForward) with the earlier
+//       groups already compressed, accumulating this group's input statistics
+//       (H = 2/n Σ x xᵀ always — it also gives the reported error — and
+//       Wanda's Σx²/n when a Wanda stage applies);
+//       apply every stage of the recipe that targets each matrix, in order,
+//       and write the result back into the model's layer views;
+//     recompute the layer's outputs with all of its weights compressed: they
+//     are the next layer's inputs.
+// Windows go through the layer in batches (memory bound); statistics use the
+// running-average form, so batching changes only rounding.
+//
+// What remains for true layer streaming: LlamaModel still holds every weight
+// in one arena (loaded at once); only the processing order streams. See
+// docs/recipes.md.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/calib/calibration_set.h"
+#include "core/io/model_writer.h"
+#include "core/model/llama.h"
+#include "core/pipeline/apply_stages.h"
+#include "core/pipeline/compress_report.h"
+#include "core/pipeline/recipe.h"
+
+namespace shrinkray {
+
+using ProgressFn = std::function<void(const std::string& line)>;
+
+struct LayerwiseOptions {
+  // Also compute, per matrix quantized by GPTQ, the error of RTN at the same
+  // bits/group/sym on the same inputs (GPTQ-vs-RTN tables).
+  bool compare_rtn = false;
+  // Windows per LayerForward call; 0 picks one that keeps activations near 512 MiB.
+  int batch_windows = 0;
+  ProgressFn progress;  // one line per layer; may be empty
+};
+
+struct LayerwiseResult {
+  std::vector<MatrixReport> matrices;        // in processing order
+  std::map<std::string, LinearState> linears;  // module -> final state
+  std::vector<double> layer_seconds;
+  double embed_seconds = 0.0;
+};
+
+// Compresses `model` in place with `recipe` on `calibration`. Errors name the
+// module and stage; a stage whose targets match no Linear is InvalidArgument.
+absl::StatusOr<LayerwiseResult> CompressLayerwise(LlamaModel& model, const Recipe& recipe,
+                                                  const CalibrationSet& calibration,
+                                                  const LayerwiseOptions& options);
+
+struct CompressOptions {
+  std::filesystem::path model_dir;
+  std::filesystem::path calib_path;  // text, or pre-tokenized .safetensors
+  std::filesystem::path out_dir;
+  CalibrationOptions calibration;    // seqlen is clamped to max_position_embeddings
+  OutputFormat format = OutputFormat::kDense;
+  bool overwrite = false;
+  LayerwiseOptions layerwise;
+};
+
+// Everything: load config + checkpoint + tokenizer, build the calibration set,
+// CompressLayerwise, write the folder (WriteCompressedModel) and report.json.
+// An existing out_dir without overwrite fails before any work.
+absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const CompressOptions& options);
+
+// The HF name of a decoder Linear, e.g. ("model.layers.3.mlp.up_proj").
+std::string LinearModuleName(int layer, const char* leaf);
+
+}  // namespace shrinkray

@@ -1,0 +1,116 @@
+// The running-average Hessian and Wanda accumulators against a direct float64
+// computation of (2/n)·Σ x xᵀ and Σx²/n, with uneven batches of samples.
+#include <cmath>
+#include <vector>
+
+#include "core/calib/activation_norm_accumulator.h"
+#include "core/calib/hessian_accumulator.h"
+#include "core/calib/layer_statistics.h"
+#include "core/model/synthetic.h"
+#include "gtest/gtest.h"
+
+namespace shrinkray {
+namespace {
+
+constexpr int kDim = 13;
+constexpr int kSeqlen = 6;
+const std::vector<int> kBatches = {1, 4, 2, 7, 3};  // samples per Add
+
+std::vector<float> RandomRows(long rows, uint64_t seed) {
+  SplitMix64 rng(seed);
+  std::vector<float> x(static_cast<size_t>(rows) * kDim);
+  for (float& v : x) v = 3.0f * rng.NextSymmetric() + 0.5f;  // non-zero mean, like real activations
+  return x;
+}
+
+// (2/n) Σ x xᵀ over all rows, n = samples.
+std::vector<double> DirectHessian(const std::vector<float>& x, long rows, int samples) {
+  std::vector<double> h(kDim * kDim, 0.0);
+  for (long r = 0; r < rows; ++r) {
+    for (int i = 0; i < kDim; ++i) {
+      for (int j = 0; j < kDim; ++j) h[i * kDim + j] += double{x[r * kDim + i]} * x[r * kDim + j];
+    }
+  }
+  for (double& v : h) v *= 2.0 / samples;
+  return h;
+}
+
+class CalibHessianTest : public ::testing::TestWithParam<HessianPrecision> {};
+
+TEST_P(CalibHessianTest, RunningFormEqualsDirectSumForUnevenBatches) {
+  int samples = 0;
+  for (int b : kBatches) samples += b;
+  const long rows = static_cast<long>(samples) * kSeqlen;
+  const std::vector<float> x = RandomRows(rows, 42);
+  HessianAccumulator acc(kDim, GetParam());
+  long offset = 0;
+  for (int b : kBatches) {
+    ASSERT_TRUE(acc.Add(x.data() + offset * kDim, static_cast<long>(b) * kSeqlen, b).ok());
+    offset += static_cast<long>(b) * kSeqlen;
+  }
+  EXPECT_EQ(acc.num_samples(), samples);
+  const std::vector<double> expected = DirectHessian(x, rows, samples);
+  const std::vector<double> h64 = acc.HessianF64();
+  const std::vector<float> h32 = acc.HessianF32();
+  const double tol = GetParam() == HessianPrecision::kFloat64 ? 1e-12 : 2e-6;
+  for (int i = 0; i < kDim; ++i) {
+    for (int j = 0; j < kDim; ++j) {
+      const double e = expected[i * kDim + j];
+      const double scale = std::sqrt(expected[i * kDim + i] * expected[j * kDim + j]);
+      EXPECT_NEAR(h64[i * kDim + j], e, tol * scale) << i << "," << j;
+      EXPECT_NEAR(h32[i * kDim + j], e, 2e-6 * scale) << i << "," << j;
+      EXPECT_EQ(h64[i * kDim + j], h64[j * kDim + i]);  // symmetric fill
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, CalibHessianTest,
+                         ::testing::Values(HessianPrecision::kFloat32, HessianPrecision::kFloat64));
+
+TEST(CalibHessianAccumulatorTest, RejectsEmptySampleCount) {
+  HessianAccumulator acc(kDim, HessianPrecision::kFloat32);
+  const std::vector<float> x = RandomRows(kSeqlen, 1);
+  EXPECT_FALSE(acc.Add(x.data(), kSeqlen, 0).ok());
+}
+
+TEST(CalibActivationNormTest, RunningFormEqualsSumOfSquaresOverSamples) {
+  int samples = 0;
+  for (int b : kBatches) samples += b;
+  const long rows = static_cast<long>(samples) * kSeqlen;
+  const std::vector<float> x = RandomRows(rows, 9);
+  ActivationNormAccumulator acc(kDim);
+  long offset = 0;
+  for (int b : kBatches) {
+    ASSERT_TRUE(acc.Add(x.data() + offset * kDim, static_cast<long>(b) * kSeqlen, b).ok());
+    offset += static_cast<long>(b) * kSeqlen;
+  }
+  for (int j = 0; j < kDim; ++j) {
+    double sum = 0.0;
+    for (long r = 0; r < rows; ++r) sum += double{x[r * kDim + j]} * x[r * kDim + j];
+    EXPECT_NEAR(acc.scaler_row()[j], sum / samples, 1e-5 * sum / samples) << j;
+  }
+}
+
+// LayerStatistics feeds the requested group only, from a LayerForward observer.
+TEST(CalibLayerStatisticsTest, ObservesOnlyRequestedGroups) {
+  const ModelConfig config = MakeLlamaConfig(16, 24, 1, 2, 1, 32, 16, true);
+  LayerStatistics stats(config, /*seqlen=*/4, HessianPrecision::kFloat32);
+  stats.Request(LinearGroup::kDown, /*hessian=*/true, /*act_norm=*/true);
+  absl::Status status;
+  LinearInputObserver observer = stats.Observer(&status);
+  std::vector<float> x_qkv(8 * 16, 1.0f), x_down(8 * 24, 2.0f);
+  observer(0, LinearGroup::kQkv, x_qkv.data(), 8, 16);
+  observer(0, LinearGroup::kDown, x_down.data(), 8, 24);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(stats.hessian(LinearGroup::kQkv), nullptr);
+  ASSERT_NE(stats.hessian(LinearGroup::kDown), nullptr);
+  EXPECT_EQ(stats.hessian(LinearGroup::kDown)->num_samples(), 2);
+  // 8 rows of 2.0 over 2 samples: H = 2/2 · 8 · 4 = 32 everywhere, scaler = 8·4/2 = 16.
+  EXPECT_FLOAT_EQ(stats.hessian(LinearGroup::kDown)->HessianF32()[5], 32.0f);
+  EXPECT_FLOAT_EQ(stats.act_norm(LinearGroup::kDown)->scaler_row()[3], 16.0f);
+  observer(0, LinearGroup::kDown, x_down.data(), 8, 23);  // wrong width
+  EXPECT_FALSE(status.ok());
+}
+
+}  // namespace
+}  // namespace shrinkray
