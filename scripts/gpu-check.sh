@@ -2,7 +2,8 @@
 # GPU checks for a bundle made by scripts/make-bundle.sh, run ON the GPU
 # machine from the repo root where .bundle/ was carried:
 #
-#   scripts/gpu-check.sh [section...]     sections: env ops goldens (default: all)
+#   scripts/gpu-check.sh [section...]     sections: env ops goldens gptq-smoke gptq-8b
+#                                         (default: env ops goldens)
 #
 #   env      nvidia-smi, and ldd of every bundled program through the bundle's
 #            env.sh: any "not found" library fails the section
@@ -10,6 +11,13 @@
 #            that SKIPS here counts as a failure: this machine has a GPU
 #   goldens  shrinkray_unit_tests filtered to the golden tests ($GOLDEN_FILTER,
 #            default *Golden*:*golden*), data from the bundle's data/
+#   gptq-smoke  gptq_llama8b_bench on 1 layer, 8 samples (Llama-3-8B shapes):
+#            the end-to-end layerwise GPTQ path in ~seconds; timeout $GPTQ_SMOKE_TIMEOUT (120 s)
+#   gptq-8b  the same bench on the full job: $GPTQ_LAYERS (32) layers, 128 x 2048
+#            calibration tokens, 4-bit group 128; timeout $GPTQ_8B_TIMEOUT (270 s).
+#            Extra bench flags: $GPTQ_8B_ARGS. The bench stops between layers 30 s
+#            before the timeout and reports an extrapolated 32-layer time. Skipped (FAIL) when gptq-smoke
+#            ran in the same call and failed, to save device time.
 #
 # Every section runs even when an earlier one failed. Logs go to $OUT when set
 # (the device tool's output folder), else .gpu/logs/. A summary table comes
@@ -91,8 +99,11 @@ section_env() {
           echo "MISSING for $(basename "$f"):"; echo "$nf"; missing=1
         fi
       done
-      echo "CUDA libraries as resolved for shrinkray_cuda_tests:"
-      ldd "$1/libexec/shrinkray_cuda_tests" 2>/dev/null | grep -E "libcuda|cublas|cusolver|nccl|cudart" || true
+      for p in shrinkray_cuda_tests gptq_llama8b_bench; do
+        [[ -e "$1/libexec/$p" ]] || continue
+        echo "CUDA libraries as resolved for $p:"
+        ldd "$1/libexec/$p" 2>/dev/null | grep -E "libcuda|cublas|cusolver|nvJitLink|nccl|cudart" || true
+      done
       exit $missing' _ "$BUNDLE"
   ) >"$log" 2>&1
   local rc=$?
@@ -119,11 +130,56 @@ section_goldens() {
   # Golden tests skip (not fail) when data is missing: that is a failed check here.
 }
 
+# Runs the bundled GPTQ bench with a timeout; sets STATUS and NOTE.
+GPTQ_SMOKE_FAILED=0
+BENCH_RC=0
+run_bench() {
+  local name=$1 limit=$2; shift 2
+  local log="$LOGDIR/$name.log"
+  if [[ ! -x "$BUNDLE/bin/gptq_llama8b_bench" ]]; then
+    STATUS=FAIL; NOTE="no gptq_llama8b_bench in the bundle"; echo "$NOTE"; return
+  fi
+  echo "gptq_llama8b_bench $* (timeout ${limit}s)"
+  timeout -k 10 "$limit" "$BUNDLE/bin/gptq_llama8b_bench" "$@" >"$log" 2>&1
+  local rc=$?
+  BENCH_RC=$rc
+  tail -n 60 "$log"
+  local result
+  result=$(grep -m1 '^RESULT' "$log" || true)
+  if ((rc == 124 || rc == 137)); then
+    STATUS=FAIL; NOTE="timed out after ${limit}s (see $name.log)"
+  elif ((rc == 2)); then
+    STATUS=FAIL; NOTE="rc=2: non-finite hidden state or loss (numerics bug); ${result#RESULT }"
+  elif ((rc != 0)); then
+    STATUS=FAIL; NOTE="rc=$rc (see $name.log)"
+  else
+    STATUS=PASS; NOTE="${result#RESULT }"
+  fi
+}
+
+section_gptq_smoke() {
+  run_bench gptq-smoke "${GPTQ_SMOKE_TIMEOUT:-120}" --layers 1 --samples 8
+  # A numerics failure (rc 2) still gives timings worth having: only a crash,
+  # a CUDA error or a timeout skips the full run.
+  [[ "$STATUS" == PASS || "$BENCH_RC" == 2 ]] || GPTQ_SMOKE_FAILED=1
+}
+
+section_gptq_8b() {
+  if ((GPTQ_SMOKE_FAILED)); then
+    STATUS=FAIL; NOTE="skipped: gptq-smoke failed in this call"; echo "$NOTE"; return
+  fi
+  # shellcheck disable=SC2086  # GPTQ_8B_ARGS is a flag list
+  # --budget-s: the bench stops between layers (and extrapolates) before the
+  # hard timeout would kill it mid-layer and lose the totals.
+  local limit=${GPTQ_8B_TIMEOUT:-270}
+  run_bench gptq-8b "$limit" --layers "${GPTQ_LAYERS:-32}" --budget-s $((limit - 30)) ${GPTQ_8B_ARGS:-}
+}
+
 sections=("$@")
 ((${#sections[@]} > 0)) || sections=(env ops goldens)
 for s in "${sections[@]}"; do
-  case "$s" in env | ops | goldens) ;; *)
-    echo "unknown section '$s' (env ops goldens)" >&2; exit 2 ;;
+  case "$s" in env | ops | goldens | gptq-smoke | gptq-8b) ;; *)
+    echo "unknown section '$s' (env ops goldens gptq-smoke gptq-8b)" >&2; exit 2 ;;
   esac
 done
 
@@ -131,16 +187,16 @@ for s in "${sections[@]}"; do
   header "$s"
   t0=$(now)
   STATUS=FAIL; NOTE=""
-  "section_$s"
+  "section_${s//-/_}"
   secs=$(elapsed "$t0")
   printf -- '---- %s: %s in %ss %s\n' "$s" "$STATUS" "$secs" "$NOTE"
-  SUMMARY+=("$(printf '%-8s %-6s %7s  %s' "$s" "$STATUS" "$secs" "$NOTE")")
+  SUMMARY+=("$(printf '%-10s %-6s %7s  %s' "$s" "$STATUS" "$secs" "$NOTE")")
   [[ "$STATUS" == FAIL ]] && FAILED=1
 done
 
 {
   printf '\n==== summary ====\n'
-  printf '%-8s %-6s %7s  %s\n' section status seconds note
+  printf '%-10s %-6s %7s  %s\n' section status seconds note
   printf '%s\n' "${SUMMARY[@]}"
 } | tee "$LOGDIR/summary.txt"
 exit "$FAILED"

@@ -5,7 +5,7 @@
 # nvidia-* wheels, no abseil/openblas/gtest).
 #
 #   scripts/make-bundle.sh            # build + bundle
-#   SKIP_BUILD=1 scripts/make-bundle.sh   # re-bundle an existing build
+#   SKIP_BUILD=1 scripts/make-bundle.sh   # re-bundle an existing build (SKIP_BUILD=0: build)
 #
 # Layout (every path relative to the bundle, so the folder can move):
 #   bin/<prog>      wrapper: sources env.sh, execs libexec/<prog>
@@ -34,7 +34,7 @@ PACK_MIN_MB=${PACK_MIN_MB:-2}
 log() { printf '[make-bundle] %s\n' "$*" >&2; }
 
 # ---- build ------------------------------------------------------------------
-if [[ -z "${SKIP_BUILD:-}" ]]; then
+if [[ -z "${SKIP_BUILD:-}" || "${SKIP_BUILD}" == 0 ]]; then
   # Binaries carry RUNPATH $ORIGIN/../lib and nothing that points into the
   # build tree (build-time runs, e.g. gtest discovery, find their libraries in
   # the system paths and /usr/local/cuda via ld.so.conf).
@@ -57,7 +57,7 @@ mapfile -t PROGRAMS < <(find "$BUILD" -type f -perm -u+x -not -path '*/CMakeFile
 progs=()
 for p in "${PROGRAMS[@]}"; do is_program "$p" && progs+=("$p"); done
 ((${#progs[@]} > 0)) || { log "no executables found in $BUILD"; exit 1; }
-for want in shrinkray shrinkray_unit_tests shrinkray_cuda_tests; do
+for want in shrinkray shrinkray_unit_tests shrinkray_cuda_tests gptq_llama8b_bench; do
   found=0
   for p in "${progs[@]}"; do [[ "$(basename "$p")" == "$want" ]] && found=1; done
   ((found)) || log "warning: expected program '$want' was not built"

@@ -1,0 +1,387 @@
+#include "core/kernels/cuda/gptq_cuda.h"
+
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/algo/quantizer.h"
+#include "core/kernels/cuda/blas.h"
+#include "core/kernels/cuda/gptq_cuda_launch.h"
+
+namespace shrinkray {
+namespace {
+
+using kernels::GptqParamMode;
+using kernels::kGptqMaxBlock;
+
+absl::Status ValidateOptions(const GptqOptions& o) {
+  if (o.bits < 2 || o.bits > 8) {
+    return o.bits > 8 && o.bits <= 16 && o.allow_wide_bits
+               ? absl::UnimplementedError("GptqCuda: bits > 8 (codes are uint8 here)")
+               : absl::InvalidArgumentError(absl::StrCat("bits must be in [2, 8], got ", o.bits));
+  }
+  if (o.group_size == 0 || o.group_size < -1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("group_size must be -1 or positive, got ", o.group_size));
+  }
+  if (!(o.damp >= 0.0 && o.damp < 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("damp must be in [0, 1), got ", o.damp));
+  }
+  if (!(o.damp_auto_increment >= 0.0 && o.damp_auto_increment < 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("damp_auto_increment must be in [0, 1), got ", o.damp_auto_increment));
+  }
+  if (o.block_size <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block_size must be positive, got ", o.block_size));
+  }
+  if (!o.keep_mask.empty()) return absl::UnimplementedError("GptqCuda: keep_mask");
+  if (o.precision != HessianPrecision::kFloat32) {
+    return absl::UnimplementedError("GptqCuda: HessianPrecision::kFloat64");
+  }
+  return absl::OkStatus();
+}
+
+// Grows `buf` to at least `count` elements (contents are not kept).
+template <typename T>
+absl::Status Grow(DeviceBuffer<T>& buf, size_t count) {
+  if (buf.size() >= count) return absl::OkStatus();
+  buf.Reset();
+  absl::StatusOr<DeviceBuffer<T>> b = DeviceBuffer<T>::Create(count);
+  if (!b.ok()) return b.status();
+  buf = std::move(b).value();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<GptqCuda>> GptqCuda::Create(cudaStream_t stream) {
+  std::unique_ptr<GptqCuda> g(new GptqCuda(stream));
+  // Create the handles now so that a missing library fails here, early.
+  SR_CUDA_ASSIGN_OR_RETURN(cublasHandle_t blas, CublasHandleFor(stream));
+  (void)blas;
+  SR_CUDA_ASSIGN_OR_RETURN(cusolverDnHandle_t solver, CusolverHandleFor(stream));
+  (void)solver;
+  SR_STATUS_RETURN_IF_ERROR(Grow(g->info_, 4));
+  return g;
+}
+
+GptqCuda::~GptqCuda() {
+  for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);  // nothing to report from a destructor
+}
+
+absl::StatusOr<cudaEvent_t> GptqCuda::Event(size_t i) {
+  while (events_.size() <= i) {
+    cudaEvent_t e = nullptr;
+    SR_CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
+    events_.push_back(e);
+  }
+  return events_[i];
+}
+
+absl::Status GptqCuda::Reserve(int rows, int cols) {
+  const size_t n2 = static_cast<size_t>(cols) * cols;
+  SR_STATUS_RETURN_IF_ERROR(Grow(hbase_, n2));
+  SR_STATUS_RETURN_IF_ERROR(Grow(hinv_, n2));
+  SR_STATUS_RETURN_IF_ERROR(Grow(perm_, static_cast<size_t>(cols)));
+  SR_STATUS_RETURN_IF_ERROR(Grow(dead_, static_cast<size_t>(cols)));
+  if (rows > 0) {
+    SR_STATUS_RETURN_IF_ERROR(Grow(wk_, static_cast<size_t>(rows) * cols));
+    SR_STATUS_RETURN_IF_ERROR(Grow(err_, static_cast<size_t>(rows) * kGptqMaxBlock));
+    SR_STATUS_RETURN_IF_ERROR(Grow(row_loss_, static_cast<size_t>(rows)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GptqCuda::PrepareHessian(const float* h, int cols, const GptqOptions& options) {
+  SR_STATUS_RETURN_IF_ERROR(ValidateOptions(options));
+  if (cols <= 0 || h == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("PrepareHessian: bad cols ", cols));
+  }
+  cols_ = 0;  // not prepared until this succeeds
+  SR_STATUS_RETURN_IF_ERROR(Reserve(0, cols));
+  SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev0, Event(0));
+  SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev1, Event(1));
+  if (timing_) SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev0, stream_));
+
+  // Dead columns and act_order on the host from diag(H): cols floats.
+  std::vector<float> diag(cols);
+  SR_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(diag.data(), sizeof(float), h,
+                                            (static_cast<size_t>(cols) + 1) * sizeof(float),
+                                            sizeof(float), cols, cudaMemcpyDeviceToHost,
+                                            stream_));
+  SR_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  std::vector<uint8_t> dead(cols, 0);
+  dead_count_ = 0;
+  for (int j = 0; j < cols; ++j) {
+    if (diag[j] == 0.0f) {
+      dead[j] = 1;
+      diag[j] = 1.0f;
+      ++dead_count_;
+    }
+  }
+  perm_host_.resize(cols);
+  std::iota(perm_host_.begin(), perm_host_.end(), 0);
+  if (options.act_order) {
+    // Stable, descending: the CPU solver's order (ties keep column order).
+    std::stable_sort(perm_host_.begin(), perm_host_.end(),
+                     [&](int a, int b) { return diag[a] > diag[b]; });
+  }
+  SR_STATUS_RETURN_IF_ERROR(dead_.CopyFromHost(dead, stream_));
+  SR_STATUS_RETURN_IF_ERROR(perm_.CopyFromHost(perm_host_, stream_));
+  SR_CUDA_RETURN_IF_ERROR(
+      kernels::LaunchGptqPermuteHessian(hbase_.data(), h, cols, perm_.data(), dead_.data(), stream_));
+
+  SR_CUDA_ASSIGN_OR_RETURN(cusolverDnHandle_t solver, CusolverHandleFor(stream_));
+  int lwork_potrf = 0;
+  int lwork_potri = 0;
+  SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf_bufferSize(solver, CUBLAS_FILL_MODE_LOWER, cols,
+                                                          hinv_.data(), cols, &lwork_potrf));
+  SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotri_bufferSize(solver, CUBLAS_FILL_MODE_LOWER, cols,
+                                                          hinv_.data(), cols, &lwork_potri));
+  SR_STATUS_RETURN_IF_ERROR(
+      Grow(solver_work_, static_cast<size_t>(std::max({lwork_potrf, lwork_potri, 1}))));
+  const int lwork = static_cast<int>(std::min<size_t>(solver_work_.size(), 0x7fffffff));
+
+  // The chain, as core/algo/hessian_inverse.cc: the row-major buffer is
+  // symmetric, so cuSOLVER's column-major lower triangle is our upper one;
+  // potri fills only that triangle, which is all the second potrf reads, and
+  // its factor read row-major is U = cholesky(H^-1, upper). The strict lower
+  // triangle (row-major) keeps stale values: nothing reads it.
+  double damp = options.damp;
+  int tries = 0;
+  std::string why;
+  const size_t n2 = static_cast<size_t>(cols) * cols;
+  while (damp < 1.0) {
+    SR_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hinv_.data(), hbase_.data(), n2 * sizeof(float),
+                                            cudaMemcpyDeviceToDevice, stream_));
+    SR_STATUS_RETURN_IF_ERROR(info_.Memset(0, stream_));
+    SR_CUDA_RETURN_IF_ERROR(
+        kernels::LaunchGptqDamp(hinv_.data(), cols, static_cast<float>(damp), stream_));
+    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, cols,
+                                                 hinv_.data(), cols, solver_work_.data(), lwork,
+                                                 info_.data()));
+    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotri(solver, CUBLAS_FILL_MODE_LOWER, cols,
+                                                 hinv_.data(), cols, solver_work_.data(), lwork,
+                                                 info_.data() + 1));
+    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, cols,
+                                                 hinv_.data(), cols, solver_work_.data(), lwork,
+                                                 info_.data() + 2));
+    SR_CUDA_RETURN_IF_ERROR(
+        kernels::LaunchGptqCheckFactor(hinv_.data(), cols, info_.data() + 3, stream_));
+    int info[4] = {0, 0, 0, 0};
+    SR_STATUS_RETURN_IF_ERROR(info_.CopyToHost(absl::MakeSpan(info, 4), stream_));
+    if (info[0] == 0 && info[1] == 0 && info[2] == 0 && info[3] == 0) {
+      damp_used_ = damp;
+      damp_increments_ = tries;
+      cols_ = cols;
+      prepared_act_order_ = options.act_order;
+      if (timing_) {
+        SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev1, stream_));
+        SR_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(ev1));
+        float ms = 0.0f;
+        SR_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, ev0, ev1));
+        times_.hinv_ms += ms;
+      }
+      return absl::OkStatus();
+    }
+    // A failed potrf leaves garbage for the later steps, so the first
+    // nonzero info is the one that explains the failure.
+    if (info[0] != 0) {
+      why = absl::StrCat("cholesky(H) failed at column ", info[0] - 1, " (info ", info[0], ")");
+    } else if (info[1] != 0) {
+      why = absl::StrCat("cholesky_inverse failed (info ", info[1], ")");
+    } else if (info[2] != 0) {
+      why = absl::StrCat("cholesky(H^-1) failed at column ", info[2] - 1, " (info ", info[2], ")");
+    } else {
+      why = "non-finite or non-positive entry in the inverse factor";
+    }
+    if (options.damp_auto_increment <= 0.0) break;
+    damp += options.damp_auto_increment;
+    ++tries;
+  }
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "Hessian is not positive definite: %s; damping raised %d time(s) from %g by %g up to %g "
+      "without success",
+      why, tries, options.damp, options.damp_auto_increment, damp));
+}
+
+absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
+                                               const GptqOptions& options,
+                                               const GptqCudaOutputs& out) {
+  SR_STATUS_RETURN_IF_ERROR(ValidateOptions(options));
+  const int cols = cols_;
+  if (cols == 0) return absl::FailedPreconditionError("GptqCuda::Quantize: no prepared Hessian");
+  if (options.act_order != prepared_act_order_) {
+    return absl::InvalidArgumentError("GptqCuda::Quantize: act_order differs from PrepareHessian");
+  }
+  if (rows <= 0 || w == nullptr || out.codes == nullptr || out.scales == nullptr ||
+      out.zeros == nullptr) {
+    return absl::InvalidArgumentError("GptqCuda::Quantize: bad rows or null w/codes/scales/zeros");
+  }
+  SR_STATUS_RETURN_IF_ERROR(Reserve(rows, cols));
+  const auto start = std::chrono::steady_clock::now();
+  const int gs = options.group_size;
+  const bool grouped = gs > 0;
+  const GptqParamMode mode = !grouped              ? GptqParamMode::kPerRow
+                             : options.static_groups ? GptqParamMode::kStatic
+                                                     : GptqParamMode::kDynamic;
+  const float maxq = MaxQ(options.bits);
+  const int block = std::min({options.block_size, cols, kGptqMaxBlock});
+  const int num_blocks = (cols + block - 1) / block;
+
+  // Events: [0] start, [1] after prepare, then per block (sweep end, gemm end).
+  size_t ev_count = 0;
+  auto record = [&]() -> absl::Status {
+    if (!timing_) return absl::OkStatus();
+    SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t e, Event(ev_count++));
+    SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(e, stream_));
+    return absl::OkStatus();
+  };
+  SR_STATUS_RETURN_IF_ERROR(record());
+
+  // Grids fitted before the sweep: per row on the whole W before dead
+  // zeroing (reference step 1), or static groups on the dead-zeroed W.
+  if (mode == GptqParamMode::kPerRow) {
+    SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqFitParams(w, rows, cols, cols, nullptr, maxq,
+                                                         options.sym, out.scales, out.zeros,
+                                                         stream_));
+  } else if (mode == GptqParamMode::kStatic) {
+    SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqFitParams(w, rows, cols, gs, dead_.data(), maxq,
+                                                         options.sym, out.scales, out.zeros,
+                                                         stream_));
+  }
+  SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqGatherColumns(wk_.data(), w, rows, cols,
+                                                           perm_.data(), dead_.data(), stream_));
+  SR_STATUS_RETURN_IF_ERROR(row_loss_.Memset(0, stream_));
+  if (out.g_idx != nullptr) {
+    SR_CUDA_RETURN_IF_ERROR(
+        kernels::LaunchGptqGidx(out.g_idx, cols, mode, grouped ? gs : 1, perm_.data(), stream_));
+  }
+  SR_STATUS_RETURN_IF_ERROR(record());
+
+  SR_CUDA_ASSIGN_OR_RETURN(cublasHandle_t blas, CublasHandleFor(stream_));
+  kernels::GptqSweepArgs args;
+  args.wk = wk_.data();
+  args.hinv = hinv_.data();
+  args.perm = options.act_order ? perm_.data() : nullptr;
+  args.rows = rows;
+  args.cols = cols;
+  args.mode = mode;
+  args.group_size = grouped ? gs : 0;
+  args.maxq = maxq;
+  args.sym = options.sym;
+  args.scales = out.scales;
+  args.zeros = out.zeros;
+  args.codes = out.codes;
+  args.q_f32 = out.weight;
+  args.q_bf16 = out.weight_bf16;
+  args.err = err_.data();
+  args.row_loss = row_loss_.data();
+  const float minus_one = -1.0f;
+  const float one = 1.0f;
+  for (int i1 = 0; i1 < cols; i1 += block) {
+    const int i2 = std::min(i1 + block, cols);
+    args.i1 = i1;
+    args.i2 = i2;
+    SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqQuantizeBlock(args, stream_));
+    SR_STATUS_RETURN_IF_ERROR(record());
+    if (i2 < cols) {
+      // Row-major W[:, i2:] -= Err1[rows, B] · Hinv[i1:i2, i2:] in cuBLAS's
+      // column-major view: C^T[cols-i2, rows] -= Hinv_blk^T[cols-i2, B] ·
+      // Err1^T[B, rows], both already laid out that way (no transposes).
+      SR_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(
+          blas, CUBLAS_OP_N, CUBLAS_OP_N, cols - i2, rows, i2 - i1, &minus_one,
+          hinv_.data() + static_cast<size_t>(i1) * cols + i2, CUDA_R_32F, cols, err_.data(),
+          CUDA_R_32F, kGptqMaxBlock, &one, wk_.data() + i2, CUDA_R_32F, cols,
+          allow_tf32_ ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    SR_STATUS_RETURN_IF_ERROR(record());
+  }
+
+  std::vector<float> losses(rows);
+  SR_STATUS_RETURN_IF_ERROR(row_loss_.CopyToHost(absl::MakeSpan(losses), stream_));  // syncs
+  if (timing_) {
+    auto elapsed = [&](size_t a, size_t b) -> absl::StatusOr<double> {
+      float ms = 0.0f;
+      SR_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, events_[a], events_[b]));
+      return static_cast<double>(ms);
+    };
+    SR_CUDA_ASSIGN_OR_RETURN(double prep, elapsed(0, 1));
+    times_.prepare_ms += prep;
+    for (int b = 0; b < num_blocks; ++b) {
+      const size_t e_prev = 1 + 2 * static_cast<size_t>(b);
+      SR_CUDA_ASSIGN_OR_RETURN(double sweep, elapsed(e_prev, e_prev + 1));
+      SR_CUDA_ASSIGN_OR_RETURN(double gemm, elapsed(e_prev + 1, e_prev + 2));
+      times_.sweep_ms += sweep;
+      times_.trailing_ms += gemm;
+    }
+  }
+  SolveReport report;
+  for (float l : losses) report.loss += static_cast<double>(l);
+  report.damp_used = damp_used_;
+  report.damp_increments = damp_increments_;
+  report.dead_columns = dead_count_;
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+absl::StatusOr<GptqResult> GptqQuantizeCuda(absl::Span<const float> w, int rows, int cols,
+                                            absl::Span<const float> h, const GptqOptions& options,
+                                            cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0 || w.size() != static_cast<size_t>(rows) * cols ||
+      h.size() != static_cast<size_t>(cols) * cols) {
+    return absl::InvalidArgumentError("GptqQuantizeCuda: shape mismatch");
+  }
+  SR_CUDA_ASSIGN_OR_RETURN(std::unique_ptr<GptqCuda> gptq, GptqCuda::Create(stream));
+  gptq->set_timing(false);
+  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_w, DeviceBuffer<float>::FromHost(w, stream));
+  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream));
+  SR_STATUS_RETURN_IF_ERROR(gptq->PrepareHessian(d_h.data(), cols, options));
+  const int ng = GptqCuda::NumGroups(cols, options);
+  const size_t numel = static_cast<size_t>(rows) * cols;
+  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<uint8_t> d_codes, DeviceBuffer<uint8_t>::Create(numel));
+  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_scales,
+                           DeviceBuffer<float>::Create(static_cast<size_t>(ng) * rows));
+  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<int32_t> d_zeros,
+                           DeviceBuffer<int32_t>::Create(static_cast<size_t>(ng) * rows));
+  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<int32_t> d_gidx, DeviceBuffer<int32_t>::Create(cols));
+  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_q, DeviceBuffer<float>::Create(numel));
+  GptqCudaOutputs out;
+  out.codes = d_codes.data();
+  out.scales = d_scales.data();
+  out.zeros = d_zeros.data();
+  out.g_idx = d_gidx.data();
+  out.weight = d_q.data();
+  SR_CUDA_ASSIGN_OR_RETURN(SolveReport report, gptq->Quantize(d_w.data(), rows, options, out));
+
+  GptqResult result;
+  result.report = report;
+  result.perm = gptq->perm();
+  result.weight.resize(numel);
+  SR_STATUS_RETURN_IF_ERROR(d_q.CopyToHost(absl::MakeSpan(result.weight), stream));
+  QuantizedWeight& qw = result.quantized;
+  const bool grouped = options.group_size > 0;
+  qw.rows = rows;
+  qw.cols = cols;
+  qw.bits = options.bits;
+  qw.group_size = grouped ? options.group_size : -1;
+  qw.sym = options.sym;
+  qw.act_order = options.act_order && grouped && !options.static_groups;
+  qw.num_groups = ng;
+  std::vector<uint8_t> codes(numel);
+  SR_STATUS_RETURN_IF_ERROR(d_codes.CopyToHost(absl::MakeSpan(codes), stream));
+  qw.codes.assign(codes.begin(), codes.end());
+  qw.scales.resize(static_cast<size_t>(ng) * rows);
+  qw.zeros.resize(static_cast<size_t>(ng) * rows);
+  qw.g_idx.resize(cols);
+  SR_STATUS_RETURN_IF_ERROR(d_scales.CopyToHost(absl::MakeSpan(qw.scales), stream));
+  SR_STATUS_RETURN_IF_ERROR(d_zeros.CopyToHost(absl::MakeSpan(qw.zeros), stream));
+  SR_STATUS_RETURN_IF_ERROR(d_gidx.CopyToHost(absl::MakeSpan(qw.g_idx), stream));
+  return result;
+}
+
+}  // namespace shrinkray

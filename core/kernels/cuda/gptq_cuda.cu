@@ -1,0 +1,314 @@
+// GPTQ kernels: grid fitting, permutation, damping, the factor check and the
+// in-block column sweep (gptq_quantize_block_kernel). The numerics follow
+// core/algo/gptq.cc (and the reference): fp32 throughout, rint (half to
+// even), products and differences rounded separately (no FMA contraction) so
+// that one block matches the CPU bit for bit given the same inputs.
+#include "core/kernels/cuda/gptq_cuda_launch.h"
+#include "core/kernels/cuda/ops.cuh"
+
+namespace shrinkray::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr long kMaxBlocks = 132L * 16;
+
+unsigned GridFor(long work) {
+  long blocks = (work + kThreads - 1) / kThreads;
+  blocks = blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks);
+  return static_cast<unsigned>(blocks);
+}
+
+// FitQuantParams (core/algo/quantizer.cc) from a range's min and max, which
+// are seeded with 0.
+__device__ __forceinline__ void ParamsFromRange(float xmin, float xmax, float maxq, bool sym,
+                                                float* scale, float* zero) {
+  if (sym) {
+    xmax = fmaxf(fabsf(xmin), xmax);
+    if (xmin < 0.0f) xmin = -xmax;  // an all non-negative row keeps xmin = 0 (reference)
+  }
+  if (xmin == 0.0f && xmax == 0.0f) {
+    xmin = -1.0f;
+    xmax = 1.0f;
+  }
+  const float s = __fdiv_rn(__fsub_rn(xmax, xmin), maxq);
+  *scale = s;
+  *zero = sym ? __fdiv_rn(__fadd_rn(maxq, 1.0f), 2.0f) : rintf(__fdiv_rn(-xmin, s));
+}
+
+// One warp per (row, group).
+__global__ void GptqFitParamsKernel(const float* __restrict__ w, int rows, int cols,
+                                    int group_size, const uint8_t* __restrict__ dead, float maxq,
+                                    bool sym, float* __restrict__ scales,
+                                    int32_t* __restrict__ zeros) {
+  const int num_groups = (cols + group_size - 1) / group_size;
+  const long tasks = static_cast<long>(rows) * num_groups;
+  const int lane = threadIdx.x % kWarpSize;
+  const long warps = static_cast<long>(gridDim.x) * (blockDim.x / kWarpSize);
+  for (long t = static_cast<long>(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+       t < tasks; t += warps) {
+    const int r = static_cast<int>(t % rows);
+    const int g = static_cast<int>(t / rows);
+    const int c0 = g * group_size;
+    const int c1 = min(cols, c0 + group_size);
+    const float* row = w + static_cast<long>(r) * cols;
+    float xmin = 0.0f;
+    float xmax = 0.0f;
+    for (int c = c0 + lane; c < c1; c += kWarpSize) {
+      const float x = (dead != nullptr && dead[c] != 0) ? 0.0f : row[c];
+      xmin = fminf(xmin, x);
+      xmax = fmaxf(xmax, x);
+    }
+#pragma unroll
+    for (int off = kWarpSize / 2; off > 0; off >>= 1) {
+      xmin = fminf(xmin, __shfl_xor_sync(0xffffffffu, xmin, off));
+      xmax = fmaxf(xmax, __shfl_xor_sync(0xffffffffu, xmax, off));
+    }
+    if (lane == 0) {
+      float scale, zero;
+      ParamsFromRange(xmin, xmax, maxq, sym, &scale, &zero);
+      scales[static_cast<long>(g) * rows + r] = scale;
+      zeros[static_cast<long>(g) * rows + r] = static_cast<int32_t>(zero);
+    }
+  }
+}
+
+__global__ void GptqGatherColumnsKernel(float* __restrict__ wk, const float* __restrict__ w,
+                                        int rows, int cols, const int32_t* __restrict__ perm,
+                                        const uint8_t* __restrict__ dead) {
+  const long total = static_cast<long>(rows) * cols;
+  for (long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<long>(gridDim.x) * blockDim.x) {
+    const long r = i / cols;
+    const int k = static_cast<int>(i - r * cols);
+    const int c = perm[k];
+    wk[i] = dead[c] != 0 ? 0.0f : w[r * cols + c];
+  }
+}
+
+__global__ void GptqPermuteHessianKernel(float* __restrict__ out, const float* __restrict__ h,
+                                         int n, const int32_t* __restrict__ perm,
+                                         const uint8_t* __restrict__ dead) {
+  const long total = static_cast<long>(n) * n;
+  for (long idx = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<long>(gridDim.x) * blockDim.x) {
+    const long i = idx / n;
+    const int j = static_cast<int>(idx - i * n);
+    const int pi = perm[i];
+    const int pj = perm[j];
+    out[idx] = (pi == pj && dead[pi] != 0) ? 1.0f : h[static_cast<long>(pi) * n + pj];
+  }
+}
+
+constexpr int kDampThreads = 1024;
+
+// One block: mean(diag) summed in double (the CPU sums in double too), rounded
+// to fp32, times damp in fp32, added to the diagonal.
+__global__ void __launch_bounds__(kDampThreads) GptqDampKernel(float* a, int n, float damp) {
+  __shared__ double partial[kDampThreads / kWarpSize];
+  double sum = 0.0;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) sum += a[static_cast<long>(j) * n + j];
+#pragma unroll
+  for (int off = kWarpSize / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (threadIdx.x % kWarpSize == 0) partial[threadIdx.x / kWarpSize] = sum;
+  __syncthreads();
+  double total = 0.0;
+  for (int w = 0; w < static_cast<int>(blockDim.x / kWarpSize); ++w) total += partial[w];
+  const float mean = static_cast<float>(total / n);
+  const float value = __fmul_rn(damp, mean);
+  __syncthreads();  // every thread has read the diagonal before any write
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    a[static_cast<long>(j) * n + j] = __fadd_rn(a[static_cast<long>(j) * n + j], value);
+  }
+}
+
+__global__ void GptqCheckFactorKernel(const float* __restrict__ u, int n, int* bad) {
+  const long total = static_cast<long>(n) * n;
+  int local = 0;
+  for (long idx = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<long>(gridDim.x) * blockDim.x) {
+    const long i = idx / n;
+    const long j = idx - i * n;
+    if (j < i) continue;
+    const float x = u[idx];
+    if (!isfinite(x) || (i == j && !(x > 0.0f))) local = 1;
+  }
+  if (local) atomicOr(bad, 1);
+}
+
+constexpr int kSweepRows = 64;               // threads per CTA, one output row each
+constexpr int kLdW = kSweepRows + 1;          // transposed W tile, padded against bank conflicts
+constexpr int kSweepSmem = (kGptqMaxBlock * kGptqMaxBlock + kGptqMaxBlock * kLdW) * 4;
+
+// gptq_quantize_block_kernel: rows are independent within a block (each has
+// its own grid and in-block updates), so a thread owns a row and walks the
+// block's columns in order. Shared memory holds Hinv[i1:i2, i1:i2] (read by
+// all threads, broadcast) and the W tile transposed to [col][row] so that the
+// per-column accesses of a warp hit distinct banks. After column i is
+// quantized its slot holds err_i, and the tile is written out as Err1 for the
+// trailing GEMM.
+__global__ void __launch_bounds__(kSweepRows) GptqQuantizeBlockKernel(GptqSweepArgs a) {
+  extern __shared__ __align__(16) float smem[];
+  float* hs = smem;
+  float* ws = smem + kGptqMaxBlock * kGptqMaxBlock;
+  const int B = a.i2 - a.i1;
+  const int r0 = blockIdx.x * kSweepRows;
+  const int tid = threadIdx.x;
+  for (int idx = tid; idx < B * B; idx += kSweepRows) {
+    const int i = idx / B;
+    const int j = idx - i * B;
+    hs[i * kGptqMaxBlock + j] = a.hinv[static_cast<long>(a.i1 + i) * a.cols + a.i1 + j];
+  }
+  for (int idx = tid; idx < kSweepRows * B; idx += kSweepRows) {
+    const int rr = idx / B;
+    const int j = idx - rr * B;
+    const int r = r0 + rr;
+    ws[j * kLdW + rr] = r < a.rows ? a.wk[static_cast<long>(r) * a.cols + a.i1 + j] : 0.0f;
+  }
+  __syncthreads();
+
+  const int r = r0 + tid;
+  if (r < a.rows) {
+    const int gs = a.group_size;
+    float scale = 1.0f;
+    float zero = 0.0f;
+    int cur_group = -1;
+    if (a.mode == GptqParamMode::kPerRow) {
+      scale = a.scales[r];
+      zero = static_cast<float>(a.zeros[r]);
+    } else if (a.mode == GptqParamMode::kDynamic && a.i1 % gs != 0) {
+      const long g = a.i1 / gs;  // the group began in an earlier block
+      scale = a.scales[g * a.rows + r];
+      zero = static_cast<float>(a.zeros[g * a.rows + r]);
+    }
+    const float* outer = a.wk + static_cast<long>(r) * a.cols;  // stale during the block
+    float loss = 0.0f;
+    for (int i = 0; i < B; ++i) {
+      const int c = a.i1 + i;
+      const int orig = a.perm != nullptr ? a.perm[c] : c;
+      if (a.mode == GptqParamMode::kDynamic && c % gs == 0) {
+        // Refit on the outer W, which lacks this block's in-block updates
+        // (reference staleness, kept).
+        float xmin = 0.0f;
+        float xmax = 0.0f;
+        const int c1 = min(a.cols, c + gs);
+        for (int cc = c; cc < c1; ++cc) {
+          xmin = fminf(xmin, outer[cc]);
+          xmax = fmaxf(xmax, outer[cc]);
+        }
+        ParamsFromRange(xmin, xmax, a.maxq, a.sym, &scale, &zero);
+        const long g = c / gs;
+        a.scales[g * a.rows + r] = scale;
+        a.zeros[g * a.rows + r] = static_cast<int32_t>(zero);
+      } else if (a.mode == GptqParamMode::kStatic) {
+        const int g = orig / gs;
+        if (g != cur_group) {
+          cur_group = g;
+          scale = a.scales[static_cast<long>(g) * a.rows + r];
+          zero = static_cast<float>(a.zeros[static_cast<long>(g) * a.rows + r]);
+        }
+      }
+      const float w = ws[i * kLdW + tid];
+      const float d = hs[i * kGptqMaxBlock + i];
+      const float code = fminf(fmaxf(__fadd_rn(rintf(__fdiv_rn(w, scale)), zero), 0.0f), a.maxq);
+      const float q = __fmul_rn(scale, __fsub_rn(code, zero));
+      const float diff = __fsub_rn(w, q);
+      loss = __fadd_rn(loss, __fdiv_rn(__fmul_rn(diff, diff), __fmul_rn(d, d)));
+      const float e = __fdiv_rn(diff, d);
+      const long out_idx = static_cast<long>(r) * a.cols + orig;
+      a.codes[out_idx] = static_cast<uint8_t>(code);
+      if (a.q_f32 != nullptr) a.q_f32[out_idx] = q;
+      if (a.q_bf16 != nullptr) a.q_bf16[out_idx] = __float2bfloat16_rn(q);
+      ws[i * kLdW + tid] = e;
+      const float* hrow = hs + i * kGptqMaxBlock;
+      for (int j = i + 1; j < B; ++j) {
+        ws[j * kLdW + tid] = __fsub_rn(ws[j * kLdW + tid], __fmul_rn(e, hrow[j]));
+      }
+    }
+    a.row_loss[r] += 0.5f * loss;
+  }
+  __syncthreads();
+  for (int idx = tid; idx < kSweepRows * B; idx += kSweepRows) {
+    const int rr = idx / B;
+    const int j = idx - rr * B;
+    if (r0 + rr < a.rows) {
+      a.err[static_cast<long>(r0 + rr) * kGptqMaxBlock + j] = ws[j * kLdW + rr];
+    }
+  }
+}
+
+__global__ void GptqGidxKernel(int32_t* g_idx, int cols, GptqParamMode mode, int gs,
+                               const int32_t* perm) {
+  for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < cols; k += gridDim.x * blockDim.x) {
+    switch (mode) {
+      case GptqParamMode::kPerRow: g_idx[k] = 0; break;
+      case GptqParamMode::kStatic: g_idx[k] = k / gs; break;
+      case GptqParamMode::kDynamic: g_idx[perm[k]] = k / gs; break;
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t LaunchGptqFitParams(const float* w, int rows, int cols, int group_size,
+                                const uint8_t* dead, float maxq, bool sym, float* scales,
+                                int32_t* zeros, cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return cudaSuccess;
+  const int gs = group_size >= cols || group_size <= 0 ? cols : group_size;
+  const long tasks = static_cast<long>(rows) * ((cols + gs - 1) / gs);
+  const long warps_per_block = kThreads / kWarpSize;
+  long blocks = (tasks + warps_per_block - 1) / warps_per_block;
+  blocks = blocks > kMaxBlocks ? kMaxBlocks : blocks;
+  GptqFitParamsKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      w, rows, cols, gs, dead, maxq, sym, scales, zeros);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGptqGatherColumns(float* wk, const float* w, int rows, int cols,
+                                    const int32_t* perm, const uint8_t* dead,
+                                    cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return cudaSuccess;
+  GptqGatherColumnsKernel<<<GridFor(static_cast<long>(rows) * cols), kThreads, 0, stream>>>(
+      wk, w, rows, cols, perm, dead);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGptqPermuteHessian(float* out, const float* h, int n, const int32_t* perm,
+                                     const uint8_t* dead, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  GptqPermuteHessianKernel<<<GridFor(static_cast<long>(n) * n), kThreads, 0, stream>>>(
+      out, h, n, perm, dead);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGptqDamp(float* a, int n, float damp, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  GptqDampKernel<<<1, kDampThreads, 0, stream>>>(a, n, damp);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGptqCheckFactor(const float* u, int n, int* bad, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  GptqCheckFactorKernel<<<GridFor(static_cast<long>(n) * n), kThreads, 0, stream>>>(u, n, bad);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGptqQuantizeBlock(const GptqSweepArgs& args, cudaStream_t stream) {
+  if (args.rows == 0 || args.i2 <= args.i1) return cudaSuccess;
+  if (args.i2 - args.i1 > kGptqMaxBlock) return cudaErrorInvalidValue;
+  // > 48 KiB of dynamic shared memory needs an opt-in (per device; cheap to repeat).
+  cudaError_t err = cudaFuncSetAttribute(GptqQuantizeBlockKernel,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSweepSmem);
+  if (err != cudaSuccess) return err;
+  const unsigned blocks = static_cast<unsigned>((args.rows + kSweepRows - 1) / kSweepRows);
+  GptqQuantizeBlockKernel<<<blocks, kSweepRows, kSweepSmem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGptqGidx(int32_t* g_idx, int cols, GptqParamMode mode, int group_size,
+                           const int32_t* perm, cudaStream_t stream) {
+  if (cols == 0) return cudaSuccess;
+  GptqGidxKernel<<<GridFor(cols), kThreads, 0, stream>>>(g_idx, cols, mode, group_size, perm);
+  return cudaGetLastError();
+}
+
+}  // namespace shrinkray::kernels

@@ -1,0 +1,30 @@
+// GPU Hessian accumulation for GPTQ/SparseGPT, in the reference's running form
+// (shared/docs/numerics-reference.md, "Statistics"): for a batch of b samples
+// whose tokens are the rows of x [tokens, cols],
+//   H *= n / (n + b);  n += b;  H += (2 / n) · xᵀ x
+// so that after all batches H = (2 / n_samples) · Σ_tokens x xᵀ, in fp32.
+// The reference scales x by sqrt(2/n) before the product; here the factor is
+// the GEMM's alpha and n/(n+b) its beta (the same H up to fp32 rounding, and
+// no rescaled copy of x).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include "absl/status/status.h"
+
+namespace shrinkray {
+
+// h: device [cols, cols] fp32 (symmetric, so row/column-major is the same).
+// *n_samples: samples accumulated so far (0 on the first call: h's contents
+// are then ignored, not read). x: device [tokens, cols] row-major.
+// bf16 x: tensor cores, fp32 accumulation (CUBLAS_COMPUTE_32F).
+absl::Status hessian_accumulate(float* h, int cols, long* n_samples, const __nv_bfloat16* x,
+                                long tokens, int batch_samples, cudaStream_t stream);
+
+// fp32 x: CUBLAS_COMPUTE_32F (IEEE fp32), or CUBLAS_COMPUTE_32F_FAST_TF32 when
+// allow_tf32 (only on explicit request: ~10-bit mantissa products).
+absl::Status hessian_accumulate(float* h, int cols, long* n_samples, const float* x, long tokens,
+                                int batch_samples, bool allow_tf32, cudaStream_t stream);
+
+}  // namespace shrinkray
