@@ -158,7 +158,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"{gptq: {bits: 4}}", {"expected a list of stages"}},
         BadCase{"[]", {"has no stages"}},
         BadCase{"[{gptq: {bits: 4}", {"invalid YAML", "line"}},
-        BadCase{"- gptq:\n    bits: 4\n   group_size: 32\n", {"invalid YAML", "line 3"}}));
+        BadCase{"- gptq:\n    bits: 4\n   group_size: 32\n", {"invalid YAML", "line 3"}}),
+    // Stable test names (the default prints the case's raw bytes, pointers included).
+    [](const ::testing::TestParamInfo<BadCase>& info) { return "case" + std::to_string(info.index); });
 
 }  // namespace
 }  // namespace shrinkray
