@@ -2,7 +2,7 @@
 # GPU checks for a bundle made by scripts/make-bundle.sh, run ON the GPU
 # machine from the repo root where .bundle/ was carried:
 #
-#   scripts/gpu-check.sh [section...]     sections: env ops goldens gptq-smoke gptq-8b
+#   scripts/gpu-check.sh [section...]     sections: env ops goldens goldens-gpu gptq-smoke gptq-8b
 #                                         (default: env ops goldens)
 #
 #   env      nvidia-smi, and ldd of every bundled program through the bundle's
@@ -11,6 +11,10 @@
 #            that SKIPS here counts as a failure: this machine has a GPU
 #   goldens  shrinkray_unit_tests filtered to the golden tests ($GOLDEN_FILTER,
 #            default *Golden*:*golden*), data from the bundle's data/
+#   goldens-gpu  shrinkray_cuda_tests filtered to LlamaCuda* ($GPU_GOLDEN_FILTER):
+#            the fp32 GPU forward (LlamaCudaModel) on stories260K against
+#            golden.json and the CPU model, data from the bundle's data/; a
+#            skipped test or no matching test counts as a failure
 #   gptq-smoke  gptq_llama8b_bench on 1 layer, 8 samples (Llama-3-8B shapes):
 #            the end-to-end layerwise GPTQ path in ~seconds; timeout $GPTQ_SMOKE_TIMEOUT (120 s)
 #   gptq-8b  the same bench on the full job: $GPTQ_LAYERS (32) layers, 128 x 2048
@@ -28,6 +32,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUNDLE=${SHRINKRAY_BUNDLE_DIR:-$ROOT/.bundle}
 LOGDIR=${OUT:-$ROOT/.gpu/logs}
 GOLDEN_FILTER=${GOLDEN_FILTER:-*Golden*:*golden*}
+GPU_GOLDEN_FILTER=${GPU_GOLDEN_FILTER:-LlamaCuda*}
 mkdir -p "$LOGDIR"
 
 declare -a SUMMARY=()
@@ -130,6 +135,22 @@ section_goldens() {
   # Golden tests skip (not fail) when data is missing: that is a failed check here.
 }
 
+section_goldens_gpu() {
+  if [[ ! -x "$BUNDLE/bin/shrinkray_cuda_tests" ]]; then
+    STATUS=FAIL; NOTE="no shrinkray_cuda_tests in the bundle"; echo "$NOTE"; return
+  fi
+  if [[ ! -f "$BUNDLE/data/stories260K/golden.json" ]]; then
+    STATUS=FAIL; NOTE="no stories260K data in the bundle ($BUNDLE/data)"; echo "$NOTE"; return
+  fi
+  echo "filter: $GPU_GOLDEN_FILTER  data: $BUNDLE/data"
+  SHRINKRAY_SHARED_DATA="$BUNDLE/data" \
+    run_gtest goldens-gpu shrinkray_cuda_tests --gtest_filter="$GPU_GOLDEN_FILTER"
+  # Skips already FAIL in run_gtest; an old bundle without the tests matches none.
+  [[ "$STATUS" == EMPTY ]] && STATUS=FAIL
+  # The measured errors and perplexities, for the summary log.
+  grep -E '^stories260K ' "$LOGDIR/goldens-gpu.log" || true
+}
+
 # Runs the bundled GPTQ bench with a timeout; sets STATUS and NOTE.
 GPTQ_SMOKE_FAILED=0
 BENCH_RC=0
@@ -178,8 +199,8 @@ section_gptq_8b() {
 sections=("$@")
 ((${#sections[@]} > 0)) || sections=(env ops goldens)
 for s in "${sections[@]}"; do
-  case "$s" in env | ops | goldens | gptq-smoke | gptq-8b) ;; *)
-    echo "unknown section '$s' (env ops goldens gptq-smoke gptq-8b)" >&2; exit 2 ;;
+  case "$s" in env | ops | goldens | goldens-gpu | gptq-smoke | gptq-8b) ;; *)
+    echo "unknown section '$s' (env ops goldens goldens-gpu gptq-smoke gptq-8b)" >&2; exit 2 ;;
   esac
 done
 

@@ -88,6 +88,9 @@ class LlamaModel {
     float* data;
   };
   std::vector<NamedParameter> Parameters() const;
+  // RoPE inverse frequencies [head_dim/2] in double, rope_scaling applied (the
+  // CUDA model builds its cos/sin tables from the same values).
+  const std::vector<double>& rope_inv_freq() const { return inv_freq_; }
 
  private:
   LlamaModel() = default;

@@ -1,0 +1,206 @@
+#include "core/kernels/cuda/llama_cuda.h"
+
+#include <cmath>
+#include <limits>
+#include <numbers>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/kernels/cuda/ops.h"
+#include "core/util/status_macros.h"
+
+namespace shrinkray {
+
+LlamaCudaModel::~LlamaCudaModel() {
+  weights_.clear();
+  if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+}
+
+absl::StatusOr<const float*> LlamaCudaModel::Upload(const float* host, size_t n) {
+  if (host == nullptr) return static_cast<const float*>(nullptr);
+  SR_ASSIGN_OR_RETURN(DeviceBuffer<float> buf,
+                      DeviceBuffer<float>::FromHost(absl::MakeConstSpan(host, n), stream_));
+  weights_.push_back(std::move(buf));
+  return static_cast<const float*>(weights_.back().data());
+}
+
+absl::StatusOr<std::unique_ptr<LlamaCudaModel>> LlamaCudaModel::FromCpu(
+    const LlamaModel& cpu_model) {
+  const ModelConfig& c = cpu_model.config();
+  if (c.rope_scaling.has_value() && c.rope_scaling->rope_type != "llama3") {
+    return absl::UnimplementedError(
+        absl::StrCat("LlamaCudaModel: rope_scaling type '", c.rope_scaling->rope_type, "'"));
+  }
+  if (c.head_dim > 256) {
+    return absl::UnimplementedError(
+        absl::StrCat("LlamaCudaModel: head_dim ", c.head_dim, " > 256 (fp32 attention kernel)"));
+  }
+  std::unique_ptr<LlamaCudaModel> m(new LlamaCudaModel());
+  m->config_ = c;
+  m->inv_freq_ = cpu_model.rope_inv_freq();  // the CPU model's, so both use the same table
+  SR_CUDA_RETURN_IF_ERROR(cudaStreamCreate(&m->stream_));
+
+  const float* host_embed = nullptr;
+  const float* host_norm = nullptr;
+  const float* host_lm_head = nullptr;
+  for (const LlamaModel::NamedParameter& p : cpu_model.Parameters()) {
+    if (p.name == "model.embed_tokens.weight") host_embed = p.data;
+    if (p.name == "model.norm.weight") host_norm = p.data;
+    if (p.name == "lm_head.weight") host_lm_head = p.data;
+  }
+  if (host_embed == nullptr || host_norm == nullptr ||
+      (!c.tie_word_embeddings && host_lm_head == nullptr)) {
+    return absl::InvalidArgumentError("LlamaCudaModel: model lacks embed_tokens, norm or lm_head");
+  }
+  const size_t C = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
+  const size_t QD = c.q_dim(), KVD = c.kv_dim(), HD = c.head_dim;
+  SR_ASSIGN_OR_RETURN(m->embed_tokens_, m->Upload(host_embed, V * C));
+  SR_ASSIGN_OR_RETURN(m->final_norm_, m->Upload(host_norm, C));
+  if (c.tie_word_embeddings) {
+    m->lm_head_ = m->embed_tokens_;
+  } else {
+    SR_ASSIGN_OR_RETURN(m->lm_head_, m->Upload(host_lm_head, V * C));
+  }
+  m->layers_.resize(c.num_hidden_layers);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& w = cpu_model.layer(l);
+    if (w.input_layernorm == nullptr || w.q_proj == nullptr || w.k_proj == nullptr ||
+        w.v_proj == nullptr || w.o_proj == nullptr || w.post_attention_layernorm == nullptr ||
+        w.gate_proj == nullptr || w.up_proj == nullptr || w.down_proj == nullptr ||
+        (c.qk_norm && (w.q_norm == nullptr || w.k_norm == nullptr))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("LlamaCudaModel: layer ", l, " is missing a weight view"));
+    }
+    DeviceLayer& d = m->layers_[l];
+    SR_ASSIGN_OR_RETURN(d.input_layernorm, m->Upload(w.input_layernorm, C));
+    SR_ASSIGN_OR_RETURN(d.q_proj, m->Upload(w.q_proj, QD * C));
+    SR_ASSIGN_OR_RETURN(d.k_proj, m->Upload(w.k_proj, KVD * C));
+    SR_ASSIGN_OR_RETURN(d.v_proj, m->Upload(w.v_proj, KVD * C));
+    SR_ASSIGN_OR_RETURN(d.q_bias, m->Upload(w.q_bias, QD));
+    SR_ASSIGN_OR_RETURN(d.k_bias, m->Upload(w.k_bias, KVD));
+    SR_ASSIGN_OR_RETURN(d.v_bias, m->Upload(w.v_bias, KVD));
+    if (c.qk_norm) {
+      SR_ASSIGN_OR_RETURN(d.q_norm, m->Upload(w.q_norm, HD));
+      SR_ASSIGN_OR_RETURN(d.k_norm, m->Upload(w.k_norm, HD));
+    }
+    SR_ASSIGN_OR_RETURN(d.o_proj, m->Upload(w.o_proj, C * QD));
+    SR_ASSIGN_OR_RETURN(d.o_bias, m->Upload(w.o_bias, C));
+    SR_ASSIGN_OR_RETURN(d.post_attention_layernorm, m->Upload(w.post_attention_layernorm, C));
+    SR_ASSIGN_OR_RETURN(d.gate_proj, m->Upload(w.gate_proj, I * C));
+    SR_ASSIGN_OR_RETURN(d.up_proj, m->Upload(w.up_proj, I * C));
+    SR_ASSIGN_OR_RETURN(d.down_proj, m->Upload(w.down_proj, C * I));
+  }
+  return m;
+}
+
+absl::Status LlamaCudaModel::Forward(std::span<const int32_t> tokens, int batch, int seqlen,
+                                     std::span<float> logits_host) {
+  const ModelConfig& c = config_;
+  if (batch <= 0 || seqlen <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("LlamaCudaModel::Forward: batch ", batch,
+                                                   " and seqlen ", seqlen, " must be positive"));
+  }
+  const long rows_long = static_cast<long>(batch) * seqlen;
+  if (rows_long > std::numeric_limits<int>::max()) {
+    return absl::InvalidArgumentError("LlamaCudaModel::Forward: batch * seqlen too large");
+  }
+  if (static_cast<long>(tokens.size()) != rows_long) {
+    return absl::InvalidArgumentError(absl::StrCat("LlamaCudaModel::Forward: ", tokens.size(),
+                                                   " tokens for batch ", batch, " x seqlen ",
+                                                   seqlen));
+  }
+  const int N = static_cast<int>(rows_long);
+  const int C = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
+  const int NH = c.num_attention_heads, NKV = c.num_key_value_heads, HD = c.head_dim;
+  const int QD = c.q_dim(), KVD = c.kv_dim();
+  if (static_cast<long>(logits_host.size()) != rows_long * V) {
+    return absl::InvalidArgumentError(absl::StrCat("LlamaCudaModel::Forward: logits has ",
+                                                   logits_host.size(), " floats, expected ",
+                                                   rows_long * V));
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= V) {
+      return absl::InvalidArgumentError(absl::StrCat("LlamaCudaModel::Forward: token id ",
+                                                     tokens[i], " at index ", i,
+                                                     " is outside [0, ", V, ")"));
+    }
+  }
+
+  // RoPE tables exactly as LlamaModel::LayerForward builds them.
+  const int half = HD / 2;
+  std::vector<float> cos_table(static_cast<size_t>(seqlen) * half), sin_table(cos_table.size());
+  for (int t = 0; t < seqlen; ++t) {
+    for (int i = 0; i < half; ++i) {
+      const double angle = t * inv_freq_[i];
+      cos_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(angle));
+      sin_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(angle));
+    }
+  }
+
+  const size_t n = static_cast<size_t>(N);
+  SR_ASSIGN_OR_RETURN(auto d_tokens, DeviceBuffer<int32_t>::FromHost(
+                                         absl::MakeConstSpan(tokens.data(), tokens.size()),
+                                         stream_));
+  SR_ASSIGN_OR_RETURN(auto d_cos, DeviceBuffer<float>::FromHost(cos_table, stream_));
+  SR_ASSIGN_OR_RETURN(auto d_sin, DeviceBuffer<float>::FromHost(sin_table, stream_));
+  SR_ASSIGN_OR_RETURN(auto x, DeviceBuffer<float>::Create(n * C));
+  SR_ASSIGN_OR_RETURN(auto normed, DeviceBuffer<float>::Create(n * C));
+  SR_ASSIGN_OR_RETURN(auto q, DeviceBuffer<float>::Create(n * QD));
+  SR_ASSIGN_OR_RETURN(auto k, DeviceBuffer<float>::Create(n * KVD));
+  SR_ASSIGN_OR_RETURN(auto v, DeviceBuffer<float>::Create(n * KVD));
+  SR_ASSIGN_OR_RETURN(auto att, DeviceBuffer<float>::Create(n * QD));
+  SR_ASSIGN_OR_RETURN(auto proj, DeviceBuffer<float>::Create(n * C));
+  SR_ASSIGN_OR_RETURN(auto gate, DeviceBuffer<float>::Create(n * I));
+  SR_ASSIGN_OR_RETURN(auto up, DeviceBuffer<float>::Create(n * I));
+  SR_ASSIGN_OR_RETURN(auto logits, DeviceBuffer<float>::Create(n * V));
+
+  cudaStream_t s = stream_;
+  SR_RETURN_IF_ERROR(embedding_forward(x.data(), d_tokens.data(), embed_tokens_, N, V, C, s));
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const DeviceLayer& w = layers_[l];
+    // Attention block.
+    SR_RETURN_IF_ERROR(rmsnorm_forward(normed.data(), nullptr, x.data(), w.input_layernorm, N, C,
+                                       c.rms_norm_eps, s));
+    SR_RETURN_IF_ERROR(matmul_forward(q.data(), normed.data(), w.q_proj, w.q_bias, N, C, QD, s));
+    SR_RETURN_IF_ERROR(matmul_forward(k.data(), normed.data(), w.k_proj, w.k_bias, N, C, KVD, s));
+    SR_RETURN_IF_ERROR(matmul_forward(v.data(), normed.data(), w.v_proj, w.v_bias, N, C, KVD, s));
+    if (c.qk_norm) {
+      // In place: the CUDA rmsnorm allows out == inp.
+      SR_RETURN_IF_ERROR(rmsnorm_forward(q.data(), nullptr, q.data(), w.q_norm, N * NH, HD,
+                                         c.rms_norm_eps, s));
+      SR_RETURN_IF_ERROR(rmsnorm_forward(k.data(), nullptr, k.data(), w.k_norm, N * NKV, HD,
+                                         c.rms_norm_eps, s));
+    }
+    SR_RETURN_IF_ERROR(
+        rope_forward(q.data(), q.data(), d_cos.data(), d_sin.data(), batch, seqlen, NH, HD, s));
+    SR_RETURN_IF_ERROR(
+        rope_forward(k.data(), k.data(), d_cos.data(), d_sin.data(), batch, seqlen, NKV, HD, s));
+    SR_RETURN_IF_ERROR(attention_forward(att.data(), q.data(), k.data(), v.data(), batch, seqlen,
+                                         NH, NKV, HD, c.LayerSlidingWindow(l).value_or(0), s));
+    SR_RETURN_IF_ERROR(matmul_forward(proj.data(), att.data(), w.o_proj, w.o_bias, N, QD, C, s));
+    SR_RETURN_IF_ERROR(residual_forward(x.data(), x.data(), proj.data(),
+                                        static_cast<long>(n * C), s));
+    // MLP block: down(silu(gate(x)) * up(x)).
+    SR_RETURN_IF_ERROR(rmsnorm_forward(normed.data(), nullptr, x.data(),
+                                       w.post_attention_layernorm, N, C, c.rms_norm_eps, s));
+    SR_RETURN_IF_ERROR(
+        matmul_forward(gate.data(), normed.data(), w.gate_proj, nullptr, N, C, I, s));
+    SR_RETURN_IF_ERROR(matmul_forward(up.data(), normed.data(), w.up_proj, nullptr, N, C, I, s));
+    SR_RETURN_IF_ERROR(
+        swiglu_forward(gate.data(), gate.data(), up.data(), static_cast<long>(n * I), s));
+    SR_RETURN_IF_ERROR(matmul_forward(proj.data(), gate.data(), w.down_proj, nullptr, N, I, C, s));
+    SR_RETURN_IF_ERROR(residual_forward(x.data(), x.data(), proj.data(),
+                                        static_cast<long>(n * C), s));
+  }
+  // Head: final RMSNorm then lm_head.
+  SR_RETURN_IF_ERROR(
+      rmsnorm_forward(normed.data(), nullptr, x.data(), final_norm_, N, C, c.rms_norm_eps, s));
+  SR_RETURN_IF_ERROR(matmul_forward(logits.data(), normed.data(), lm_head_, nullptr, N, C, V, s));
+  // Synchronises the stream: any error raised while the kernels ran shows here.
+  SR_RETURN_IF_ERROR(
+      logits.CopyToHost(absl::MakeSpan(logits_host.data(), logits_host.size()), s));
+  return absl::OkStatus();
+}
+
+}  // namespace shrinkray
