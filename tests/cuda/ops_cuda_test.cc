@@ -22,6 +22,7 @@
 #include "core/kernels/cpu/ops.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/ops.h"
+#include "cuda_test_util.h"
 #include "gtest/gtest.h"
 
 namespace shrinkray {
@@ -145,36 +146,9 @@ std::vector<float> RandomNormal(size_t n, float stddev, uint32_t seed) {
   return x;
 }
 
-// Unwraps a StatusOr in a test body (fails the test on error).
-#define ASSERT_OK_AND_ASSIGN(lhs, expr)              \
-  auto SR_TEST_CONCAT(sor_, __LINE__) = (expr);      \
-  ASSERT_TRUE(SR_TEST_CONCAT(sor_, __LINE__).ok())   \
-      << SR_TEST_CONCAT(sor_, __LINE__).status();    \
-  lhs = std::move(SR_TEST_CONCAT(sor_, __LINE__)).value()
-#define SR_TEST_CONCAT_INNER(a, b) a##b
-#define SR_TEST_CONCAT(a, b) SR_TEST_CONCAT_INNER(a, b)
-#define ASSERT_OK(expr)                   \
-  do {                                    \
-    const absl::Status st_ = (expr);      \
-    ASSERT_TRUE(st_.ok()) << st_;         \
-  } while (0)
-
-// Skips (never passes) when the machine has no usable CUDA device.
-class CudaOpsTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const absl::StatusOr<int> count = CudaDeviceCount();
-    ASSERT_TRUE(count.ok()) << count.status();
-    if (*count == 0) GTEST_SKIP() << "no CUDA device";
-    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
-  }
-  void TearDown() override {
-    if (stream_ != nullptr) {
-      EXPECT_EQ(cudaStreamDestroy(stream_), cudaSuccess);
-    }
-  }
-  cudaStream_t stream_ = nullptr;
-};
+// The shared fixture (skips, never passes, without a device) and assertion
+// macros live in cuda_test_util.h.
+using CudaOpsTest = cuda_test::CudaTest;
 
 struct RowShape {
   int N;
@@ -206,15 +180,15 @@ TEST_P(RmsnormCudaTest, F32MatchesCpu) {
   std::vector<float> ref(n), ref_rstd(N);
   rmsnorm_forward(ref.data(), ref_rstd.data(), inp.data(), weight.data(), N, C, kEps);
 
-  ASSERT_OK_AND_ASSIGN(auto d_inp, DeviceBuffer<float>::FromHost(inp, stream_));
-  ASSERT_OK_AND_ASSIGN(auto d_w, DeviceBuffer<float>::FromHost(weight, stream_));
-  ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<float>::Create(n));
-  ASSERT_OK_AND_ASSIGN(auto d_rstd, DeviceBuffer<float>::Create(N));
-  ASSERT_OK(rmsnorm_forward(d_out.data(), d_rstd.data(), d_inp.data(), d_w.data(), N, C, kEps,
+  SR_ASSERT_OK_AND_ASSIGN(auto d_inp, DeviceBuffer<float>::FromHost(inp, stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_w, DeviceBuffer<float>::FromHost(weight, stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<float>::Create(n));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_rstd, DeviceBuffer<float>::Create(N));
+  SR_ASSERT_OK(rmsnorm_forward(d_out.data(), d_rstd.data(), d_inp.data(), d_w.data(), N, C, kEps,
                             stream_));
   std::vector<float> out(n), rstd(N);
-  ASSERT_OK(d_out.CopyToHost(absl::MakeSpan(out), stream_));
-  ASSERT_OK(d_rstd.CopyToHost(absl::MakeSpan(rstd), stream_));
+  SR_ASSERT_OK(d_out.CopyToHost(absl::MakeSpan(out), stream_));
+  SR_ASSERT_OK(d_rstd.CopyToHost(absl::MakeSpan(rstd), stream_));
 
   const ErrorStats e = Compare(out, ref);
   EXPECT_LE(e.nmse, kNmseF32) << Describe(e);
@@ -231,16 +205,16 @@ TEST_P(RmsnormCudaTest, Bf16MatchesCpuOnRoundedInputs) {
   std::vector<float> ref(n), ref_rstd(N);
   rmsnorm_forward(ref.data(), ref_rstd.data(), inp.data(), weight.data(), N, C, kEps);
 
-  ASSERT_OK_AND_ASSIGN(auto d_inp, DeviceBuffer<__nv_bfloat16>::FromHost(ToBf16(inp), stream_));
-  ASSERT_OK_AND_ASSIGN(auto d_w, DeviceBuffer<float>::FromHost(weight, stream_));
-  ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<__nv_bfloat16>::Create(n));
-  ASSERT_OK_AND_ASSIGN(auto d_rstd, DeviceBuffer<float>::Create(N));
-  ASSERT_OK(rmsnorm_forward(d_out.data(), d_rstd.data(), d_inp.data(), d_w.data(), N, C, kEps,
+  SR_ASSERT_OK_AND_ASSIGN(auto d_inp, DeviceBuffer<__nv_bfloat16>::FromHost(ToBf16(inp), stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_w, DeviceBuffer<float>::FromHost(weight, stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<__nv_bfloat16>::Create(n));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_rstd, DeviceBuffer<float>::Create(N));
+  SR_ASSERT_OK(rmsnorm_forward(d_out.data(), d_rstd.data(), d_inp.data(), d_w.data(), N, C, kEps,
                             stream_));
   std::vector<__nv_bfloat16> out_bf(n);
   std::vector<float> rstd(N);
-  ASSERT_OK(d_out.CopyToHost(absl::MakeSpan(out_bf), stream_));
-  ASSERT_OK(d_rstd.CopyToHost(absl::MakeSpan(rstd), stream_));
+  SR_ASSERT_OK(d_out.CopyToHost(absl::MakeSpan(out_bf), stream_));
+  SR_ASSERT_OK(d_rstd.CopyToHost(absl::MakeSpan(rstd), stream_));
   const std::vector<float> out = FromBf16(out_bf);
 
   const ErrorStats e = Compare(out, ref);
@@ -261,11 +235,11 @@ TEST_P(RmsnormCudaTest, F32NullRstdAndInPlace) {
   std::vector<float> ref(n);
   rmsnorm_forward(ref.data(), nullptr, inp.data(), weight.data(), N, C, kEps);
 
-  ASSERT_OK_AND_ASSIGN(auto d_x, DeviceBuffer<float>::FromHost(inp, stream_));
-  ASSERT_OK_AND_ASSIGN(auto d_w, DeviceBuffer<float>::FromHost(weight, stream_));
-  ASSERT_OK(rmsnorm_forward(d_x.data(), nullptr, d_x.data(), d_w.data(), N, C, kEps, stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_x, DeviceBuffer<float>::FromHost(inp, stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_w, DeviceBuffer<float>::FromHost(weight, stream_));
+  SR_ASSERT_OK(rmsnorm_forward(d_x.data(), nullptr, d_x.data(), d_w.data(), N, C, kEps, stream_));
   std::vector<float> out(n);
-  ASSERT_OK(d_x.CopyToHost(absl::MakeSpan(out), stream_));
+  SR_ASSERT_OK(d_x.CopyToHost(absl::MakeSpan(out), stream_));
   const ErrorStats e = Compare(out, ref);
   EXPECT_LE(e.nmse, kNmseF32) << Describe(e);
   EXPECT_LE(e.max_scaled, kElemTolF32) << Describe(e);
@@ -283,21 +257,21 @@ TEST_F(CudaOpsTest, RmsnormMisalignedPointers) {
   std::vector<float> ref(n), ref_rstd(N);
   rmsnorm_forward(ref.data(), ref_rstd.data(), inp.data(), weight.data(), N, C, kEps);
 
-  ASSERT_OK_AND_ASSIGN(auto d_inp, DeviceBuffer<float>::Create(n + 1));
-  ASSERT_OK_AND_ASSIGN(auto d_w, DeviceBuffer<float>::Create(C + 1));
-  ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<float>::Create(n + 1));
-  ASSERT_OK_AND_ASSIGN(auto d_rstd, DeviceBuffer<float>::Create(N));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_inp, DeviceBuffer<float>::Create(n + 1));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_w, DeviceBuffer<float>::Create(C + 1));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<float>::Create(n + 1));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_rstd, DeviceBuffer<float>::Create(N));
   ASSERT_EQ(cudaMemcpy(d_inp.data() + 1, inp.data(), n * sizeof(float), cudaMemcpyHostToDevice),
             cudaSuccess);
   ASSERT_EQ(cudaMemcpy(d_w.data() + 1, weight.data(), C * sizeof(float), cudaMemcpyHostToDevice),
             cudaSuccess);
-  ASSERT_OK(rmsnorm_forward(d_out.data() + 1, d_rstd.data(), d_inp.data() + 1, d_w.data() + 1, N,
+  SR_ASSERT_OK(rmsnorm_forward(d_out.data() + 1, d_rstd.data(), d_inp.data() + 1, d_w.data() + 1, N,
                             C, kEps, stream_));
   ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
   std::vector<float> out(n), rstd(N);
   ASSERT_EQ(cudaMemcpy(out.data(), d_out.data() + 1, n * sizeof(float), cudaMemcpyDeviceToHost),
             cudaSuccess);
-  ASSERT_OK(d_rstd.CopyToHost(absl::MakeSpan(rstd), stream_));
+  SR_ASSERT_OK(d_rstd.CopyToHost(absl::MakeSpan(rstd), stream_));
   const ErrorStats e = Compare(out, ref);
   EXPECT_LE(e.nmse, kNmseF32) << Describe(e);
   EXPECT_LE(e.max_scaled, kElemTolF32) << Describe(e);
@@ -340,12 +314,12 @@ TEST_P(SwigluCudaTest, F32MatchesCpu) {
   std::vector<float> ref(N);
   swiglu_forward(ref.data(), gate.data(), up.data(), N);
 
-  ASSERT_OK_AND_ASSIGN(auto d_gate, DeviceBuffer<float>::FromHost(gate, stream_));
-  ASSERT_OK_AND_ASSIGN(auto d_up, DeviceBuffer<float>::FromHost(up, stream_));
-  ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<float>::Create(N));
-  ASSERT_OK(swiglu_forward(d_out.data(), d_gate.data(), d_up.data(), N, stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_gate, DeviceBuffer<float>::FromHost(gate, stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_up, DeviceBuffer<float>::FromHost(up, stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<float>::Create(N));
+  SR_ASSERT_OK(swiglu_forward(d_out.data(), d_gate.data(), d_up.data(), N, stream_));
   std::vector<float> out(N);
-  ASSERT_OK(d_out.CopyToHost(absl::MakeSpan(out), stream_));
+  SR_ASSERT_OK(d_out.CopyToHost(absl::MakeSpan(out), stream_));
   const ErrorStats e = Compare(out, ref);
   EXPECT_LE(e.nmse, kNmseF32) << Describe(e);
   EXPECT_LE(e.max_scaled, kElemTolF32) << Describe(e);
@@ -358,12 +332,12 @@ TEST_P(SwigluCudaTest, Bf16MatchesCpuOnRoundedInputs) {
   std::vector<float> ref(N);
   swiglu_forward(ref.data(), gate.data(), up.data(), N);
 
-  ASSERT_OK_AND_ASSIGN(auto d_gate, DeviceBuffer<__nv_bfloat16>::FromHost(ToBf16(gate), stream_));
-  ASSERT_OK_AND_ASSIGN(auto d_up, DeviceBuffer<__nv_bfloat16>::FromHost(ToBf16(up), stream_));
-  ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<__nv_bfloat16>::Create(N));
-  ASSERT_OK(swiglu_forward(d_out.data(), d_gate.data(), d_up.data(), N, stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_gate, DeviceBuffer<__nv_bfloat16>::FromHost(ToBf16(gate), stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_up, DeviceBuffer<__nv_bfloat16>::FromHost(ToBf16(up), stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<__nv_bfloat16>::Create(N));
+  SR_ASSERT_OK(swiglu_forward(d_out.data(), d_gate.data(), d_up.data(), N, stream_));
   std::vector<__nv_bfloat16> out_bf(N);
-  ASSERT_OK(d_out.CopyToHost(absl::MakeSpan(out_bf), stream_));
+  SR_ASSERT_OK(d_out.CopyToHost(absl::MakeSpan(out_bf), stream_));
   const std::vector<float> out = FromBf16(out_bf);
   const ErrorStats e = Compare(out, ref);
   if (N >= kMinNmseCount) {
@@ -383,11 +357,11 @@ TEST_F(CudaOpsTest, SwigluMisalignedAndInPlace) {
   swiglu_forward(ref.data(), gate.data(), up.data(), N);
 
   // gate at an odd offset (scalar path); out written over gate (in place).
-  ASSERT_OK_AND_ASSIGN(auto d_gate, DeviceBuffer<float>::Create(N + 1));
-  ASSERT_OK_AND_ASSIGN(auto d_up, DeviceBuffer<float>::FromHost(up, stream_));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_gate, DeviceBuffer<float>::Create(N + 1));
+  SR_ASSERT_OK_AND_ASSIGN(auto d_up, DeviceBuffer<float>::FromHost(up, stream_));
   ASSERT_EQ(cudaMemcpy(d_gate.data() + 1, gate.data(), N * sizeof(float), cudaMemcpyHostToDevice),
             cudaSuccess);
-  ASSERT_OK(swiglu_forward(d_gate.data() + 1, d_gate.data() + 1, d_up.data(), N, stream_));
+  SR_ASSERT_OK(swiglu_forward(d_gate.data() + 1, d_gate.data() + 1, d_up.data(), N, stream_));
   ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
   std::vector<float> out(N);
   ASSERT_EQ(cudaMemcpy(out.data(), d_gate.data() + 1, N * sizeof(float), cudaMemcpyDeviceToHost),
