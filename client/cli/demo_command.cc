@@ -4,7 +4,6 @@
 // (with the F32 model as the reference of the BF16 one) and generate on them.
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <set>
 #include <string>
 #include <vector>
@@ -12,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/cli/commands.h"
 #include "client/cli/flags.h"
+#include "core/io/text_file.h"
 #include "core/model/synthetic.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -112,13 +112,6 @@ std::string DemoText(uint64_t seed) {
   return text;
 }
 
-absl::Status WriteFile(const std::filesystem::path& path, const std::string& content) {
-  std::ofstream out(path, std::ios::binary);
-  out << content;
-  if (!out) return absl::InternalError(absl::StrCat(path.string(), ": write failed"));
-  return absl::OkStatus();
-}
-
 std::filesystem::path DefaultWorkdir() {
   const char* tmp = std::getenv("TMPDIR");
   return std::filesystem::path(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") / "shrinkray-demo";
@@ -142,10 +135,10 @@ absl::Status RunDemo(const Args& args) {
                                            {"add_bos_token", true}, {"add_eos_token", false}};
   for (const auto& [dir, dtype] : {std::pair{model_f32, DType::kF32}, std::pair{model_bf16, DType::kBF16}}) {
     SR_RETURN_IF_ERROR(WriteSyntheticModel(dir, config, /*seed=*/260, dtype));
-    SR_RETURN_IF_ERROR(WriteFile(dir / "tokenizer.json", tokenizer.dump(2) + "\n"));
-    SR_RETURN_IF_ERROR(WriteFile(dir / "tokenizer_config.json", tokenizer_config.dump(2) + "\n"));
+    SR_RETURN_IF_ERROR(WriteTextFile(dir / "tokenizer.json", tokenizer.dump(2) + "\n"));
+    SR_RETURN_IF_ERROR(WriteTextFile(dir / "tokenizer_config.json", tokenizer_config.dump(2) + "\n"));
   }
-  SR_RETURN_IF_ERROR(WriteFile(text_path, DemoText(/*seed=*/7)));
+  SR_RETURN_IF_ERROR(WriteTextFile(text_path, DemoText(/*seed=*/7)));
   std::printf("demo: wrote %s, %s and %s\n\n", model_f32.c_str(), model_bf16.c_str(), text_path.c_str());
 
   std::printf("$ shrinkray inspect --model %s\n", model_bf16.c_str());

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/io/text_file.h"
 #include "core/tensor/convert.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -47,34 +48,6 @@ absl::StatusOr<std::string> ReadTextFile(const std::filesystem::path& path) {
   contents << in.rdbuf();
   if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path.string()));
   return contents.str();
-}
-
-// Same crash-safety as WriteSafetensors: temp file, fsync, rename.
-absl::Status WriteTextFileAtomic(const std::filesystem::path& path, const std::string& text) {
-  const std::string final_path = path.string();
-  const std::string tmp_path = absl::StrCat(final_path, ".tmp.", ::getpid());
-  const int fd = ::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("create ", tmp_path));
-  absl::Status status;
-  const char* p = text.data();
-  size_t left = text.size();
-  while (status.ok() && left > 0) {
-    const ssize_t n = ::write(fd, p, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      status = absl::ErrnoToStatus(errno, absl::StrCat("write ", tmp_path));
-      break;
-    }
-    p += n;
-    left -= static_cast<size_t>(n);
-  }
-  if (status.ok() && ::fsync(fd) != 0) status = absl::ErrnoToStatus(errno, "fsync " + tmp_path);
-  if (::close(fd) != 0 && status.ok()) status = absl::ErrnoToStatus(errno, "close " + tmp_path);
-  if (status.ok() && ::rename(tmp_path.c_str(), final_path.c_str()) != 0) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat("rename ", tmp_path, " to ", final_path));
-  }
-  if (!status.ok()) ::unlink(tmp_path.c_str());
-  return status;
 }
 
 // Reads the index's weight_map: tensor name -> shard file name.
@@ -293,7 +266,7 @@ absl::Status WriteCheckpoint(const std::filesystem::path& dir,
   // Names were checked as valid UTF-8 by WriteSafetensors, so dump cannot throw.
   const std::string text = index.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
   // The index goes last: until it exists the folder is not a sharded checkpoint.
-  return WriteTextFileAtomic(dir / kIndexFile, text);
+  return WriteTextFile(dir / kIndexFile, text);
 }
 
 }  // namespace shrinkray

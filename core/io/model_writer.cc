@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <set>
 #include <system_error>
@@ -17,6 +16,7 @@
 #include "core/io/compressed_tensors_format.h"
 #include "core/io/dense_format.h"
 #include "core/io/gptq_format.h"
+#include "core/io/text_file.h"
 #include "core/tensor/convert.h"
 #include "core/util/status_macros.h"
 
@@ -52,15 +52,6 @@ std::string_view TorchDtypeName(DType dtype) {
 bool IsCopiedSourceFile(const std::string& name) {
   return name.rfind("tokenizer", 0) == 0 || name.rfind("chat_template", 0) == 0 ||
          name == "generation_config.json" || name == "special_tokens_map.json";
-}
-
-absl::Status WriteTextFile(const std::filesystem::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return absl::InternalError(absl::StrCat("cannot create ", path.string()));
-  out << text;
-  out.flush();
-  if (!out) return absl::InternalError(absl::StrCat("error writing ", path.string()));
-  return absl::OkStatus();
 }
 
 std::string DumpJson(const json& j) {

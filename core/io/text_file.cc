@@ -1,8 +1,13 @@
 #include "core/io/text_file.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <fstream>
 #include <sstream>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
 namespace shrinkray {
@@ -82,5 +87,33 @@ absl::StatusOr<std::string> ReadTextFile(const std::filesystem::path& path, long
   }
   return text;
 }
+
+absl::Status WriteTextFile(const std::filesystem::path& path, std::string_view text) {
+  const std::string final_path = path.string();
+  const std::string tmp_path = absl::StrCat(final_path, ".tmp.", ::getpid());
+  const int fd = ::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("create ", tmp_path));
+  absl::Status status;
+  const char* p = text.data();
+  size_t left = text.size();
+  while (status.ok() && left > 0) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      status = absl::ErrnoToStatus(errno, absl::StrCat("write ", tmp_path));
+      break;
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (status.ok() && ::fsync(fd) != 0) status = absl::ErrnoToStatus(errno, "fsync " + tmp_path);
+  if (::close(fd) != 0 && status.ok()) status = absl::ErrnoToStatus(errno, "close " + tmp_path);
+  if (status.ok() && ::rename(tmp_path.c_str(), final_path.c_str()) != 0) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat("rename ", tmp_path, " to ", final_path));
+  }
+  if (!status.ok()) ::unlink(tmp_path.c_str());
+  return status;
+}
+
 
 }  // namespace shrinkray

@@ -5,7 +5,9 @@
 
 #include <filesystem>
 #include <string>
+#include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace shrinkray {
@@ -17,5 +19,9 @@ absl::StatusOr<std::string> ReadTextFile(const std::filesystem::path& path, long
 
 // Byte offset of the first invalid UTF-8 sequence, or -1 when `text` is valid.
 long FindInvalidUtf8(std::string_view text);
+
+// Writes `text` to `path` crash-safely (temporary file, fsync, rename), as the
+// safetensors writer does: a crash never leaves a half-written file at `path`.
+absl::Status WriteTextFile(const std::filesystem::path& path, std::string_view text);
 
 }  // namespace shrinkray

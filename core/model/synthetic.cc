@@ -2,12 +2,12 @@
 
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/io/checkpoint.h"
+#include "core/io/text_file.h"
 #include "core/tensor/convert.h"
 #include "core/util/status_macros.h"
 
@@ -167,10 +167,7 @@ absl::Status WriteSyntheticModel(const std::filesystem::path& dir, const ModelCo
 
   ModelConfig written = config;
   written.torch_dtype = std::string(TorchDtype(dtype));
-  std::ofstream out(dir / "config.json");
-  out << ModelConfigToJson(written).dump(2) << "\n";
-  if (!out) return absl::InternalError(absl::StrCat((dir / "config.json").string(), ": write failed"));
-  return absl::OkStatus();
+  return WriteTextFile(dir / "config.json", ModelConfigToJson(written).dump(2) + "\n");
 }
 
 }  // namespace shrinkray

@@ -4,7 +4,6 @@
 #include <array>
 #include <chrono>
 #include <cstring>
-#include <fstream>
 #include <span>
 #include <utility>
 
@@ -13,6 +12,7 @@
 #include "core/algo/rtn.h"
 #include "core/calib/layer_statistics.h"
 #include "core/io/checkpoint.h"
+#include "core/io/text_file.h"
 #include "core/model/config.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/status_macros.h"
@@ -289,12 +289,7 @@ nlohmann::json RecipeInfo(const Recipe& recipe) {
 }
 
 absl::Status WriteJson(const std::filesystem::path& path, const nlohmann::json& j) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return absl::InternalError(absl::StrCat("cannot create ", path.string()));
-  out << j.dump(2) << "\n";
-  out.flush();
-  if (!out) return absl::InternalError(absl::StrCat("error writing ", path.string()));
-  return absl::OkStatus();
+  return WriteTextFile(path, j.dump(2) + "\n");
 }
 
 }  // namespace
