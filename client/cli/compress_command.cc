@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/cli/commands.h"
-#include "client/cli/flags.h"
+#include "core/util/flags.h"
 #include "core/io/model_writer.h"
 #include "core/io/text_file.h"
 #include "core/model/llama.h"

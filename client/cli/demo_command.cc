@@ -10,7 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/cli/commands.h"
-#include "client/cli/flags.h"
+#include "core/util/flags.h"
 #include "core/io/text_file.h"
 #include "core/model/synthetic.h"
 #include "core/util/status_macros.h"

@@ -1,7 +1,7 @@
 #include <cstdio>
 
 #include "client/cli/commands.h"
-#include "client/cli/flags.h"
+#include "core/util/flags.h"
 #include "core/model/llama.h"
 #include "core/pipeline/generate.h"
 #include "core/tokenizer/tokenizer.h"

@@ -2,7 +2,7 @@
 #include <map>
 
 #include "client/cli/commands.h"
-#include "client/cli/flags.h"
+#include "core/util/flags.h"
 #include "core/io/checkpoint.h"
 #include "core/model/config.h"
 #include "core/util/status_macros.h"

@@ -88,10 +88,12 @@ int AutoBatchWindows(const ModelConfig& c, int seqlen, int num_samples) {
 // Runs every window through `layer`; in place when `output` is true, else on
 // a scratch copy (statistics passes leave the layer inputs untouched).
 absl::Status RunLayer(const LlamaModel& model, int layer, std::vector<float>& hidden, int num_samples,
-                      int seqlen, int batch_windows, bool output, const LinearInputObserver& observer) {
+                      int seqlen, int batch_windows, bool output, const LinearInputObserver& observer,
+                      const CancellationToken* cancel) {
   const size_t window_floats = static_cast<size_t>(seqlen) * model.config().hidden_size;
   std::vector<float> scratch;
   for (int first = 0; first < num_samples; first += batch_windows) {
+    SR_RETURN_IF_ERROR(CheckCancelled(cancel, absl::StrCat("layer ", layer)));
     const int b = std::min(batch_windows, num_samples - first);
     std::span<float> batch(hidden.data() + first * window_floats, b * window_floats);
     if (!output) {
@@ -243,14 +245,14 @@ absl::StatusOr<LayerwiseResult> CompressLayerwise(LlamaModel& model, const Recip
       if (targeted.empty()) continue;
       absl::Status observed;
       SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, n, seqlen, batch_windows, /*output=*/false,
-                                  stats.Observer(&observed)));
+                                  stats.Observer(&observed), options.cancel));
       SR_RETURN_IF_ERROR(observed);
       for (LinearGroup g : targeted) {
         SR_RETURN_IF_ERROR(CompressGroup(model, l, g, slots, stats, recipe, options, &result));
       }
     }
     // The next layer sees this layer's outputs with every weight compressed.
-    SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, n, seqlen, batch_windows, /*output=*/true, {}));
+    SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, n, seqlen, batch_windows, /*output=*/true, {}, options.cancel));
     result.layer_seconds.push_back(Seconds(layer_start));
     double err = 0.0;
     const size_t rows = result.matrices.size() - first_row;
@@ -259,6 +261,14 @@ absl::StatusOr<LayerwiseResult> CompressLayerwise(LlamaModel& model, const Recip
                                       config.num_hidden_layers, static_cast<int>(rows),
                                       rows > 0 ? err / static_cast<double>(rows) : 0.0,
                                       result.layer_seconds.back()));
+    if (options.on_layer_done) {
+      LayerDone done;
+      done.layer = l;
+      done.num_layers = config.num_hidden_layers;
+      done.seconds = result.layer_seconds.back();
+      done.matrices.assign(result.matrices.begin() + static_cast<long>(first_row), result.matrices.end());
+      options.on_layer_done(done);
+    }
   }
   return result;
 }
@@ -332,6 +342,7 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
                         calibration.seqlen,     calib.seed,               calibration.source_tokens};
 
   SR_ASSIGN_OR_RETURN(LayerwiseResult result, CompressLayerwise(*model, recipe, calibration, options.layerwise));
+  SR_RETURN_IF_ERROR(CheckCancelled(options.layerwise.cancel, "writing the output"));
   report.embed_seconds = result.embed_seconds;
   report.layer_seconds = result.layer_seconds;
 

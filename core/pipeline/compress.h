@@ -32,10 +32,20 @@
 #include "core/pipeline/apply_stages.h"
 #include "core/pipeline/compress_report.h"
 #include "core/pipeline/recipe.h"
+#include "core/util/cancellation.h"
 
 namespace shrinkray {
 
 using ProgressFn = std::function<void(const std::string& line)>;
+
+// Sent after each decoder layer is compressed and its outputs recomputed.
+struct LayerDone {
+  int layer = 0;       // 0-based
+  int num_layers = 0;
+  double seconds = 0.0;
+  std::vector<MatrixReport> matrices;  // this layer's, in processing order
+};
+using LayerDoneFn = std::function<void(const LayerDone&)>;
 
 struct LayerwiseOptions {
   // Also compute, per matrix quantized by GPTQ, the error of RTN at the same
@@ -44,6 +54,10 @@ struct LayerwiseOptions {
   // Windows per LayerForward call; 0 picks one that keeps activations near 512 MiB.
   int batch_windows = 0;
   ProgressFn progress;  // one line per layer; may be empty
+  LayerDoneFn on_layer_done;  // structured progress for the service; may be empty
+  // Polled between window batches and layers; a cancelled run returns
+  // CancelledError and writes nothing. May be null.
+  const CancellationToken* cancel = nullptr;
 };
 
 struct LayerwiseResult {
