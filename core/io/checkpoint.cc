@@ -1,6 +1,7 @@
 #include "core/io/checkpoint.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -201,9 +202,30 @@ absl::Status Checkpoint::ReadF32Into(std::string_view name, std::span<float> out
   return absl::OkStatus();
 }
 
+void Checkpoint::ReleasePages(std::string_view prefix) const {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  auto it = std::lower_bound(index_.begin(), index_.end(), prefix,
+                             [](const auto& entry, std::string_view p) { return entry.first < p; });
+  for (; it != index_.end() && it->first.starts_with(prefix); ++it) {
+    const TensorInfo& t = *it->second;
+    if (t.nbytes == 0) continue;
+    // Whole pages around the tensor: neighbours' pages that go too are only
+    // read again; the mapping is private and never written, so nothing is lost.
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data) / page * page;
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes + page - 1) / page * page;
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
+}
+
 absl::Status WriteCheckpoint(const std::filesystem::path& dir,
                              std::span<const TensorToWrite> tensors, int num_shards,
                              const std::map<std::string, std::string>& metadata) {
+  return WriteCheckpointStreamed(dir, StreamFromMemory(tensors), num_shards, metadata);
+}
+
+absl::Status WriteCheckpointStreamed(const std::filesystem::path& dir,
+                                     std::span<const StreamedTensor> tensors, int num_shards,
+                                     const std::map<std::string, std::string>& metadata) {
   const size_t n = tensors.size();
   if (num_shards < 1) {
     return absl::InvalidArgumentError(absl::StrCat("num_shards must be >= 1, got ", num_shards));
@@ -217,17 +239,17 @@ absl::Status WriteCheckpoint(const std::filesystem::path& dir,
   if (ec) return absl::InternalError(absl::StrCat("create ", dir.string(), ": ", ec.message()));
 
   if (num_shards == 1) {
-    SR_RETURN_IF_ERROR(WriteSafetensors(dir / kSingleFile, tensors, metadata));
+    SR_RETURN_IF_ERROR(WriteSafetensorsStreamed(dir / kSingleFile, tensors, metadata));
     // A stale index would win over the new file in Open().
     std::filesystem::remove(dir / kIndexFile, ec);
     return absl::OkStatus();
   }
 
-  std::vector<const TensorToWrite*> sorted;
+  std::vector<const StreamedTensor*> sorted;
   sorted.reserve(n);
-  for (const TensorToWrite& t : tensors) sorted.push_back(&t);
+  for (const StreamedTensor& t : tensors) sorted.push_back(&t);
   std::sort(sorted.begin(), sorted.end(),
-            [](const TensorToWrite* a, const TensorToWrite* b) { return a->name < b->name; });
+            [](const StreamedTensor* a, const StreamedTensor* b) { return a->name < b->name; });
   // Duplicates in different shards would pass each shard's own check.
   for (size_t i = 1; i < n; ++i) {
     if (sorted[i - 1]->name == sorted[i]->name) {
@@ -237,17 +259,17 @@ absl::Status WriteCheckpoint(const std::filesystem::path& dir,
   }
 
   uint64_t total = 0;
-  for (const TensorToWrite* t : sorted) total += t->data.size();
+  for (const StreamedTensor* t : sorted) total += t->nbytes;
 
   // Greedy contiguous split: close shard s once the running byte count reaches
   // (s+1)/num_shards of the total, and early enough that every later shard
   // still gets at least one tensor.
-  std::vector<std::vector<TensorToWrite>> shards(num_shards);
+  std::vector<std::vector<StreamedTensor>> shards(num_shards);
   int shard = 0;
   uint64_t cumulative = 0;
   for (size_t i = 0; i < n; ++i) {
     shards[shard].push_back(*sorted[i]);
-    cumulative += sorted[i]->data.size();
+    cumulative += sorted[i]->nbytes;
     const size_t tensors_left = n - i - 1;
     const size_t shards_left = static_cast<size_t>(num_shards - 1 - shard);
     const bool reached = static_cast<long double>(cumulative) * num_shards >=
@@ -259,8 +281,8 @@ absl::Status WriteCheckpoint(const std::filesystem::path& dir,
   for (int s = 0; s < num_shards; ++s) {
     const std::string file_name =
         absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, num_shards);
-    SR_RETURN_IF_ERROR(WriteSafetensors(dir / file_name, shards[s], metadata));
-    for (const TensorToWrite& t : shards[s]) weight_map[t.name] = file_name;
+    SR_RETURN_IF_ERROR(WriteSafetensorsStreamed(dir / file_name, shards[s], metadata));
+    for (const StreamedTensor& t : shards[s]) weight_map[t.name] = file_name;
   }
   json index = {{"metadata", {{"total_size", total}}}, {"weight_map", std::move(weight_map)}};
   // Names were checked as valid UTF-8 by WriteSafetensors, so dump cannot throw.

@@ -36,6 +36,11 @@ class Checkpoint {
   absl::Status ReadF32Into(std::string_view name, std::span<float> out,
                            std::span<const int64_t> expected_shape = {}) const;
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+  // Drops this process's mapping of the pages holding the tensors whose names
+  // start with `prefix` (they are read again from the page cache or the file
+  // when touched), so that a reader streaming through a checkpoint larger
+  // than memory keeps only what it uses resident. Advisory: never fails.
+  void ReleasePages(std::string_view prefix) const;
 
  private:
   std::filesystem::path dir_;
@@ -50,5 +55,11 @@ class Checkpoint {
 absl::Status WriteCheckpoint(const std::filesystem::path& dir,
                              std::span<const TensorToWrite> tensors, int num_shards = 1,
                              const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+
+// WriteCheckpoint for tensors whose bytes are produced while each shard is
+// written (safetensors.h): the same files, shard split and checks.
+absl::Status WriteCheckpointStreamed(
+    const std::filesystem::path& dir, std::span<const StreamedTensor> tensors, int num_shards = 1,
+    const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
 }  // namespace shrinkray

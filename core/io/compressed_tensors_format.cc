@@ -1,5 +1,7 @@
 #include "core/io/compressed_tensors_format.h"
 
+#include <algorithm>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -33,21 +35,6 @@ absl::Status CheckValue(int32_t v, int bits, int r, int c) {
   if (v >= 0 && v <= maxq) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("value ", v, " at [", r, ", ", c, "] outside [0, ", maxq, "]"));
-}
-
-bool TrivialGroups(const QuantizedWeight& w) {
-  for (int c = 0; c < w.cols; ++c) {
-    if (w.g_idx[c] != (w.group_size > 0 ? c / w.group_size : 0)) return false;
-  }
-  return true;
-}
-
-bool AllZerosMid(const QuantizedWeight& w) {
-  const int32_t mid = 1 << (w.bits - 1);
-  for (int32_t z : w.zeros) {
-    if (z != mid) return false;
-  }
-  return true;
 }
 
 }  // namespace
@@ -155,12 +142,12 @@ absl::StatusOr<CtTensors> PackCompressedTensors(const QuantizedWeight& w, bool w
                                                 bool with_g_idx) {
   SR_RETURN_IF_ERROR(ValidateQuantizedWeight(w, kFormat));
   SR_RETURN_IF_ERROR(CheckCompressedTensorsBits(w.bits));
-  if (!with_zero_point && !AllZerosMid(w)) {
+  if (!with_zero_point && !ZeroPointsMid(w)) {
     return absl::InvalidArgumentError(
         absl::StrCat("symmetric compressed-tensors needs every zero point to be ",
                      1 << (w.bits - 1), "; write the zero points"));
   }
-  if (!with_g_idx && !TrivialGroups(w)) {
+  if (!with_g_idx && GIdxPermuted(w)) {
     return absl::InvalidArgumentError("g_idx is permuted (act_order); write weight_g_idx");
   }
   CtTensors t;
@@ -217,7 +204,7 @@ absl::StatusOr<QuantizedWeight> UnpackCompressedTensors(const CtTensors& t, int 
   if (!t.weight_g_idx.empty()) {
     SR_RETURN_IF_ERROR(CheckSize(t.weight_g_idx.size(), static_cast<size_t>(t.cols), "weight_g_idx"));
     w.g_idx = t.weight_g_idx;
-    w.act_order = !TrivialGroups(w);
+    w.act_order = GIdxPermuted(w);
   } else {
     w.g_idx.resize(t.cols);
     for (int c = 0; c < t.cols; ++c) w.g_idx[c] = group_size > 0 ? c / group_size : 0;
@@ -225,64 +212,176 @@ absl::StatusOr<QuantizedWeight> UnpackCompressedTensors(const CtTensors& t, int 
   return w;
 }
 
-absl::StatusOr<FormatOutput> BuildCompressedTensorsOutput(const CompressedModelSpec& spec) {
-  SR_ASSIGN_OR_RETURN(std::optional<QuantScheme> scheme, UniformScheme(spec, kFormat));
-  if (!scheme.has_value()) {
-    return absl::InvalidArgumentError("no weight is quantized; use --format dense");
-  }
-  SR_RETURN_IF_ERROR(CheckCompressedTensorsBits(scheme->bits));
-  // Symmetric in compressed-tensors means a signed zero point of 0; anything
-  // else needs weight_zero_point on every module (one scheme for all).
-  bool symmetric = true;
-  for (const CompressedTensorEntry& e : spec.tensors) {
-    if (e.quantized.has_value()) symmetric = symmetric && AllZerosMid(*e.quantized);
-  }
-  const bool with_g_idx = scheme->act_order;
+namespace {
 
-  std::vector<DenseFallback> direct;
-  std::vector<std::string> unquantized;
-  for (const CompressedTensorEntry& e : spec.tensors) {
-    const std::string module = LinearModuleOf(e);
-    if (module.empty()) continue;
-    if (!e.quantized.has_value()) {
-      unquantized.push_back(module);
-      direct.push_back({module, "not quantized by the recipe"});
-      continue;
-    }
-    const QuantizedWeight& w = *e.quantized;
-    if (std::string problem =
-            CompressedTensorsShapeProblem(w.rows, w.cols, w.bits, w.group_size, symmetric);
-        !problem.empty()) {
-      direct.push_back({module, std::move(problem)});
-    }
-  }
-  FormatOutput out;
-  out.fallbacks = ExtendToFusedSiblings(spec, direct);
-  std::set<std::string> kept_dense;
-  for (const DenseFallback& f : out.fallbacks) kept_dense.insert(f.module);
+// One entry of a list whose members depend on the model's facts.
+template <typename T>
+struct Conditional {
+  T value;
+  FactCondition when;
+};
 
-  json ignore = json::array();
-  json sparsity_ignore = json::array();
-  double zeros = 0, total = 0;
-  bool any_sparse = false, all_two_four = true;
-  for (const CompressedTensorEntry& e : spec.tensors) {
-    const std::string module = LinearModuleOf(e);
-    const double numel = static_cast<double>(Numel(e.shape));
-    total += numel;
-    if (e.sparsity > 0) {
-      any_sparse = true;
-      zeros += e.sparsity * numel;
-      all_two_four = all_two_four && e.two_four;
-    } else if (!module.empty()) {
-      sparsity_ignore.push_back(module);
+class CompressedTensorsEncoder : public FormatEncoder {
+ public:
+  explicit CompressedTensorsEncoder(DType dtype) : dtype_(dtype) {}
+
+  absl::Status Add(std::span<const CompressedTensorEntry> tensors,
+                   const EncodedTensorSink& sink) override {
+    const bool had_scheme = scheme_.has_value();
+    SR_RETURN_IF_ERROR(MergeUniformScheme(tensors, kFormat, &names_, &scheme_));
+    if (!had_scheme && scheme_.has_value()) {
+      SR_RETURN_IF_ERROR(CheckCompressedTensorsBits(scheme_->bits));
     }
-    if (!e.quantized.has_value() || kept_dense.contains(module)) {
-      if (!module.empty()) ignore.push_back(module);
-      SR_ASSIGN_OR_RETURN(OwnedTensor t, EncodeDense(e, spec.dense_dtype));
-      out.tensors.push_back(std::move(t));
-      continue;
+    // Symmetric in compressed-tensors means a signed zero point of 0 on every
+    // module (one scheme for all); anything else needs weight_zero_point.
+    for (const CompressedTensorEntry& e : tensors) {
+      if (!e.quantized.has_value()) continue;
+      facts_.zero_points_mid = facts_.zero_points_mid && ZeroPointsMid(*e.quantized);
+      facts_.act_order = facts_.act_order || GIdxPermuted(*e.quantized);
     }
-    auto packed = PackCompressedTensors(*e.quantized, !symmetric, with_g_idx);
+
+    // The modules kept dense if the model turns out symmetric ([1]) or not
+    // ([0]): the shapes vLLM can load differ.
+    std::set<std::string> kept_dense[2];
+    std::vector<DenseFallback> fallbacks[2];
+    for (const bool symmetric : {false, true}) {
+      std::vector<DenseFallback> direct;
+      for (const CompressedTensorEntry& e : tensors) {
+        const std::string module = LinearModuleOf(e);
+        if (module.empty()) continue;
+        if (!e.quantized.has_value()) {
+          direct.push_back({module, "not quantized by the recipe"});
+          continue;
+        }
+        const QuantizedWeight& w = *e.quantized;
+        if (std::string problem =
+                CompressedTensorsShapeProblem(w.rows, w.cols, w.bits, w.group_size, symmetric);
+            !problem.empty()) {
+          direct.push_back({module, std::move(problem)});
+        }
+      }
+      fallbacks[symmetric] = ExtendToFusedSiblings(tensors, direct);
+      for (const DenseFallback& f : fallbacks[symmetric]) kept_dense[symmetric].insert(f.module);
+    }
+    const bool same = std::equal(
+        fallbacks[0].begin(), fallbacks[0].end(), fallbacks[1].begin(), fallbacks[1].end(),
+        [](const DenseFallback& a, const DenseFallback& b) {
+          return a.module == b.module && a.reason == b.reason;
+        });
+    for (const bool symmetric : {false, true}) {
+      if (same && !symmetric) continue;
+      const FactCondition when = same ? FactCondition{} : FactCondition{symmetric, {}};
+      for (const DenseFallback& f : fallbacks[symmetric]) fallbacks_.push_back({f, when});
+    }
+
+    for (const CompressedTensorEntry& e : tensors) {
+      const std::string module = LinearModuleOf(e);
+      const double numel = static_cast<double>(Numel(e.shape));
+      total_ += numel;
+      if (e.sparsity > 0) {
+        any_sparse_ = true;
+        zeros_ += e.sparsity * numel;
+        all_two_four_ = all_two_four_ && e.two_four;
+      } else if (!module.empty()) {
+        sparsity_ignore_.push_back(module);
+      }
+      const bool dense_if[2] = {!e.quantized.has_value() || kept_dense[0].contains(module),
+                                !e.quantized.has_value() || kept_dense[1].contains(module)};
+      // Dense under `dense_when`, packed under `packed_when` (either may be never).
+      std::optional<FactCondition> dense_when, packed_when;
+      if (dense_if[0] && dense_if[1]) {
+        dense_when = FactCondition{};
+      } else if (!dense_if[0] && !dense_if[1]) {
+        packed_when = FactCondition{};
+      } else {
+        dense_when = FactCondition{dense_if[1], {}};
+        packed_when = FactCondition{!dense_if[1], {}};
+      }
+      if (dense_when.has_value()) {
+        if (!module.empty()) ignore_.push_back({module, *dense_when});
+        SR_ASSIGN_OR_RETURN(OwnedTensor t, EncodeDense(e, dtype_));
+        SR_RETURN_IF_ERROR(sink(std::move(t), *dense_when));
+      }
+      if (packed_when.has_value()) {
+        SR_RETURN_IF_ERROR(EmitPacked(module, *e.quantized, *packed_when, sink));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<FormatOutput> Finish() override {
+    if (!scheme_.has_value()) {
+      return absl::InvalidArgumentError("no weight is quantized; use --format dense");
+    }
+    FormatOutput out;
+    out.facts = facts_;
+    const bool symmetric = facts_.zero_points_mid;
+    const bool with_g_idx = facts_.act_order;
+    for (const Conditional<DenseFallback>& f : fallbacks_) {
+      if (f.when.Holds(facts_)) out.fallbacks.push_back(f.value);
+    }
+    json ignore = json::array();
+    for (const Conditional<std::string>& m : ignore_) {
+      if (m.when.Holds(facts_)) ignore.push_back(m.value);
+    }
+
+    const bool grouped = scheme_->group_size > 0;
+    json weights = {
+        {"num_bits", scheme_->bits},
+        {"type", "int"},
+        {"symmetric", symmetric},
+        {"strategy", grouped ? "group" : "channel"},
+        {"group_size", grouped ? json(scheme_->group_size) : json(nullptr)},
+        {"actorder", with_g_idx ? json("group") : json(nullptr)},
+        {"dynamic", false},
+        {"observer", "minmax"},
+        {"observer_kwargs", json::object()},
+        {"block_structure", nullptr},
+    };
+    json config = {
+        {"quant_method", "compressed-tensors"},
+        {"format", "pack-quantized"},
+        {"quantization_status", "compressed"},
+        {"global_compression_ratio", nullptr},
+        {"kv_cache_scheme", nullptr},
+        {"config_groups",
+         {{"group_0",
+           {{"targets", json::array({"Linear"})},
+            {"weights", std::move(weights)},
+            {"input_activations", nullptr},
+            {"output_activations", nullptr},
+            {"format", "pack-quantized"}}}}},
+        {"ignore", std::move(ignore)},
+        {"sparsity_config", json::object()},
+    };
+    if (any_sparse_) {
+      // The weights stay dense on disk (format "dense"); the block tells
+      // loaders the structure, as llm-compressor's sparse+quantized models do.
+      config["sparsity_config"] = {
+          {"format", "dense"},
+          {"global_sparsity", total_ > 0 ? zeros_ / total_ : 0.0},
+          {"sparsity_structure", all_two_four_ ? "2:4" : "unstructured"},
+          {"targets", json::array({"Linear"})},
+          {"ignore", sparsity_ignore_},
+          {"registry_requires_subclass", false},
+      };
+    }
+    out.quantization_config = std::move(config);
+    return out;
+  }
+
+ private:
+  // The packed tensors of `module` under `when`; weight_zero_point only for
+  // an asymmetric model and weight_g_idx only with act_order.
+  absl::Status EmitPacked(const std::string& module, const QuantizedWeight& w,
+                          const FactCondition& when, const EncodedTensorSink& sink) {
+    const std::optional<FactCondition> zero_point_when =
+        BothConditions(when, FactCondition{false, {}});
+    const std::optional<FactCondition> g_idx_when = BothConditions(when, FactCondition{{}, true});
+    // Both optional tensors are made, whether or not they end up written: the
+    // checks that their absence needs are about the whole model, which the
+    // conditions settle.
+    auto packed = PackCompressedTensors(w, /*with_zero_point=*/true, /*with_g_idx=*/true);
     if (!packed.ok()) {
       return absl::Status(packed.status().code(),
                           absl::StrCat(module, ": ", packed.status().message()));
@@ -290,63 +389,39 @@ absl::StatusOr<FormatOutput> BuildCompressedTensorsOutput(const CompressedModelS
     const CtTensors& t = *packed;
     const int pf = CompressedTensorsPackFactor(t.bits);
     const int64_t rows = t.rows, cols = t.cols, groups = t.num_groups;
-    out.tensors.push_back(
-        EncodeInt32(module + ".weight_packed", {rows, CeilDiv(cols, pf)}, t.weight_packed));
+    SR_RETURN_IF_ERROR(sink(
+        EncodeInt32(module + ".weight_packed", {rows, CeilDiv(cols, pf)}, t.weight_packed), when));
     SR_ASSIGN_OR_RETURN(OwnedTensor scale, EncodeFloats(module + ".weight_scale", {rows, groups},
-                                                        t.weight_scale, spec.dense_dtype));
-    out.tensors.push_back(std::move(scale));
-    if (!symmetric) {
-      out.tensors.push_back(EncodeInt32(module + ".weight_zero_point",
-                                        {CeilDiv(rows, pf), groups}, t.weight_zero_point));
+                                                        t.weight_scale, dtype_));
+    SR_RETURN_IF_ERROR(sink(std::move(scale), when));
+    if (zero_point_when.has_value()) {
+      SR_RETURN_IF_ERROR(sink(EncodeInt32(module + ".weight_zero_point",
+                                          {CeilDiv(rows, pf), groups}, t.weight_zero_point),
+                              *zero_point_when));
     }
-    if (with_g_idx) out.tensors.push_back(EncodeInt32(module + ".weight_g_idx", {cols}, t.weight_g_idx));
+    if (g_idx_when.has_value()) {
+      SR_RETURN_IF_ERROR(
+          sink(EncodeInt32(module + ".weight_g_idx", {cols}, t.weight_g_idx), *g_idx_when));
+    }
     const int64_t shape[2] = {rows, cols};
-    out.tensors.push_back(EncodeInt64(module + ".weight_shape", {2}, shape));
+    return sink(EncodeInt64(module + ".weight_shape", {2}, shape), when);
   }
 
-  const bool grouped = scheme->group_size > 0;
-  json weights = {
-      {"num_bits", scheme->bits},
-      {"type", "int"},
-      {"symmetric", symmetric},
-      {"strategy", grouped ? "group" : "channel"},
-      {"group_size", grouped ? json(scheme->group_size) : json(nullptr)},
-      {"actorder", with_g_idx ? json("group") : json(nullptr)},
-      {"dynamic", false},
-      {"observer", "minmax"},
-      {"observer_kwargs", json::object()},
-      {"block_structure", nullptr},
-  };
-  json config = {
-      {"quant_method", "compressed-tensors"},
-      {"format", "pack-quantized"},
-      {"quantization_status", "compressed"},
-      {"global_compression_ratio", nullptr},
-      {"kv_cache_scheme", nullptr},
-      {"config_groups",
-       {{"group_0",
-         {{"targets", json::array({"Linear"})},
-          {"weights", std::move(weights)},
-          {"input_activations", nullptr},
-          {"output_activations", nullptr},
-          {"format", "pack-quantized"}}}}},
-      {"ignore", std::move(ignore)},
-      {"sparsity_config", json::object()},
-  };
-  if (any_sparse) {
-    // The weights stay dense on disk (format "dense"); the block tells
-    // loaders the structure, as llm-compressor's sparse+quantized models do.
-    config["sparsity_config"] = {
-        {"format", "dense"},
-        {"global_sparsity", total > 0 ? zeros / total : 0.0},
-        {"sparsity_structure", all_two_four ? "2:4" : "unstructured"},
-        {"targets", json::array({"Linear"})},
-        {"ignore", std::move(sparsity_ignore)},
-        {"registry_requires_subclass", false},
-    };
-  }
-  out.quantization_config = std::move(config);
-  return out;
+  DType dtype_;
+  std::set<std::string> names_;
+  std::optional<QuantScheme> scheme_;
+  ModelFacts facts_;
+  std::vector<Conditional<DenseFallback>> fallbacks_;
+  std::vector<Conditional<std::string>> ignore_;
+  json sparsity_ignore_ = json::array();
+  double zeros_ = 0, total_ = 0;
+  bool any_sparse_ = false, all_two_four_ = true;
+};
+
+}  // namespace
+
+std::unique_ptr<FormatEncoder> MakeCompressedTensorsEncoder(const CompressedModelSpec& header) {
+  return std::make_unique<CompressedTensorsEncoder>(header.dense_dtype);
 }
 
 }  // namespace shrinkray

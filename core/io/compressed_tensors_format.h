@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -64,8 +65,11 @@ absl::StatusOr<CtTensors> PackCompressedTensors(const QuantizedWeight& w, bool w
                                                 bool with_g_idx);
 absl::StatusOr<QuantizedWeight> UnpackCompressedTensors(const CtTensors& t, int group_size);
 
-// Builds the compressed-tensors output of a whole model, with config.json's
-// quantization_config (config_groups, ignore, sparsity_config).
-absl::StatusOr<FormatOutput> BuildCompressedTensorsOutput(const CompressedModelSpec& spec);
+// The compressed-tensors output, with config.json's quantization_config
+// (config_groups, ignore, sparsity_config). Whether the scheme is symmetric
+// (every zero point 2^(bits-1)) and carries g_idx is a fact of the whole
+// model, so each Linear's tensors for both answers are produced under
+// FactConditions and the writer keeps those that hold.
+std::unique_ptr<FormatEncoder> MakeCompressedTensorsEncoder(const CompressedModelSpec& header);
 
 }  // namespace shrinkray

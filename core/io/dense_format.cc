@@ -1,22 +1,41 @@
 #include "core/io/dense_format.h"
 
+#include <set>
+#include <string>
 #include <utility>
 
 #include "core/util/status_macros.h"
 
 namespace shrinkray {
+namespace {
 
-absl::StatusOr<FormatOutput> BuildDenseOutput(const CompressedModelSpec& spec) {
-  FormatOutput out;
-  // Validate the quantized weights even though only their values are written,
-  // so that a bad spec fails the same way in every format.
-  SR_RETURN_IF_ERROR(ValidateQuantizedEntries(spec));
-  out.tensors.reserve(spec.tensors.size());
-  for (const CompressedTensorEntry& entry : spec.tensors) {
-    SR_ASSIGN_OR_RETURN(OwnedTensor t, EncodeDense(entry, spec.dense_dtype));
-    out.tensors.push_back(std::move(t));
+class DenseEncoder : public FormatEncoder {
+ public:
+  explicit DenseEncoder(DType dtype) : dtype_(dtype) {}
+
+  absl::Status Add(std::span<const CompressedTensorEntry> tensors,
+                   const EncodedTensorSink& sink) override {
+    // Validate the quantized weights even though only their values are
+    // written, so that a bad spec fails the same way in every format.
+    SR_RETURN_IF_ERROR(ValidateQuantizedEntries(tensors, &names_));
+    for (const CompressedTensorEntry& entry : tensors) {
+      SR_ASSIGN_OR_RETURN(OwnedTensor t, EncodeDense(entry, dtype_));
+      SR_RETURN_IF_ERROR(sink(std::move(t), {}));
+    }
+    return absl::OkStatus();
   }
-  return out;
+
+  absl::StatusOr<FormatOutput> Finish() override { return FormatOutput{}; }
+
+ private:
+  DType dtype_;
+  std::set<std::string> names_;
+};
+
+}  // namespace
+
+std::unique_ptr<FormatEncoder> MakeDenseEncoder(const CompressedModelSpec& header) {
+  return std::make_unique<DenseEncoder>(header.dense_dtype);
 }
 
 }  // namespace shrinkray

@@ -3,11 +3,12 @@
 // quantization_config, so any loader reads it as an ordinary model.
 #pragma once
 
-#include "absl/status/statusor.h"
+#include <memory>
+
 #include "core/io/model_writer.h"
 
 namespace shrinkray {
 
-absl::StatusOr<FormatOutput> BuildDenseOutput(const CompressedModelSpec& spec);
+std::unique_ptr<FormatEncoder> MakeDenseEncoder(const CompressedModelSpec& header);
 
 }  // namespace shrinkray

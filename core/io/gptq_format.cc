@@ -248,95 +248,126 @@ absl::StatusOr<QuantizedWeight> UnpackGptq(const GptqTensors& t, GptqZeroFormat 
   return w;
 }
 
-absl::StatusOr<FormatOutput> BuildGptqOutput(const CompressedModelSpec& spec) {
-  SR_ASSIGN_OR_RETURN(std::optional<QuantScheme> scheme, UniformScheme(spec, kFormat));
-  if (!scheme.has_value()) {
-    return absl::InvalidArgumentError("no weight is quantized; use --format dense");
-  }
-  SR_RETURN_IF_ERROR(CheckGptqBits(scheme->bits));
-  // Symmetric zero points are 2^(bits-1) >= 1, which v1 holds; asymmetric ones
-  // may be 0, which only v2 holds (see docs/formats.md).
-  const GptqZeroFormat zero_format = scheme->sym ? GptqZeroFormat::kV1 : GptqZeroFormat::kV2;
+namespace {
 
-  // Modules loaders must not treat as GPTQ: shapes GPTQ cannot hold, and
-  // decoder Linears the recipe left unquantized.
-  std::vector<DenseFallback> direct;
-  std::vector<std::string> unquantized;
-  for (const CompressedTensorEntry& e : spec.tensors) {
-    const std::string module = LinearModuleOf(e);
-    if (module.empty()) continue;
-    if (!e.quantized.has_value()) {
-      if (module != "lm_head") {
-        unquantized.push_back(module);
-        direct.push_back({module, "not quantized by the recipe"});
+class GptqEncoder : public FormatEncoder {
+ public:
+  GptqEncoder(DType dtype, json recipe) : dtype_(dtype), recipe_(std::move(recipe)) {}
+
+  absl::Status Add(std::span<const CompressedTensorEntry> tensors,
+                   const EncodedTensorSink& sink) override {
+    const bool had_scheme = scheme_.has_value();
+    SR_RETURN_IF_ERROR(MergeUniformScheme(tensors, kFormat, &names_, &scheme_));
+    if (!had_scheme && scheme_.has_value()) SR_RETURN_IF_ERROR(CheckGptqBits(scheme_->bits));
+
+    // Modules loaders must not treat as GPTQ: shapes GPTQ cannot hold, and
+    // decoder Linears the recipe left unquantized.
+    std::vector<DenseFallback> direct;
+    for (const CompressedTensorEntry& e : tensors) {
+      const std::string module = LinearModuleOf(e);
+      if (module.empty()) continue;
+      if (!e.quantized.has_value()) {
+        if (module != "lm_head") {
+          unquantized_.insert(module);
+          direct.push_back({module, "not quantized by the recipe"});
+        }
+        continue;
       }
-      continue;
+      const QuantizedWeight& w = *e.quantized;
+      if (std::string problem = GptqShapeProblem(w.rows, w.cols, w.bits, w.group_size);
+          !problem.empty()) {
+        direct.push_back({module, std::move(problem)});
+      }
     }
-    const QuantizedWeight& w = *e.quantized;
-    if (std::string problem = GptqShapeProblem(w.rows, w.cols, w.bits, w.group_size);
-        !problem.empty()) {
-      direct.push_back({module, std::move(problem)});
+    std::set<std::string> kept_dense;
+    for (DenseFallback& f : ExtendToFusedSiblings(tensors, direct)) {
+      kept_dense.insert(f.module);
+      fallbacks_.push_back(std::move(f));
     }
-  }
-  FormatOutput out;
-  out.fallbacks = ExtendToFusedSiblings(spec, direct);
-  std::set<std::string> kept_dense;
-  for (const DenseFallback& f : out.fallbacks) kept_dense.insert(f.module);
 
-  bool lm_head_quantized = false;
-  for (const CompressedTensorEntry& e : spec.tensors) {
-    const std::string module = LinearModuleOf(e);
-    if (!e.quantized.has_value() || kept_dense.contains(module)) {
-      SR_ASSIGN_OR_RETURN(OwnedTensor t, EncodeDense(e, spec.dense_dtype));
-      out.tensors.push_back(std::move(t));
-      continue;
+    for (const CompressedTensorEntry& e : tensors) {
+      const std::string module = LinearModuleOf(e);
+      if (!e.quantized.has_value() || kept_dense.contains(module)) {
+        SR_ASSIGN_OR_RETURN(OwnedTensor t, EncodeDense(e, dtype_));
+        SR_RETURN_IF_ERROR(sink(std::move(t), {}));
+        continue;
+      }
+      lm_head_quantized_ = lm_head_quantized_ || module == "lm_head";
+      // Symmetric zero points are 2^(bits-1) >= 1, which v1 holds; asymmetric
+      // ones may be 0, which only v2 holds (see docs/formats.md).
+      auto packed = PackGptq(*e.quantized, ZeroFormat());
+      if (!packed.ok()) {
+        return absl::Status(packed.status().code(),
+                            absl::StrCat(module, ": ", packed.status().message()));
+      }
+      const GptqTensors& t = *packed;
+      const int64_t rows = t.rows, cols = t.cols, groups = t.num_groups;
+      SR_RETURN_IF_ERROR(
+          sink(EncodeInt32(module + ".qweight", {cols * t.bits / 32, rows}, t.qweight), {}));
+      SR_RETURN_IF_ERROR(
+          sink(EncodeInt32(module + ".qzeros", {groups, rows * t.bits / 32}, t.qzeros), {}));
+      OwnedTensor scales{module + ".scales", DType::kF16, {groups, rows}, {}};
+      scales.data.resize(t.scales.size() * sizeof(uint16_t));
+      std::memcpy(scales.data.data(), t.scales.data(), scales.data.size());
+      SR_RETURN_IF_ERROR(sink(std::move(scales), {}));
+      SR_RETURN_IF_ERROR(sink(EncodeInt32(module + ".g_idx", {cols}, t.g_idx), {}));
     }
-    lm_head_quantized = lm_head_quantized || module == "lm_head";
-    auto packed = PackGptq(*e.quantized, zero_format);
-    if (!packed.ok()) {
-      return absl::Status(packed.status().code(),
-                          absl::StrCat(module, ": ", packed.status().message()));
-    }
-    const GptqTensors& t = *packed;
-    const int64_t rows = t.rows, cols = t.cols, groups = t.num_groups;
-    out.tensors.push_back(EncodeInt32(module + ".qweight", {cols * t.bits / 32, rows}, t.qweight));
-    out.tensors.push_back(EncodeInt32(module + ".qzeros", {groups, rows * t.bits / 32}, t.qzeros));
-    OwnedTensor scales{module + ".scales", DType::kF16, {groups, rows}, {}};
-    scales.data.resize(t.scales.size() * sizeof(uint16_t));
-    std::memcpy(scales.data.data(), t.scales.data(), scales.data.size());
-    out.tensors.push_back(std::move(scales));
-    out.tensors.push_back(EncodeInt32(module + ".g_idx", {cols}, t.g_idx));
-  }
-
-  json dynamic = json::object();
-  std::set<std::string> listed;
-  for (const DenseFallback& f : out.fallbacks) listed.insert(f.module);
-  for (const std::string& m : unquantized) listed.insert(m);
-  for (const std::string& m : listed) {
-    if (m != "lm_head") dynamic[DynamicPattern(m)] = json::object();
+    return absl::OkStatus();
   }
 
-  const json& recipe = spec.recipe_info;
-  json q = {
-      {"bits", scheme->bits},
-      {"group_size", scheme->group_size},
-      // vLLM ignores g_idx unless desc_act, so a permuted g_idx forces it on.
-      {"desc_act", scheme->act_order || RecipeValue<bool>(recipe, "desc_act", false)},
-      {"sym", scheme->sym},
-      {"lm_head", lm_head_quantized},
-      {"static_groups", RecipeValue<bool>(recipe, "static_groups", false)},
-      {"true_sequential", RecipeValue<bool>(recipe, "true_sequential", true)},
-      {"damp_percent",
-       RecipeValue<double>(recipe, "damp_percent", RecipeValue<double>(recipe, "damp", 0.01))},
-      {"quant_method", "gptq"},
-      {"checkpoint_format", std::string(GptqCheckpointFormatName(zero_format))},
-      {"pack_dtype", "int32"},
-      {"meta", {{"quantizer", json::array({"shrinkray"})}}},
-  };
-  if (!dynamic.empty()) q["dynamic"] = std::move(dynamic);
-  out.quantization_config = q;
-  out.quantize_config = std::move(q);
-  return out;
+  absl::StatusOr<FormatOutput> Finish() override {
+    if (!scheme_.has_value()) {
+      return absl::InvalidArgumentError("no weight is quantized; use --format dense");
+    }
+    FormatOutput out;
+    out.fallbacks = fallbacks_;
+    json dynamic = json::object();
+    std::set<std::string> listed = unquantized_;
+    for (const DenseFallback& f : out.fallbacks) listed.insert(f.module);
+    for (const std::string& m : listed) {
+      if (m != "lm_head") dynamic[DynamicPattern(m)] = json::object();
+    }
+
+    json q = {
+        {"bits", scheme_->bits},
+        {"group_size", scheme_->group_size},
+        // vLLM ignores g_idx unless desc_act, so a permuted g_idx forces it on.
+        {"desc_act", scheme_->act_order || RecipeValue<bool>(recipe_, "desc_act", false)},
+        {"sym", scheme_->sym},
+        {"lm_head", lm_head_quantized_},
+        {"static_groups", RecipeValue<bool>(recipe_, "static_groups", false)},
+        {"true_sequential", RecipeValue<bool>(recipe_, "true_sequential", true)},
+        {"damp_percent",
+         RecipeValue<double>(recipe_, "damp_percent", RecipeValue<double>(recipe_, "damp", 0.01))},
+        {"quant_method", "gptq"},
+        {"checkpoint_format", std::string(GptqCheckpointFormatName(ZeroFormat()))},
+        {"pack_dtype", "int32"},
+        {"meta", {{"quantizer", json::array({"shrinkray"})}}},
+    };
+    if (!dynamic.empty()) q["dynamic"] = std::move(dynamic);
+    out.quantization_config = q;
+    out.quantize_config = std::move(q);
+    return out;
+  }
+
+ private:
+  GptqZeroFormat ZeroFormat() const {
+    return scheme_->sym ? GptqZeroFormat::kV1 : GptqZeroFormat::kV2;
+  }
+
+  DType dtype_;
+  json recipe_;
+  std::set<std::string> names_;
+  std::optional<QuantScheme> scheme_;
+  std::set<std::string> unquantized_;
+  std::vector<DenseFallback> fallbacks_;
+  bool lm_head_quantized_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<FormatEncoder> MakeGptqEncoder(const CompressedModelSpec& header) {
+  return std::make_unique<GptqEncoder>(header.dense_dtype, header.recipe_info);
 }
 
 }  // namespace shrinkray

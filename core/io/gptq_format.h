@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -70,10 +71,10 @@ absl::StatusOr<GptqTensors> PackGptq(const QuantizedWeight& w, GptqZeroFormat fo
 absl::StatusOr<QuantizedWeight> UnpackGptq(const GptqTensors& t, GptqZeroFormat format,
                                            int group_size, bool sym);
 
-// Builds the GPTQ output of a whole model: quantized Linears as
-// <module>.qweight/.qzeros/.scales/.g_idx, everything else (and the fallbacks)
-// in the dense dtype, plus quantize_config.json / config.json's
-// quantization_config (with "dynamic" negative matches for the modules kept dense).
-absl::StatusOr<FormatOutput> BuildGptqOutput(const CompressedModelSpec& spec);
+// The GPTQ output: quantized Linears as <module>.qweight/.qzeros/.scales/.g_idx,
+// everything else (and the fallbacks) in the dense dtype, plus
+// quantize_config.json / config.json's quantization_config (with "dynamic"
+// negative matches for the modules kept dense).
+std::unique_ptr<FormatEncoder> MakeGptqEncoder(const CompressedModelSpec& header);
 
 }  // namespace shrinkray

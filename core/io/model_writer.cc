@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <system_error>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "core/io/checkpoint.h"
 #include "core/io/compressed_tensors_format.h"
+#include "core/io/safetensors.h"
 #include "core/io/dense_format.h"
 #include "core/io/gptq_format.h"
 #include "core/io/text_file.h"
@@ -29,6 +31,8 @@ absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.
 using nlohmann::json;
 
 constexpr uint64_t kShardBytes = uint64_t{4} << 30;  // HF's default max_shard_size is 5GB
+// Read size when copying parked tensors into the shards.
+constexpr uint64_t kScratchPieceBytes = uint64_t{8} << 20;
 
 int64_t Numel(const std::vector<int64_t>& shape) {
   int64_t n = 1;
@@ -58,65 +62,50 @@ std::string DumpJson(const json& j) {
   return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
-// Sparsity of the spec's tensors: null when nothing was pruned.
-json SparsitySummary(const CompressedModelSpec& spec) {
-  double zeros = 0, total = 0;
-  bool any = false, all_two_four = true;
-  json modules = json::array();
-  for (const CompressedTensorEntry& e : spec.tensors) {
-    const double n = static_cast<double>(Numel(e.shape));
-    total += n;
-    if (e.sparsity <= 0) continue;
-    any = true;
-    zeros += e.sparsity * n;
-    all_two_four = all_two_four && e.two_four;
-    const std::string module = LinearModuleOf(e);
-    modules.push_back(module.empty() ? e.name : module);
+// Sparsity over the tensors added so far, for config.json's "shrinkray".
+class SparsityTally {
+ public:
+  void Add(std::span<const CompressedTensorEntry> entries) {
+    for (const CompressedTensorEntry& e : entries) {
+      const double n = static_cast<double>(Numel(e.shape));
+      total_ += n;
+      if (e.sparsity <= 0) continue;
+      any_ = true;
+      zeros_ += e.sparsity * n;
+      all_two_four_ = all_two_four_ && e.two_four;
+      const std::string module = LinearModuleOf(e);
+      modules_.push_back(module.empty() ? e.name : module);
+    }
   }
-  if (!any) return nullptr;
-  return {{"global_sparsity", total > 0 ? zeros / total : 0.0},
-          {"sparsity_structure", all_two_four ? "2:4" : "unstructured"},
-          {"modules", std::move(modules)}};
-}
-
-absl::StatusOr<FormatOutput> BuildOutput(const CompressedModelSpec& spec, OutputFormat format) {
-  switch (format) {
-    case OutputFormat::kDense: return BuildDenseOutput(spec);
-    case OutputFormat::kGptq: return BuildGptqOutput(spec);
-    case OutputFormat::kCompressedTensors: return BuildCompressedTensorsOutput(spec);
+  // Null when nothing was pruned.
+  json ToJson() const {
+    if (!any_) return nullptr;
+    return {{"global_sparsity", total_ > 0 ? zeros_ / total_ : 0.0},
+            {"sparsity_structure", all_two_four_ ? "2:4" : "unstructured"},
+            {"modules", modules_}};
   }
-  return absl::InvalidArgumentError("unknown output format");
-}
 
-// Writes the folder's contents into `dir` (which exists and is empty).
-absl::Status WriteFolder(const std::filesystem::path& dir, const CompressedModelSpec& spec,
-                         OutputFormat format, FormatOutput output) {
-  // Weights.
-  std::vector<TensorToWrite> to_write;
-  to_write.reserve(output.tensors.size());
-  uint64_t total_bytes = 0;
-  for (const OwnedTensor& t : output.tensors) {
-    to_write.push_back({t.name, t.dtype, t.shape, std::span<const std::byte>(t.data)});
-    total_bytes += t.data.size();
-  }
-  const int num_shards = static_cast<int>(std::clamp<uint64_t>(
-      (total_bytes + kShardBytes - 1) / kShardBytes, 1, std::max<size_t>(1, to_write.size())));
-  SR_RETURN_IF_ERROR(WriteCheckpoint(dir, to_write, num_shards));
+ private:
+  double zeros_ = 0, total_ = 0;
+  bool any_ = false, all_two_four_ = true;
+  json modules_ = json::array();
+};
 
+// Writes the folder's files besides the weights into `dir`.
+absl::Status WriteFolderFiles(const std::filesystem::path& dir, const CompressedModelSpec& header,
+                              OutputFormat format, const FormatOutput& output, json sparsity) {
   // config.json: the source's, with this output's quantization_config.
-  json config = spec.source_config.is_object() ? spec.source_config : json::object();
+  json config = header.source_config.is_object() ? header.source_config : json::object();
   config.erase("quantization_config");
   config.erase("compression_config");
-  config["torch_dtype"] = std::string(TorchDtypeName(spec.dense_dtype));
+  config["torch_dtype"] = std::string(TorchDtypeName(header.dense_dtype));
   if (!output.quantization_config.is_null()) {
     config["quantization_config"] = output.quantization_config;
   }
   // What loaders do not read but a reader of the folder wants to know.
   json shrinkray = {{"format", std::string(OutputFormatName(format))}};
-  if (!spec.recipe_info.is_null()) shrinkray["recipe"] = spec.recipe_info;
-  if (json sparsity = SparsitySummary(spec); !sparsity.is_null()) {
-    shrinkray["sparsity"] = std::move(sparsity);
-  }
+  if (!header.recipe_info.is_null()) shrinkray["recipe"] = header.recipe_info;
+  if (!sparsity.is_null()) shrinkray["sparsity"] = std::move(sparsity);
   if (!output.fallbacks.empty()) {
     json fallbacks = json::array();
     for (const DenseFallback& f : output.fallbacks) {
@@ -133,8 +122,8 @@ absl::Status WriteFolder(const std::filesystem::path& dir, const CompressedModel
 
   // Tokenizer and generation settings, so the folder is a complete model.
   std::error_code ec;
-  if (!spec.source_dir.empty() && std::filesystem::is_directory(spec.source_dir, ec)) {
-    for (const auto& item : std::filesystem::directory_iterator(spec.source_dir, ec)) {
+  if (!header.source_dir.empty() && std::filesystem::is_directory(header.source_dir, ec)) {
+    for (const auto& item : std::filesystem::directory_iterator(header.source_dir, ec)) {
       const std::string name = item.path().filename().string();
       if (!item.is_regular_file(ec) || !IsCopiedSourceFile(name)) continue;
       std::filesystem::copy_file(item.path(), dir / name,
@@ -146,9 +135,41 @@ absl::Status WriteFolder(const std::filesystem::path& dir, const CompressedModel
     }
     if (ec) {
       return absl::InternalError(
-          absl::StrCat("list ", spec.source_dir.string(), ": ", ec.message()));
+          absl::StrCat("list ", header.source_dir.string(), ": ", ec.message()));
     }
   }
+  return absl::OkStatus();
+}
+
+// Renames the complete `partial` folder to `target`. An existing `target`
+// (--overwrite) is moved aside first, so that a failure leaves either the old
+// model or the new one at `target`, never a mixture.
+absl::Status CommitFolder(const std::filesystem::path& partial,
+                          const std::filesystem::path& target) {
+  std::error_code ec;
+  if (!std::filesystem::exists(target, ec)) {
+    std::filesystem::rename(partial, target, ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("rename ", partial.string(), " to ", target.string(), ": ", ec.message()));
+    }
+    return absl::OkStatus();
+  }
+  const std::filesystem::path old = absl::StrCat(target.string(), ".old.", ::getpid());
+  std::filesystem::remove_all(old, ec);
+  std::filesystem::rename(target, old, ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("move ", target.string(), " aside: ", ec.message()));
+  }
+  std::filesystem::rename(partial, target, ec);
+  if (ec) {
+    const absl::Status status = absl::InternalError(
+        absl::StrCat("rename ", partial.string(), " to ", target.string(), ": ", ec.message()));
+    std::error_code restore_ec;
+    std::filesystem::rename(old, target, restore_ec);
+    return status;
+  }
+  std::filesystem::remove_all(old, ec);
   return absl::OkStatus();
 }
 
@@ -193,14 +214,144 @@ std::string_view OutputFormatName(OutputFormat format) {
 
 absl::StatusOr<std::vector<DenseFallback>> PlanDenseFallbacks(const CompressedModelSpec& spec,
                                                               OutputFormat format) {
-  SR_ASSIGN_OR_RETURN(FormatOutput output, BuildOutput(spec, format));
+  std::unique_ptr<FormatEncoder> encoder = MakeFormatEncoder(format, spec);
+  SR_RETURN_IF_ERROR(encoder->Add(spec.tensors, [](OwnedTensor, const FactCondition&) {
+    return absl::OkStatus();
+  }));
+  SR_ASSIGN_OR_RETURN(FormatOutput output, encoder->Finish());
   return std::move(output.fallbacks);
 }
 
 absl::Status WriteCompressedModel(const std::filesystem::path& out_dir,
                                   const CompressedModelSpec& spec, OutputFormat format,
                                   bool overwrite) {
+  CompressedModelSpec header;
+  header.source_dir = spec.source_dir;
+  header.source_config = spec.source_config;
+  header.dense_dtype = spec.dense_dtype;
+  header.recipe_info = spec.recipe_info;
+  SR_ASSIGN_OR_RETURN(std::unique_ptr<CompressedModelWriter> writer,
+                      CompressedModelWriter::Open(out_dir, header, format, overwrite));
+  SR_RETURN_IF_ERROR(writer->Add(spec.tensors));
+  return writer->Finish().status();
+}
+
+// An encoded tensor parked in the scratch file until the shards are written.
+struct ParkedTensor {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t offset = 0;
+  uint64_t nbytes = 0;
+  FactCondition when;
+};
+
+struct CompressedModelWriter::State {
+  std::filesystem::path target;
+  std::filesystem::path partial;
+  std::filesystem::path scratch_path;
+  CompressedModelSpec header;
+  OutputFormat format = OutputFormat::kDense;
+  std::unique_ptr<FormatEncoder> encoder;
+  std::ofstream scratch;
+  uint64_t scratch_bytes = 0;
+  std::vector<ParkedTensor> parked;
+  SparsityTally sparsity;
+  std::set<std::string> done_prefixes;  // fused groups of earlier Adds
+  absl::Status failed;
+  bool finished = false;
+
+  absl::Status Park(OwnedTensor t, const FactCondition& when) {
+    scratch.write(reinterpret_cast<const char*>(t.data.data()),
+                  static_cast<std::streamsize>(t.data.size()));
+    if (!scratch) return absl::InternalError(absl::StrCat("write ", scratch_path.string()));
+    parked.push_back({std::move(t.name), t.dtype, std::move(t.shape), scratch_bytes,
+                      t.data.size(), when});
+    scratch_bytes += t.data.size();
+    return absl::OkStatus();
+  }
+
+  absl::Status Add(std::span<const CompressedTensorEntry> tensors) {
+    std::set<std::string> prefixes;
+    for (const CompressedTensorEntry& e : tensors) {
+      std::string prefix = FusedGroupPrefix(LinearModuleOf(e));
+      if (prefix.empty()) continue;
+      if (done_prefixes.contains(prefix)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor '", e.name, "' comes after the other tensors of ", prefix,
+            " were added; the tensors of a fused group must be added together"));
+      }
+      prefixes.insert(std::move(prefix));
+    }
+    SR_RETURN_IF_ERROR(encoder->Add(tensors, [this](OwnedTensor t, const FactCondition& when) {
+      return Park(std::move(t), when);
+    }));
+    sparsity.Add(tensors);
+    done_prefixes.merge(prefixes);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<DenseFallback>> Finish() {
+    SR_ASSIGN_OR_RETURN(FormatOutput output, encoder->Finish());
+    scratch.close();
+    if (!scratch) return absl::InternalError(absl::StrCat("write ", scratch_path.string()));
+
+    // Each tensor's bytes are copied from the scratch file while its shard is
+    // written, a bounded piece at a time.
+    std::ifstream in(scratch_path, std::ios::binary);
+    if (!in) return absl::InternalError(absl::StrCat("open ", scratch_path.string()));
+    std::vector<char> piece;
+    std::vector<StreamedTensor> tensors;
+    uint64_t total_bytes = 0;
+    for (const ParkedTensor& p : parked) {
+      if (!p.when.Holds(output.facts)) continue;
+      total_bytes += p.nbytes;
+      auto copy = [this, &in, &piece, offset = p.offset, nbytes = p.nbytes](const ByteSink& sink) {
+        in.seekg(static_cast<std::streamoff>(offset));
+        for (uint64_t left = nbytes; left > 0;) {
+          const uint64_t n = std::min(left, kScratchPieceBytes);
+          piece.resize(n);
+          if (!in.read(piece.data(), static_cast<std::streamsize>(n))) {
+            return absl::DataLossError(absl::StrCat("read ", scratch_path.string()));
+          }
+          SR_RETURN_IF_ERROR(sink(std::as_bytes(std::span<const char>(piece))));
+          left -= n;
+        }
+        return absl::OkStatus();
+      };
+      tensors.push_back({p.name, p.dtype, p.shape, p.nbytes, std::move(copy)});
+    }
+    const int num_shards = static_cast<int>(std::clamp<uint64_t>(
+        (total_bytes + kShardBytes - 1) / kShardBytes, 1, std::max<size_t>(1, tensors.size())));
+    SR_RETURN_IF_ERROR(WriteCheckpointStreamed(partial, tensors, num_shards));
+    in.close();
+    std::error_code ec;
+    std::filesystem::remove(scratch_path, ec);
+    if (ec) return absl::InternalError(absl::StrCat("remove ", scratch_path.string(), ": ", ec.message()));
+
+    SR_RETURN_IF_ERROR(WriteFolderFiles(partial, header, format, output, sparsity.ToJson()));
+    SR_RETURN_IF_ERROR(CommitFolder(partial, target));
+    return std::move(output.fallbacks);
+  }
+};
+
+CompressedModelWriter::CompressedModelWriter(std::unique_ptr<State> state)
+    : state_(std::move(state)) {}
+
+CompressedModelWriter::~CompressedModelWriter() {
+  if (state_->finished) return;
+  state_->scratch.close();
+  std::error_code ec;
+  std::filesystem::remove_all(state_->partial, ec);
+}
+
+absl::StatusOr<std::unique_ptr<CompressedModelWriter>> CompressedModelWriter::Open(
+    const std::filesystem::path& out_dir, const CompressedModelSpec& header, OutputFormat format,
+    bool overwrite) {
   if (out_dir.empty()) return absl::InvalidArgumentError("output folder is empty");
+  if (!header.tensors.empty()) {
+    return absl::InvalidArgumentError("the writer's header must hold no tensors; Add them");
+  }
   std::filesystem::path target = out_dir;
   if (!target.has_filename()) target = target.parent_path();  // "out/" -> "out"
   std::error_code ec;
@@ -208,49 +359,78 @@ absl::Status WriteCompressedModel(const std::filesystem::path& out_dir,
     return absl::AlreadyExistsError(
         absl::StrCat("output folder ", target.string(), " exists; pass --overwrite"));
   }
-  // Everything that can fail on the spec fails before the disk is touched.
-  SR_ASSIGN_OR_RETURN(FormatOutput output, BuildOutput(spec, format));
+  auto state = std::make_unique<State>();
+  state->target = target;
+  state->partial = target.string() + ".partial";
+  state->header = header;
+  state->format = format;
+  state->encoder = MakeFormatEncoder(format, header);
+  std::filesystem::remove_all(state->partial, ec);  // a crashed earlier run's
+  if (ec) {
+    return absl::InternalError(absl::StrCat("remove ", state->partial.string(), ": ", ec.message()));
+  }
+  std::filesystem::create_directories(state->partial, ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("create ", state->partial.string(), ": ", ec.message()));
+  }
+  // From here on the writer owns the folder: an early return removes it.
+  std::unique_ptr<CompressedModelWriter> writer(new CompressedModelWriter(std::move(state)));
+  State& s = *writer->state_;
+  s.scratch_path = s.partial / ".shrinkray-tensors.scratch";
+  s.scratch.open(s.scratch_path, std::ios::binary | std::ios::trunc);
+  if (!s.scratch) return absl::InternalError(absl::StrCat("create ", s.scratch_path.string()));
+  return writer;
+}
 
-  const std::filesystem::path partial = target.string() + ".partial";
-  std::filesystem::remove_all(partial, ec);  // a crashed earlier run's
-  if (ec) return absl::InternalError(absl::StrCat("remove ", partial.string(), ": ", ec.message()));
-  std::filesystem::create_directories(partial, ec);
-  if (ec) return absl::InternalError(absl::StrCat("create ", partial.string(), ": ", ec.message()));
-  absl::Status status = WriteFolder(partial, spec, format, std::move(output));
-  if (status.ok() && std::filesystem::exists(target, ec)) {
-    // --overwrite: move the old folder aside first, so that a failure leaves
-    // either the old model or the new one at `target`, never a mixture.
-    const std::filesystem::path old = absl::StrCat(target.string(), ".old.", ::getpid());
-    std::filesystem::remove_all(old, ec);
-    std::filesystem::rename(target, old, ec);
-    if (ec) {
-      status = absl::InternalError(absl::StrCat("move ", target.string(), " aside: ", ec.message()));
-    } else {
-      std::filesystem::rename(partial, target, ec);
-      if (ec) {
-        status = absl::InternalError(
-            absl::StrCat("rename ", partial.string(), " to ", target.string(), ": ", ec.message()));
-        std::error_code restore_ec;
-        std::filesystem::rename(old, target, restore_ec);
-      } else {
-        std::filesystem::remove_all(old, ec);
-      }
-    }
-  } else if (status.ok()) {
-    std::filesystem::rename(partial, target, ec);
-    if (ec) {
-      status = absl::InternalError(
-          absl::StrCat("rename ", partial.string(), " to ", target.string(), ": ", ec.message()));
-    }
+absl::Status CompressedModelWriter::Add(std::span<const CompressedTensorEntry> tensors) {
+  State& s = *state_;
+  if (s.finished) return absl::FailedPreconditionError("the model was already written");
+  SR_RETURN_IF_ERROR(s.failed);
+  s.failed = s.Add(tensors);
+  return s.failed;
+}
+
+absl::StatusOr<std::vector<DenseFallback>> CompressedModelWriter::Finish() {
+  State& s = *state_;
+  if (s.finished) return absl::FailedPreconditionError("the model was already written");
+  SR_RETURN_IF_ERROR(s.failed);
+  absl::StatusOr<std::vector<DenseFallback>> fallbacks = s.Finish();
+  if (!fallbacks.ok()) {
+    s.failed = fallbacks.status();
+    return fallbacks;
   }
-  if (!status.ok()) {
-    std::error_code cleanup_ec;
-    std::filesystem::remove_all(partial, cleanup_ec);
-  }
-  return status;
+  s.finished = true;
+  return fallbacks;
 }
 
 // ---- Shared helpers.
+
+std::unique_ptr<FormatEncoder> MakeFormatEncoder(OutputFormat format,
+                                                 const CompressedModelSpec& header) {
+  switch (format) {
+    case OutputFormat::kGptq: return MakeGptqEncoder(header);
+    case OutputFormat::kCompressedTensors: return MakeCompressedTensorsEncoder(header);
+    case OutputFormat::kDense: break;
+  }
+  return MakeDenseEncoder(header);
+}
+
+bool FactCondition::Holds(const ModelFacts& facts) const {
+  return (!zero_points_mid.has_value() || *zero_points_mid == facts.zero_points_mid) &&
+         (!act_order.has_value() || *act_order == facts.act_order);
+}
+
+std::optional<FactCondition> BothConditions(const FactCondition& a, const FactCondition& b) {
+  auto merge = [](std::optional<bool> x, std::optional<bool> y, bool* clash) {
+    if (x.has_value() && y.has_value() && *x != *y) *clash = true;
+    return x.has_value() ? x : y;
+  };
+  bool clash = false;
+  FactCondition both{merge(a.zero_points_mid, b.zero_points_mid, &clash),
+                     merge(a.act_order, b.act_order, &clash)};
+  if (clash) return std::nullopt;
+  return both;
+}
 
 absl::StatusOr<OwnedTensor> EncodeFloats(std::string name, std::vector<int64_t> shape,
                                          std::span<const float> values, DType dtype) {
@@ -337,10 +517,28 @@ absl::Status ValidateQuantizedWeight(const QuantizedWeight& w, std::string_view 
   return absl::OkStatus();
 }
 
-absl::Status ValidateQuantizedEntries(const CompressedModelSpec& spec) {
-  std::set<std::string> names;
-  for (const CompressedTensorEntry& e : spec.tensors) {
-    if (!names.insert(e.name).second) {
+std::string FusedGroupPrefix(std::string_view module) {
+  std::string proj;
+  std::string prefix = LayerPrefixAndProj(module, &proj);
+  return FusedSiblings(proj).empty() ? std::string() : prefix;
+}
+
+bool ZeroPointsMid(const QuantizedWeight& w) {
+  const int32_t mid = 1 << (w.bits - 1);
+  return std::all_of(w.zeros.begin(), w.zeros.end(), [&](int32_t z) { return z == mid; });
+}
+
+bool GIdxPermuted(const QuantizedWeight& w) {
+  for (int c = 0; c < w.cols; ++c) {
+    if (w.g_idx[c] != (w.group_size > 0 ? c / w.group_size : 0)) return true;
+  }
+  return false;
+}
+
+absl::Status ValidateQuantizedEntries(std::span<const CompressedTensorEntry> entries,
+                                      std::set<std::string>* names) {
+  for (const CompressedTensorEntry& e : entries) {
+    if (!names->insert(e.name).second) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", e.name, "' appears twice"));
     }
     if (!e.quantized.has_value()) continue;
@@ -360,35 +558,32 @@ absl::Status ValidateQuantizedEntries(const CompressedModelSpec& spec) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::optional<QuantScheme>> UniformScheme(const CompressedModelSpec& spec,
-                                                         std::string_view format_name) {
-  SR_RETURN_IF_ERROR(ValidateQuantizedEntries(spec));
-  std::optional<QuantScheme> scheme;
-  for (const CompressedTensorEntry& e : spec.tensors) {
+absl::Status MergeUniformScheme(std::span<const CompressedTensorEntry> entries,
+                                std::string_view format_name, std::set<std::string>* names,
+                                std::optional<QuantScheme>* scheme) {
+  SR_RETURN_IF_ERROR(ValidateQuantizedEntries(entries, names));
+  for (const CompressedTensorEntry& e : entries) {
     if (!e.quantized.has_value()) continue;
     const QuantizedWeight& w = *e.quantized;
-    bool act_order = false;
-    for (int c = 0; c < w.cols && !act_order; ++c) {
-      const int expected = w.group_size > 0 ? c / w.group_size : 0;
-      act_order = w.g_idx[c] != expected;
-    }
-    if (!scheme.has_value()) {
-      scheme = QuantScheme{w.bits, w.group_size, w.sym, act_order};
+    const bool act_order = GIdxPermuted(w);
+    if (!scheme->has_value()) {
+      *scheme = QuantScheme{w.bits, w.group_size, w.sym, act_order};
       continue;
     }
-    if (w.bits != scheme->bits || w.group_size != scheme->group_size || w.sym != scheme->sym) {
+    QuantScheme& s = **scheme;
+    if (w.bits != s.bits || w.group_size != s.group_size || w.sym != s.sym) {
       return absl::InvalidArgumentError(absl::StrCat(
           "tensor '", e.name, "' is quantized with bits ", w.bits, ", group_size ", w.group_size,
-          ", sym ", w.sym, " but others with bits ", scheme->bits, ", group_size ",
-          scheme->group_size, ", sym ", scheme->sym, "; mixed schemes cannot be written in ",
-          Sv(format_name), "; use --format dense"));
+          ", sym ", w.sym, " but others with bits ", s.bits, ", group_size ", s.group_size,
+          ", sym ", s.sym, "; mixed schemes cannot be written in ", Sv(format_name),
+          "; use --format dense"));
     }
-    scheme->act_order = scheme->act_order || act_order;
+    s.act_order = s.act_order || act_order;
   }
-  return scheme;
+  return absl::OkStatus();
 }
 
-std::vector<DenseFallback> ExtendToFusedSiblings(const CompressedModelSpec& spec,
+std::vector<DenseFallback> ExtendToFusedSiblings(std::span<const CompressedTensorEntry> entries,
                                                  const std::vector<DenseFallback>& direct) {
   std::map<std::string, std::string> reasons;  // module -> reason
   for (const DenseFallback& f : direct) reasons.emplace(f.module, f.reason);
@@ -402,7 +597,7 @@ std::vector<DenseFallback> ExtendToFusedSiblings(const CompressedModelSpec& spec
     }
   }
   std::vector<DenseFallback> out;
-  for (const CompressedTensorEntry& e : spec.tensors) {
+  for (const CompressedTensorEntry& e : entries) {
     if (!e.quantized.has_value()) continue;
     const std::string module = LinearModuleOf(e);
     if (auto it = reasons.find(module); it != reasons.end()) out.push_back({module, it->second});

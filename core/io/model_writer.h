@@ -2,12 +2,22 @@
 // and GPTQModel load: dense (dequantized weights materialised), GPTQ
 // (qweight/qzeros/scales/g_idx) or compressed-tensors "pack-quantized".
 // The layouts, and which shapes each format keeps dense, are in docs/formats.md.
+//
+// Tensors are encoded as they arrive and their bytes parked in a scratch file
+// inside the output's ".partial" folder; the safetensors shards (whose tensors
+// are sorted by name, so layer 10 comes before layer 2) are assembled from it
+// at the end. So CompressedModelWriter holds one layer's tensors at a time,
+// and WriteCompressedModel (the whole spec at once) is the same writer fed in
+// one piece: both give the same bytes.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -65,10 +75,45 @@ absl::StatusOr<std::vector<DenseFallback>> PlanDenseFallbacks(const CompressedMo
 // An existing `out_dir` without `overwrite` is AlreadyExists ("output folder X
 // exists; pass --overwrite"); with it, it is replaced only once the new folder
 // is complete. Bits a packed format cannot hold are InvalidArgument naming the
-// format and suggesting --format dense.
+// format and suggesting --format dense. On any error the ".partial" folder is
+// removed and `out_dir` left as it was.
 absl::Status WriteCompressedModel(const std::filesystem::path& out_dir,
                                   const CompressedModelSpec& spec, OutputFormat format,
                                   bool overwrite);
+
+// The same output, written incrementally: Add the tensors in model order
+// (embeddings, then each decoder layer, then the final norm and lm_head), each
+// is encoded and parked on disk at once, then Finish writes the shards,
+// config.json and the rest and renames the folder into place. Destroying a
+// writer that did not Finish removes its ".partial" folder. The bytes equal
+// WriteCompressedModel's on the spec holding all the tensors in that order;
+// errors are the same, found in the Add holding the offending tensor (the
+// "no weight is quantized" of a packed format in Finish).
+class CompressedModelWriter {
+ public:
+  // `header` gives everything but the tensors (its `tensors` must be empty).
+  // The existence check is WriteCompressedModel's; the ".partial" folder is
+  // created here (a crashed earlier run's is removed).
+  static absl::StatusOr<std::unique_ptr<CompressedModelWriter>> Open(
+      const std::filesystem::path& out_dir, const CompressedModelSpec& header, OutputFormat format,
+      bool overwrite);
+  ~CompressedModelWriter();
+  CompressedModelWriter(const CompressedModelWriter&) = delete;
+  CompressedModelWriter& operator=(const CompressedModelWriter&) = delete;
+
+  // The next tensors. A format may keep a Linear dense because of a fused
+  // sibling (vLLM's q/k/v and gate/up), so the tensors of one module prefix
+  // ("model.layers.3.self_attn.") must come in one call: a later call holding
+  // such a sibling is InvalidArgument. After an error the writer only fails.
+  absl::Status Add(std::span<const CompressedTensorEntry> tensors);
+  // Completes the folder; returns the modules kept dense (PlanDenseFallbacks').
+  absl::StatusOr<std::vector<DenseFallback>> Finish();
+
+ private:
+  struct State;
+  explicit CompressedModelWriter(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
 
 // ---- Shared by the format writers (dense_format, gptq_format,
 // compressed_tensors_format); not needed by callers.
@@ -81,13 +126,45 @@ struct OwnedTensor {
   std::vector<std::byte> data;
 };
 
-// What one format contributes to the output folder.
+// Facts about all of a model's quantized weights that a format's tensors may
+// depend on, known only once every tensor has been added.
+struct ModelFacts {
+  bool zero_points_mid = true;  // every zero point is 2^(bits-1) (symmetric grids)
+  bool act_order = false;       // some weight's g_idx is not c / group_size
+};
+// The facts under which an encoded tensor (or a fallback) is part of the
+// output; an unset field holds for either value.
+struct FactCondition {
+  std::optional<bool> zero_points_mid;
+  std::optional<bool> act_order;
+  bool Holds(const ModelFacts& facts) const;
+};
+// `a` and `b` together; nullopt when they contradict each other.
+std::optional<FactCondition> BothConditions(const FactCondition& a, const FactCondition& b);
+
+// What a format adds to the output folder besides the tensors.
 struct FormatOutput {
-  std::vector<OwnedTensor> tensors;
   nlohmann::json quantization_config;  // config.json's; null: none
   nlohmann::json quantize_config;      // quantize_config.json; null: not written
   std::vector<DenseFallback> fallbacks;
+  ModelFacts facts;                    // decides the conditional tensors
 };
+
+// One format's encoding, fed tensors in model order. Add validates and
+// encodes a piece of the model (a fused group's tensors together, see
+// CompressedModelWriter::Add) and hands each encoded tensor to `sink`, with
+// the facts it depends on; Finish gives the configs once all were added.
+using EncodedTensorSink = std::function<absl::Status(OwnedTensor tensor, const FactCondition& when)>;
+class FormatEncoder {
+ public:
+  virtual ~FormatEncoder() = default;
+  virtual absl::Status Add(std::span<const CompressedTensorEntry> tensors,
+                           const EncodedTensorSink& sink) = 0;
+  virtual absl::StatusOr<FormatOutput> Finish() = 0;
+};
+// `header`'s dense_dtype and recipe_info are used; its tensors are not.
+std::unique_ptr<FormatEncoder> MakeFormatEncoder(OutputFormat format,
+                                                 const CompressedModelSpec& header);
 
 // The uniform quantization scheme of a spec's quantized weights.
 struct QuantScheme {
@@ -109,21 +186,33 @@ absl::StatusOr<OwnedTensor> EncodeDense(const CompressedTensorEntry& entry, DTyp
 // "model.layers.0.mlp.gate_proj" for a 2-D "...gate_proj.weight" that is a
 // Linear (not an embedding); empty otherwise.
 std::string LinearModuleOf(const CompressedTensorEntry& entry);
+// "model.layers.0.self_attn." for a module that vLLM fuses with siblings
+// (q/k/v_proj, gate/up_proj); empty otherwise.
+std::string FusedGroupPrefix(std::string_view module);
 // Checks sizes and value ranges of `w` (codes, zeros in [0, 2^bits), g_idx in
 // [0, num_groups)); InvalidArgument naming `name`.
 absl::Status ValidateQuantizedWeight(const QuantizedWeight& w, std::string_view name);
+// Whether every zero point of `w` is 2^(bits-1), and whether its g_idx is
+// permuted (some g_idx[c] != c / group_size).
+bool ZeroPointsMid(const QuantizedWeight& w);
+bool GIdxPermuted(const QuantizedWeight& w);
 // Every quantized entry is a 2-D Linear weight whose shape matches and passes
-// ValidateQuantizedWeight; names are unique.
-absl::Status ValidateQuantizedEntries(const CompressedModelSpec& spec);
-// ValidateQuantizedEntries, then the quantized weights' common scheme (nullopt when none is quantized). Mixed bit
-// widths / group sizes / sym are InvalidArgument for the packed formats.
-absl::StatusOr<std::optional<QuantScheme>> UniformScheme(const CompressedModelSpec& spec,
-                                                         std::string_view format_name);
+// ValidateQuantizedWeight; names are unique, also against `names` (the names
+// of earlier pieces, to which these are added).
+absl::Status ValidateQuantizedEntries(std::span<const CompressedTensorEntry> entries,
+                                      std::set<std::string>* names);
+// ValidateQuantizedEntries, then folds the entries' quantized weights into
+// `scheme`, the common scheme of all pieces so far (nullopt while none is
+// quantized). Mixed bit widths / group sizes / sym are InvalidArgument for
+// the packed formats.
+absl::Status MergeUniformScheme(std::span<const CompressedTensorEntry> entries,
+                                std::string_view format_name, std::set<std::string>* names,
+                                std::optional<QuantScheme>* scheme);
 // vLLM loads q/k/v and gate/up as one fused layer, which is either quantized
 // or not: extends `direct` (module -> reason) to the quantized siblings of each
-// module in it, in spec order.
-std::vector<DenseFallback> ExtendToFusedSiblings(
-    const CompressedModelSpec& spec, const std::vector<DenseFallback>& direct);
+// module in it, in entry order.
+std::vector<DenseFallback> ExtendToFusedSiblings(std::span<const CompressedTensorEntry> entries,
+                                                 const std::vector<DenseFallback>& direct);
 // The InvalidArgument for bits a packed format cannot hold.
 absl::Status UnpackableBitsError(int bits, std::string_view format_name);
 

@@ -214,9 +214,9 @@ absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& 
   return absl::OkStatus();
 }
 
-absl::Status ValidateForWrite(std::span<const TensorToWrite> tensors) {
+absl::Status ValidateForWrite(std::span<const StreamedTensor> tensors) {
   std::set<std::string_view> seen;
-  for (const TensorToWrite& t : tensors) {
+  for (const StreamedTensor& t : tensors) {
     if (t.name.empty()) return absl::InvalidArgumentError("tensor name must not be empty");
     if (t.name == kMetadataKey) {
       return absl::InvalidArgumentError("tensor name '__metadata__' is reserved");
@@ -224,6 +224,7 @@ absl::Status ValidateForWrite(std::span<const TensorToWrite> tensors) {
     if (!seen.insert(t.name).second) {
       return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name '", t.name, "'"));
     }
+    if (!t.write) return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has no bytes"));
     if (static_cast<size_t>(t.dtype) >= static_cast<size_t>(DType::kCount)) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': invalid dtype"));
     }
@@ -232,10 +233,10 @@ absl::Status ValidateForWrite(std::span<const TensorToWrite> tensors) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor '", t.name, "': bad shape ", ShapeString(t.shape)));
     }
-    if (nbytes != t.data.size()) {
+    if (nbytes != t.nbytes) {
       return absl::InvalidArgumentError(absl::StrCat(
           "tensor '", t.name, "': shape ", ShapeString(t.shape), " x ", Sv(DTypeName(t.dtype)),
-          " needs ", nbytes, " bytes but ", t.data.size(), " were given"));
+          " needs ", nbytes, " bytes but ", t.nbytes, " were given"));
     }
   }
   return absl::OkStatus();
@@ -353,16 +354,33 @@ const TensorInfo* SafetensorsFile::Find(std::string_view name) const {
   return nullptr;
 }
 
+std::vector<StreamedTensor> StreamFromMemory(std::span<const TensorToWrite> tensors) {
+  std::vector<StreamedTensor> out;
+  out.reserve(tensors.size());
+  for (const TensorToWrite& t : tensors) {
+    const std::span<const std::byte> data = t.data;
+    out.push_back({t.name, t.dtype, t.shape, data.size(),
+                   [data](const ByteSink& sink) { return sink(data); }});
+  }
+  return out;
+}
+
 absl::Status WriteSafetensors(const std::filesystem::path& path,
                               std::span<const TensorToWrite> tensors,
                               const std::map<std::string, std::string>& metadata) {
+  return WriteSafetensorsStreamed(path, StreamFromMemory(tensors), metadata);
+}
+
+absl::Status WriteSafetensorsStreamed(const std::filesystem::path& path,
+                                      std::span<const StreamedTensor> tensors,
+                                      const std::map<std::string, std::string>& metadata) {
   SR_RETURN_IF_ERROR(ValidateForWrite(tensors));
 
-  std::vector<const TensorToWrite*> sorted;
+  std::vector<const StreamedTensor*> sorted;
   sorted.reserve(tensors.size());
-  for (const TensorToWrite& t : tensors) sorted.push_back(&t);
+  for (const StreamedTensor& t : tensors) sorted.push_back(&t);
   std::sort(sorted.begin(), sorted.end(),
-            [](const TensorToWrite* a, const TensorToWrite* b) { return a->name < b->name; });
+            [](const StreamedTensor* a, const StreamedTensor* b) { return a->name < b->name; });
 
   // Built by hand rather than via nlohmann::json, whose std::map ordering
   // would put "__metadata__" after names starting with a capital or digit.
@@ -377,12 +395,12 @@ absl::Status WriteSafetensors(const std::filesystem::path& path,
     fields.push_back(absl::StrCat("\"__metadata__\":{", absl::StrJoin(items, ","), "}"));
   }
   uint64_t offset = 0;
-  for (const TensorToWrite* t : sorted) {
+  for (const StreamedTensor* t : sorted) {
     SR_ASSIGN_OR_RETURN(std::string name, JsonQuote(t->name, "tensor name"));
     fields.push_back(absl::StrCat(name, ":{\"dtype\":\"", Sv(DTypeName(t->dtype)), "\",\"shape\":[",
                                   absl::StrJoin(t->shape, ","), "],\"data_offsets\":[", offset, ",",
-                                  offset + t->data.size(), "]}"));
-    offset += t->data.size();
+                                  offset + t->nbytes, "]}"));
+    offset += t->nbytes;
   }
   std::string header = absl::StrCat("{", absl::StrJoin(fields, ","), "}");
   // Padding keeps the data region 8-byte aligned in the file (and so in an
@@ -398,9 +416,17 @@ absl::Status WriteSafetensors(const std::filesystem::path& path,
   if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("create ", tmp_path));
   absl::Status status = WriteAll(fd, prefix.data(), prefix.size(), tmp_path);
   if (status.ok()) status = WriteAll(fd, header.data(), header.size(), tmp_path);
-  for (const TensorToWrite* t : sorted) {
+  for (const StreamedTensor* t : sorted) {
     if (!status.ok()) break;
-    status = WriteAll(fd, t->data.data(), t->data.size(), tmp_path);
+    uint64_t written = 0;
+    status = t->write([&](std::span<const std::byte> bytes) {
+      written += bytes.size();
+      return WriteAll(fd, bytes.data(), bytes.size(), tmp_path);
+    });
+    if (status.ok() && written != t->nbytes) {
+      status = absl::InternalError(absl::StrCat("tensor '", t->name, "': ", written,
+                                                " bytes produced, expected ", t->nbytes));
+    }
   }
   // fsync before rename: otherwise a crash can leave a renamed, empty file.
   if (status.ok() && ::fsync(fd) != 0) {

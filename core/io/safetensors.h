@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -75,5 +76,28 @@ struct TensorToWrite {
 absl::Status WriteSafetensors(const std::filesystem::path& path,
                               std::span<const TensorToWrite> tensors,
                               const std::map<std::string, std::string>& metadata = {});
+
+// Appends bytes to the file being written.
+using ByteSink = std::function<absl::Status(std::span<const std::byte>)>;
+
+// A tensor whose bytes are produced while its file is written, for outputs
+// too large to hold in memory at once: `write` passes exactly `nbytes` bytes
+// to the sink, in order, in as many pieces as it likes.
+struct StreamedTensor {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t nbytes = 0;
+  std::function<absl::Status(const ByteSink& sink)> write;
+};
+
+// Streamed views of in-memory tensors (whose bytes must outlive them).
+std::vector<StreamedTensor> StreamFromMemory(std::span<const TensorToWrite> tensors);
+
+// WriteSafetensors for streamed tensors: the same bytes, checks and crash
+// safety; a `write` that passes another byte count than `nbytes` is Internal.
+absl::Status WriteSafetensorsStreamed(const std::filesystem::path& path,
+                                      std::span<const StreamedTensor> tensors,
+                                      const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace shrinkray

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/io/quantized_reader.h"
 #include "core/kernels/cpu/ops.h"
 #include "core/util/parallel.h"
@@ -74,39 +75,81 @@ std::vector<double> ComputeInvFreq(const ModelConfig& c) {
 }  // namespace
 
 template <typename Self, typename Fn>
-void LlamaModel::VisitParameters(Self& self, Fn&& fn) {
+void LlamaModel::VisitEmbeddings(Self& self, Fn&& fn) {
   const ModelConfig& c = self.config_;
-  const int64_t C = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
+  fn(std::string("model.embed_tokens.weight"),
+     std::vector<int64_t>{c.vocab_size, c.hidden_size}, self.embed_tokens_);
+}
+
+template <typename Self, typename Fn>
+void LlamaModel::VisitLayer(Self& self, int i, Fn&& fn) {
+  const ModelConfig& c = self.config_;
+  const int64_t C = c.hidden_size, I = c.intermediate_size;
   const int64_t qd = c.q_dim(), kvd = c.kv_dim(), hd = c.head_dim;
-  fn(std::string("model.embed_tokens.weight"), std::vector<int64_t>{V, C}, self.embed_tokens_);
-  for (int i = 0; i < c.num_hidden_layers; ++i) {
-    auto& w = self.layers_[i];
-    const std::string p = absl::StrCat("model.layers.", i, ".");
-    fn(p + "input_layernorm.weight", std::vector<int64_t>{C}, w.input_layernorm);
-    fn(p + "self_attn.q_proj.weight", std::vector<int64_t>{qd, C}, w.q_proj);
-    fn(p + "self_attn.k_proj.weight", std::vector<int64_t>{kvd, C}, w.k_proj);
-    fn(p + "self_attn.v_proj.weight", std::vector<int64_t>{kvd, C}, w.v_proj);
-    if (c.attention_bias) {
-      fn(p + "self_attn.q_proj.bias", std::vector<int64_t>{qd}, w.q_bias);
-      fn(p + "self_attn.k_proj.bias", std::vector<int64_t>{kvd}, w.k_bias);
-      fn(p + "self_attn.v_proj.bias", std::vector<int64_t>{kvd}, w.v_bias);
-    }
-    if (c.qk_norm) {
-      fn(p + "self_attn.q_norm.weight", std::vector<int64_t>{hd}, w.q_norm);
-      fn(p + "self_attn.k_norm.weight", std::vector<int64_t>{hd}, w.k_norm);
-    }
-    fn(p + "self_attn.o_proj.weight", std::vector<int64_t>{C, qd}, w.o_proj);
-    if (c.o_proj_bias) fn(p + "self_attn.o_proj.bias", std::vector<int64_t>{C}, w.o_bias);
-    fn(p + "post_attention_layernorm.weight", std::vector<int64_t>{C}, w.post_attention_layernorm);
-    fn(p + "mlp.gate_proj.weight", std::vector<int64_t>{I, C}, w.gate_proj);
-    fn(p + "mlp.up_proj.weight", std::vector<int64_t>{I, C}, w.up_proj);
-    fn(p + "mlp.down_proj.weight", std::vector<int64_t>{C, I}, w.down_proj);
+  auto& w = self.layers_[i];
+  const std::string p = absl::StrCat("model.layers.", i, ".");
+  fn(p + "input_layernorm.weight", std::vector<int64_t>{C}, w.input_layernorm);
+  fn(p + "self_attn.q_proj.weight", std::vector<int64_t>{qd, C}, w.q_proj);
+  fn(p + "self_attn.k_proj.weight", std::vector<int64_t>{kvd, C}, w.k_proj);
+  fn(p + "self_attn.v_proj.weight", std::vector<int64_t>{kvd, C}, w.v_proj);
+  if (c.attention_bias) {
+    fn(p + "self_attn.q_proj.bias", std::vector<int64_t>{qd}, w.q_bias);
+    fn(p + "self_attn.k_proj.bias", std::vector<int64_t>{kvd}, w.k_bias);
+    fn(p + "self_attn.v_proj.bias", std::vector<int64_t>{kvd}, w.v_bias);
   }
-  fn(std::string("model.norm.weight"), std::vector<int64_t>{C}, self.final_norm_);
+  if (c.qk_norm) {
+    fn(p + "self_attn.q_norm.weight", std::vector<int64_t>{hd}, w.q_norm);
+    fn(p + "self_attn.k_norm.weight", std::vector<int64_t>{hd}, w.k_norm);
+  }
+  fn(p + "self_attn.o_proj.weight", std::vector<int64_t>{C, qd}, w.o_proj);
+  if (c.o_proj_bias) fn(p + "self_attn.o_proj.bias", std::vector<int64_t>{C}, w.o_bias);
+  fn(p + "post_attention_layernorm.weight", std::vector<int64_t>{C}, w.post_attention_layernorm);
+  fn(p + "mlp.gate_proj.weight", std::vector<int64_t>{I, C}, w.gate_proj);
+  fn(p + "mlp.up_proj.weight", std::vector<int64_t>{I, C}, w.up_proj);
+  fn(p + "mlp.down_proj.weight", std::vector<int64_t>{C, I}, w.down_proj);
+}
+
+template <typename Self, typename Fn>
+void LlamaModel::VisitHead(Self& self, Fn&& fn) {
+  const ModelConfig& c = self.config_;
+  fn(std::string("model.norm.weight"), std::vector<int64_t>{c.hidden_size}, self.final_norm_);
   if (!c.tie_word_embeddings) {
-    fn(std::string("lm_head.weight"), std::vector<int64_t>{V, C}, self.lm_head_);
+    fn(std::string("lm_head.weight"), std::vector<int64_t>{c.vocab_size, c.hidden_size},
+       self.lm_head_);
   }
 }
+
+template <typename Self, typename Fn>
+void LlamaModel::VisitParameters(Self& self, Fn&& fn) {
+  VisitEmbeddings(self, fn);
+  for (int i = 0; i < self.config_.num_hidden_layers; ++i) VisitLayer(self, i, fn);
+  VisitHead(self, fn);
+}
+
+template <typename Visit>
+absl::Status LlamaModel::ReadInto(const Checkpoint& checkpoint,
+                                  const CheckpointQuantization& quantization,
+                                  std::vector<float>& arena, Visit&& visit) {
+  // Two passes: size the arena, then point every view into it and fill it.
+  int64_t total = 0;
+  visit([&](const std::string&, const std::vector<int64_t>& shape, float*&) {
+    total += Numel(shape);
+  });
+  arena.resize(static_cast<size_t>(total));
+  int64_t offset = 0;
+  absl::Status status;
+  visit([&](const std::string& name, const std::vector<int64_t>& shape, float*& slot) {
+    const int64_t n = Numel(shape);
+    slot = arena.data() + offset;
+    offset += n;
+    if (!status.ok()) return;
+    status = ReadWeightF32Into(checkpoint, quantization, name,
+                               std::span<float>(slot, static_cast<size_t>(n)), shape);
+  });
+  return status;
+}
+
+LlamaModel::~LlamaModel() = default;
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::filesystem::path& dir) {
   SR_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
@@ -121,42 +164,155 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::FromCheckpoint(
   model->config_ = config;
   model->layers_.resize(config.num_hidden_layers);
   model->inv_freq_ = ComputeInvFreq(config);
-
-  // Two passes: size the arena, then point every view into it and fill it.
-  int64_t total = 0;
-  VisitParameters(*model, [&](const std::string&, const std::vector<int64_t>& shape, float*&) {
-    total += Numel(shape);
-  });
-  model->arena_.resize(static_cast<size_t>(total));
   // Linears may be stored quantized (GPTQ, compressed-tensors): read them
   // back dequantized, so that every output format of shrinkray evaluates.
   SR_ASSIGN_OR_RETURN(const CheckpointQuantization quantization,
                       ParseCheckpointQuantization(QuantizationConfigOf(config.raw)));
-  int64_t offset = 0;
-  absl::Status status;
-  VisitParameters(*model, [&](const std::string& name, const std::vector<int64_t>& shape,
-                              float*& slot) {
-    const int64_t n = Numel(shape);
-    slot = model->arena_.data() + offset;
-    offset += n;
-    if (!status.ok()) return;
-    status = ReadWeightF32Into(checkpoint, quantization, name,
-                               std::span<float>(slot, static_cast<size_t>(n)), shape);
-  });
-  SR_RETURN_IF_ERROR(status);
+  SR_RETURN_IF_ERROR(ReadInto(checkpoint, quantization, model->arena_,
+                              [&](auto&& fn) { VisitParameters(*model, fn); }));
   model->lm_head_ = config.tie_word_embeddings ? model->embed_tokens_ : model->lm_head_;
   return model;
 }
 
-long LlamaModel::num_parameters() const { return static_cast<long>(arena_.size()); }
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::OpenStreaming(
+    const ModelConfig& config, const Checkpoint& checkpoint) {
+  SR_RETURN_IF_ERROR(ValidateConfig(config));
+  std::unique_ptr<LlamaModel> model(new LlamaModel());
+  model->config_ = config;
+  model->layers_.resize(config.num_hidden_layers);
+  model->layer_arenas_.resize(config.num_hidden_layers);
+  model->inv_freq_ = ComputeInvFreq(config);
+  SR_ASSIGN_OR_RETURN(CheckpointQuantization quantization,
+                      ParseCheckpointQuantization(QuantizationConfigOf(config.raw)));
+  // Fail now rather than hours into a run on a missing or misshapen tensor.
+  absl::Status status;
+  VisitParameters(*model, [&](const std::string& name, const std::vector<int64_t>& shape,
+                              float*&) {
+    if (!status.ok()) return;
+    absl::StatusOr<const TensorInfo*> info = checkpoint.Find(name);
+    if (!info.ok()) {
+      // A quantized Linear is stored under other names; it is checked when read.
+      if (quantization.method == CheckpointQuantization::Method::kNone) status = info.status();
+      return;
+    }
+    if ((*info)->shape != shape) {
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", name, "' in ", checkpoint.dir().string(), " has shape [",
+          absl::StrJoin((*info)->shape, ", "), "] vs expected [", absl::StrJoin(shape, ", "), "]"));
+    }
+  });
+  SR_RETURN_IF_ERROR(status);
+  model->checkpoint_ = &checkpoint;
+  model->quantization_ = std::make_unique<CheckpointQuantization>(std::move(quantization));
+  return model;
+}
+
+absl::Status LlamaModel::CheckStreaming(const char* what) const {
+  if (streaming()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(what, ": the model was not opened for streaming (OpenStreaming)"));
+}
+
+absl::Status LlamaModel::LoadLayer(int layer) {
+  SR_RETURN_IF_ERROR(CheckStreaming("LoadLayer"));
+  if (layer < 0 || layer >= config_.num_hidden_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LoadLayer: layer ", layer, " outside [0, ", config_.num_hidden_layers, ")"));
+  }
+  if (layer_loaded(layer)) return absl::OkStatus();
+  absl::Status status = ReadInto(*checkpoint_, *quantization_, layer_arenas_[layer],
+                                 [&](auto&& fn) { VisitLayer(*this, layer, fn); });
+  checkpoint_->ReleasePages(absl::StrCat("model.layers.", layer, "."));
+  if (!status.ok()) ReleaseLayer(layer);
+  return status;
+}
+
+void LlamaModel::ReleaseLayer(int layer) {
+  if (!streaming() || layer < 0 || layer >= config_.num_hidden_layers) return;
+  std::vector<float>().swap(layer_arenas_[layer]);
+  layers_[layer] = LayerWeights{};
+}
+
+bool LlamaModel::layer_loaded(int layer) const {
+  if (layer < 0 || layer >= config_.num_hidden_layers) return false;
+  return !streaming() || !layer_arenas_[layer].empty();
+}
+
+absl::Status LlamaModel::LoadEmbeddings() {
+  SR_RETURN_IF_ERROR(CheckStreaming("LoadEmbeddings"));
+  if (!embed_arena_.empty()) return absl::OkStatus();
+  absl::Status status = ReadInto(*checkpoint_, *quantization_, embed_arena_,
+                                 [&](auto&& fn) { VisitEmbeddings(*this, fn); });
+  checkpoint_->ReleasePages("model.embed_tokens.");
+  if (!status.ok()) {
+    ReleaseEmbeddings();
+    return status;
+  }
+  if (config_.tie_word_embeddings) lm_head_ = embed_tokens_;
+  return absl::OkStatus();
+}
+
+void LlamaModel::ReleaseEmbeddings() {
+  if (!streaming()) return;
+  std::vector<float>().swap(embed_arena_);
+  embed_tokens_ = nullptr;
+  if (config_.tie_word_embeddings) lm_head_ = nullptr;
+}
+
+absl::Status LlamaModel::LoadHead() {
+  SR_RETURN_IF_ERROR(CheckStreaming("LoadHead"));
+  if (!head_arena_.empty()) return absl::OkStatus();
+  absl::Status status = ReadInto(*checkpoint_, *quantization_, head_arena_,
+                                 [&](auto&& fn) { VisitHead(*this, fn); });
+  checkpoint_->ReleasePages("model.norm.");
+  checkpoint_->ReleasePages("lm_head.");
+  if (!status.ok()) ReleaseHead();
+  return status;
+}
+
+void LlamaModel::ReleaseHead() {
+  if (!streaming()) return;
+  std::vector<float>().swap(head_arena_);
+  final_norm_ = nullptr;
+  if (!config_.tie_word_embeddings) lm_head_ = nullptr;
+}
+
+long LlamaModel::num_parameters() const {
+  long total = 0;
+  VisitParameters(*this, [&](const std::string&, const std::vector<int64_t>& shape,
+                             float* const&) { total += static_cast<long>(Numel(shape)); });
+  return total;
+}
 
 std::vector<LlamaModel::NamedParameter> LlamaModel::Parameters() const {
   std::vector<NamedParameter> out;
-  VisitParameters(
-      *this, [&](const std::string& name, const std::vector<int64_t>& shape, float* const& slot) {
-        out.push_back({name, shape, slot});
-      });
+  auto add = [&](int layer) {
+    return [&out, layer](const std::string& name, const std::vector<int64_t>& shape,
+                         float* const& slot) { out.push_back({name, shape, slot, layer}); };
+  };
+  VisitEmbeddings(*this, add(-1));
+  for (int i = 0; i < config_.num_hidden_layers; ++i) VisitLayer(*this, i, add(i));
+  VisitHead(*this, add(-1));
   return out;
+}
+
+std::vector<LlamaModel::NamedParameter> LlamaModel::LayerParameters(int layer) const {
+  std::vector<NamedParameter> out;
+  if (layer < 0 || layer >= config_.num_hidden_layers) return out;
+  VisitLayer(*this, layer,
+             [&](const std::string& name, const std::vector<int64_t>& shape, float* const& slot) {
+               out.push_back({name, shape, slot, layer});
+             });
+  return out;
+}
+
+absl::StatusOr<std::vector<float>> LlamaModel::ReadParameter(const NamedParameter& p) const {
+  if (p.data != nullptr) return std::vector<float>(p.data, p.data + Numel(p.shape));
+  SR_RETURN_IF_ERROR(CheckStreaming("ReadParameter"));
+  SR_ASSIGN_OR_RETURN(std::vector<float> values,
+                      ReadWeightF32(*checkpoint_, *quantization_, p.name, p.shape));
+  checkpoint_->ReleasePages(p.name);
+  return values;
 }
 
 absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, int batch, int seqlen,
@@ -180,6 +336,9 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, int batch, int
 
 absl::Status LlamaModel::Embed(std::span<const int32_t> tokens, std::span<float> hidden) const {
   const long C = config_.hidden_size;
+  if (embed_tokens_ == nullptr) {
+    return absl::FailedPreconditionError("Embed: the embeddings are not loaded (LoadEmbeddings)");
+  }
   if (hidden.size() != tokens.size() * C) {
     return absl::InvalidArgumentError(
         absl::StrCat("Embed: hidden has ", hidden.size(), " floats, expected ", tokens.size() * C));
@@ -300,6 +459,10 @@ absl::Status LlamaModel::Head(std::span<const float> hidden, long rows,
     return absl::InvalidArgumentError(absl::StrCat("Head: hidden has ", hidden.size(),
                                                    " floats and logits ", logits.size(),
                                                    ", expected ", rows * C, " and ", rows * V));
+  }
+  if (final_norm_ == nullptr || lm_head_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "Head: the final norm or lm_head is not loaded (LoadHead; LoadEmbeddings when tied)");
   }
   std::vector<float> normed(static_cast<size_t>(rows * C));
   rmsnorm_forward(normed.data(), nullptr, hidden.data(), final_norm_, static_cast<int>(rows),

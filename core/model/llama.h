@@ -2,7 +2,10 @@
 // Parameters are named views into one allocation (llm.c's ParameterTensors).
 // The forward pass is split into embed / per-layer / head so that the
 // calibration executor can stream one layer at a time and observe the inputs
-// of each Linear.
+// of each Linear. A model opened for streaming holds no weights until asked:
+// each decoder layer (and the embeddings, and the final norm with lm_head) is
+// read from the mapped checkpoint into its own allocation on demand and freed
+// again, so that a model larger than memory can be processed layer by layer.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +22,8 @@
 #include "core/model/config.h"
 
 namespace shrinkray {
+
+struct CheckpointQuantization;
 
 // The Linear groups of a decoder layer that share an input, in the
 // true-sequential order of GPTQ's llama.py: {q,k,v} -> {o} -> {gate,up} -> {down}.
@@ -52,17 +57,40 @@ using LinearInputObserver =
 
 class LlamaModel {
  public:
-  // Views point into arena_, so a model is neither copied nor moved.
+  // Views point into the model's arenas, so a model is neither copied nor moved.
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
+  ~LlamaModel();
 
   // Reads <dir>/config.json and the checkpoint (any float dtype -> float32).
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(const std::filesystem::path& dir);
   static absl::StatusOr<std::unique_ptr<LlamaModel>> FromCheckpoint(const ModelConfig& config,
                                                                     const Checkpoint& checkpoint);
+  // A model whose weights stay in `checkpoint` (which must outlive it) until
+  // LoadLayer / LoadEmbeddings / LoadHead read them. Checks the config and
+  // that every parameter is present with its shape (Linears stored quantized
+  // are checked when loaded), with FromCheckpoint's errors.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> OpenStreaming(const ModelConfig& config,
+                                                                   const Checkpoint& checkpoint);
 
   const ModelConfig& config() const { return config_; }
   long num_parameters() const;
+
+  // Streaming models only (else FailedPrecondition): read decoder layer
+  // `layer`'s weights into an allocation of their own and point layer(layer)
+  // at them (a no-op when loaded); Release frees them and nulls the views (a
+  // no-op for a model loaded whole). Loading also drops the checkpoint pages
+  // it read from memory. Forward needs every part loaded.
+  bool streaming() const { return checkpoint_ != nullptr; }
+  absl::Status LoadLayer(int layer);
+  void ReleaseLayer(int layer);
+  bool layer_loaded(int layer) const;
+  // embed_tokens, which Embed needs (and Head, when tied).
+  absl::Status LoadEmbeddings();
+  void ReleaseEmbeddings();
+  // The final norm and an untied lm_head, which Head needs.
+  absl::Status LoadHead();
+  void ReleaseHead();
 
   // tokens: [batch, seqlen]; logits: [batch*seqlen, vocab]. Positions restart at
   // 0 in every row; causal mask (plus the sliding window when configured).
@@ -81,13 +109,20 @@ class LlamaModel {
 
   const LayerWeights& layer(int i) const { return layers_[i]; }
   LayerWeights& mutable_layer(int i) { return layers_[i]; }
-  // The HF tensor names and views of every parameter, for writers.
+  // The HF tensor names and views of every parameter, for writers. In a
+  // streaming model `data` is null where the weights are not loaded.
   struct NamedParameter {
     std::string name;
     std::vector<int64_t> shape;
     float* data;
+    int layer = -1;  // the decoder layer holding it; -1 for embeddings, norm, lm_head
   };
   std::vector<NamedParameter> Parameters() const;
+  // Decoder layer `layer`'s parameters, in Parameters() order.
+  std::vector<NamedParameter> LayerParameters(int layer) const;
+  // The values of `p` (one of Parameters()): copied from its view when
+  // loaded, else read from a streaming model's checkpoint without keeping it.
+  absl::StatusOr<std::vector<float>> ReadParameter(const NamedParameter& p) const;
   // RoPE inverse frequencies [head_dim/2] in double, rope_scaling applied (the
   // CUDA model builds its cos/sin tables from the same values).
   const std::vector<double>& rope_inv_freq() const { return inv_freq_; }
@@ -95,13 +130,33 @@ class LlamaModel {
  private:
   LlamaModel() = default;
 
-  // Calls fn(name, shape, slot) for every parameter in arena order, where slot
-  // is the (possibly const) float* member that views it.
+  // Call fn(name, shape, slot) for every parameter in arena order, where slot
+  // is the (possibly const) float* member that views it: all of them, or
+  // those of the embeddings, of one decoder layer, or of the head.
   template <typename Self, typename Fn>
   static void VisitParameters(Self& self, Fn&& fn);
+  template <typename Self, typename Fn>
+  static void VisitEmbeddings(Self& self, Fn&& fn);
+  template <typename Self, typename Fn>
+  static void VisitLayer(Self& self, int layer, Fn&& fn);
+  template <typename Self, typename Fn>
+  static void VisitHead(Self& self, Fn&& fn);
+  // Sizes `arena` for the parameters `visit` enumerates, points their views
+  // into it and reads them from `checkpoint`.
+  template <typename Visit>
+  static absl::Status ReadInto(const Checkpoint& checkpoint,
+                               const CheckpointQuantization& quantization,
+                               std::vector<float>& arena, Visit&& visit);
+  absl::Status CheckStreaming(const char* what) const;
 
   ModelConfig config_;
-  std::vector<float> arena_;       // every parameter, one allocation
+  std::vector<float> arena_;       // every parameter, one allocation (not streaming)
+  // Streaming: where weights come from, and one allocation per loaded unit.
+  const Checkpoint* checkpoint_ = nullptr;
+  std::unique_ptr<CheckpointQuantization> quantization_;
+  std::vector<float> embed_arena_;
+  std::vector<float> head_arena_;
+  std::vector<std::vector<float>> layer_arenas_;
   float* embed_tokens_ = nullptr;  // [V, C]
   float* final_norm_ = nullptr;    // [C]
   float* lm_head_ = nullptr;       // [V, C] (== embed_tokens_ when tied)

@@ -4,6 +4,8 @@
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <optional>
 #include <span>
 #include <utility>
 
@@ -181,13 +183,34 @@ void Progress(const LayerwiseOptions& options, const std::string& line) {
 
 }  // namespace
 
+absl::Status CheckRecipeTargets(const ModelConfig& config, const Recipe& recipe) {
+  return PlanLinears(config, recipe).status();
+}
+
 std::string LinearModuleName(int layer, const char* leaf) {
   return absl::StrCat("model.layers.", layer, ".", leaf);
 }
 
-absl::StatusOr<LayerwiseResult> CompressLayerwise(LlamaModel& model, const Recipe& recipe,
-                                                  const CalibrationSet& calibration,
-                                                  const LayerwiseOptions& options) {
+namespace {
+
+// What the executor does around the embedding and each layer of a streaming
+// model; CompressLayerwise's model is loaded whole and needs none of it.
+struct LayerHooks {
+  std::function<absl::Status()> before_embed;  // materialise the embeddings
+  std::function<absl::Status()> after_embed;
+  std::function<absl::Status(int layer)> before_layer;  // materialise the layer
+  // After the layer's progress callbacks: hand its weights on, free them.
+  std::function<absl::Status(int layer, LayerwiseResult& result)> after_layer;
+};
+
+absl::Status RunHook(const std::function<absl::Status()>& hook) {
+  return hook ? hook() : absl::OkStatus();
+}
+
+absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& recipe,
+                                             const CalibrationSet& calibration,
+                                             const LayerwiseOptions& options,
+                                             const LayerHooks& hooks) {
   const ModelConfig& config = model.config();
   if (recipe.stages.empty()) return absl::InvalidArgumentError("recipe has no stages");
   const int n = calibration.num_samples, seqlen = calibration.seqlen;
@@ -206,12 +229,14 @@ absl::StatusOr<LayerwiseResult> CompressLayerwise(LlamaModel& model, const Recip
   LayerwiseResult result;
   auto start = Clock::now();
   std::vector<float> hidden(static_cast<size_t>(n) * seqlen * config.hidden_size);
+  SR_RETURN_IF_ERROR(RunHook(hooks.before_embed));
   {
     absl::Status s = model.Embed(calibration.tokens, hidden);
     if (!s.ok()) {
       return absl::Status(s.code(), absl::StrCat("calibration ", calibration.source, ": ", std::string(s.message())));
     }
   }
+  SR_RETURN_IF_ERROR(RunHook(hooks.after_embed));
   result.embed_seconds = Seconds(start);
 
   bool any_wanda = false;
@@ -225,6 +250,7 @@ absl::StatusOr<LayerwiseResult> CompressLayerwise(LlamaModel& model, const Recip
 
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     const auto layer_start = Clock::now();
+    if (hooks.before_layer) SR_RETURN_IF_ERROR(hooks.before_layer(l));
     const size_t first_row = result.matrices.size();
     std::vector<LinearSlot>& slots = plan[l];
     for (const std::vector<LinearGroup>& pass : passes) {
@@ -269,8 +295,17 @@ absl::StatusOr<LayerwiseResult> CompressLayerwise(LlamaModel& model, const Recip
       done.matrices.assign(result.matrices.begin() + static_cast<long>(first_row), result.matrices.end());
       options.on_layer_done(done);
     }
+    if (hooks.after_layer) SR_RETURN_IF_ERROR(hooks.after_layer(l, result));
   }
   return result;
+}
+
+}  // namespace
+
+absl::StatusOr<LayerwiseResult> CompressLayerwise(LlamaModel& model, const Recipe& recipe,
+                                                  const CalibrationSet& calibration,
+                                                  const LayerwiseOptions& options) {
+  return RunLayerwise(model, recipe, calibration, options, {});
 }
 
 namespace {
@@ -321,7 +356,8 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
   auto start = Clock::now();
   SR_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(options.model_dir));
   SR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(options.model_dir));
-  SR_ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LlamaModel::FromCheckpoint(config, *checkpoint));
+  // Weights stay in the mapped checkpoint; each layer is read when its turn comes.
+  SR_ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LlamaModel::OpenStreaming(config, *checkpoint));
   // Fail on targets/stage chains before the (slow) calibration.
   SR_RETURN_IF_ERROR(PlanLinears(config, recipe).status());
   report.load_seconds = Seconds(start);
@@ -341,41 +377,87 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
   report.calibration = {calibration.source,     calibration.pretokenized, calibration.num_samples,
                         calibration.seqlen,     calib.seed,               calibration.source_tokens};
 
-  SR_ASSIGN_OR_RETURN(LayerwiseResult result, CompressLayerwise(*model, recipe, calibration, options.layerwise));
+  // The writer takes each layer's tensors as soon as the layer is done; the
+  // tensors outside the decoder layers are read from the checkpoint when their
+  // turn in model order comes (embeddings first, final norm and lm_head last).
+  CompressedModelSpec header;
+  header.source_dir = options.model_dir;
+  header.source_config = config.raw;
+  header.dense_dtype = DenseDtypeOf(*checkpoint);
+  header.recipe_info = RecipeInfo(recipe);
+  SR_ASSIGN_OR_RETURN(std::unique_ptr<CompressedModelWriter> writer,
+                      CompressedModelWriter::Open(options.out_dir, header, options.format, options.overwrite));
+  double write_seconds = 0.0;
+  auto write = [&](std::span<const CompressedTensorEntry> entries) {
+    const auto write_start = Clock::now();
+    absl::Status status = writer->Add(entries);
+    write_seconds += Seconds(write_start);
+    return status;
+  };
+  const std::vector<LlamaModel::NamedParameter> parameters = model->Parameters();
+  auto write_outside_layers = [&](bool after_layers) -> absl::Status {
+    bool past_layers = false;
+    for (const LlamaModel::NamedParameter& p : parameters) {
+      past_layers = past_layers || p.layer >= 0;
+      if (p.layer >= 0 || past_layers != after_layers) continue;
+      const auto read_start = Clock::now();
+      CompressedTensorEntry entry;
+      entry.name = p.name;
+      entry.shape = p.shape;
+      SR_ASSIGN_OR_RETURN(entry.values, model->ReadParameter(p));
+      write_seconds += Seconds(read_start);
+      SR_RETURN_IF_ERROR(write({&entry, 1}));
+    }
+    return absl::OkStatus();
+  };
+  SR_RETURN_IF_ERROR(write_outside_layers(/*after_layers=*/false));
+
+  LayerHooks hooks;
+  hooks.before_embed = [&] { return model->LoadEmbeddings(); };
+  hooks.after_embed = [&] {
+    model->ReleaseEmbeddings();
+    return absl::OkStatus();
+  };
+  hooks.before_layer = [&](int layer) { return model->LoadLayer(layer); };
+  hooks.after_layer = [&](int layer, LayerwiseResult& result) -> absl::Status {
+    std::vector<CompressedTensorEntry> entries;
+    for (const LlamaModel::NamedParameter& p : model->LayerParameters(layer)) {
+      CompressedTensorEntry entry;
+      entry.name = p.name;
+      entry.shape = p.shape;
+      const std::string suffix = ".weight";
+      auto it = p.name.ends_with(suffix)
+                    ? result.linears.find(p.name.substr(0, p.name.size() - suffix.size()))
+                    : result.linears.end();
+      if (it == result.linears.end()) {
+        SR_ASSIGN_OR_RETURN(entry.values, model->ReadParameter(p));
+      } else {
+        // The compressed weight is what was copied into the layer's view.
+        LinearState& state = it->second;
+        entry.values = std::move(state.weight);
+        entry.quantized = std::move(state.quantized);
+        if (!state.keep.empty()) {
+          entry.sparsity = ZeroFraction(entry.values);
+          entry.two_four = state.pattern == "2:4";
+        }
+        result.linears.erase(it);
+      }
+      entries.push_back(std::move(entry));
+    }
+    model->ReleaseLayer(layer);
+    return write(entries);
+  };
+  SR_ASSIGN_OR_RETURN(LayerwiseResult result,
+                      RunLayerwise(*model, recipe, calibration, options.layerwise, hooks));
   SR_RETURN_IF_ERROR(CheckCancelled(options.layerwise.cancel, "writing the output"));
   report.embed_seconds = result.embed_seconds;
   report.layer_seconds = result.layer_seconds;
 
   start = Clock::now();
-  CompressedModelSpec spec;
-  spec.source_dir = options.model_dir;
-  spec.source_config = config.raw;
-  spec.dense_dtype = DenseDtypeOf(*checkpoint);
-  spec.recipe_info = RecipeInfo(recipe);
-  for (const LlamaModel::NamedParameter& p : model->Parameters()) {
-    CompressedTensorEntry entry;
-    entry.name = p.name;
-    entry.shape = p.shape;
-    int64_t numel = 1;
-    for (int64_t d : p.shape) numel *= d;
-    entry.values.assign(p.data, p.data + numel);
-    const std::string suffix = ".weight";
-    if (p.name.size() > suffix.size() && p.name.ends_with(suffix)) {
-      auto it = result.linears.find(p.name.substr(0, p.name.size() - suffix.size()));
-      if (it != result.linears.end()) {
-        entry.quantized = it->second.quantized;
-        if (!it->second.keep.empty()) {
-          entry.sparsity = ZeroFraction(entry.values);
-          entry.two_four = it->second.pattern == "2:4";
-        }
-      }
-    }
-    spec.tensors.push_back(std::move(entry));
-  }
-  SR_ASSIGN_OR_RETURN(std::vector<DenseFallback> fallbacks, PlanDenseFallbacks(spec, options.format));
+  SR_RETURN_IF_ERROR(write_outside_layers(/*after_layers=*/true));
+  SR_ASSIGN_OR_RETURN(std::vector<DenseFallback> fallbacks, writer->Finish());
   for (const DenseFallback& f : fallbacks) report.dense_fallbacks.push_back({{"module", f.module}, {"reason", f.reason}});
-  SR_RETURN_IF_ERROR(WriteCompressedModel(options.out_dir, spec, options.format, options.overwrite));
-  report.write_seconds = Seconds(start);
+  report.write_seconds = write_seconds + Seconds(start);
   report.matrices = std::move(result.matrices);
   report.total_seconds = Seconds(total_start);
   SR_RETURN_IF_ERROR(WriteJson(options.out_dir / "report.json", report.ToJson()));

@@ -14,9 +14,14 @@
 // Windows go through the layer in batches (memory bound); statistics use the
 // running-average form, so batching changes only rounding.
 //
-// What remains for true layer streaming: LlamaModel still holds every weight
-// in one arena (loaded at once); only the processing order streams. See
-// docs/recipes.md.
+// RunCompression streams the weights too: the model is opened with
+// LlamaModel::OpenStreaming (nothing read), the embeddings are loaded for the
+// embedding step and freed, each layer is loaded (LoadLayer) just before its
+// turn, and once its outputs are recomputed and its progress reported, its
+// tensors go to CompressedModelWriter (encoded and parked on disk at once)
+// and the layer is released. Resident memory is one layer's fp32 weights and
+// compression state plus the hidden states, not the model; the output equals
+// the in-memory path's byte for byte. See docs/recipes.md for measurements.
 #pragma once
 
 #include <filesystem>
@@ -67,8 +72,9 @@ struct LayerwiseResult {
   double embed_seconds = 0.0;
 };
 
-// Compresses `model` in place with `recipe` on `calibration`. Errors name the
-// module and stage; a stage whose targets match no Linear is InvalidArgument.
+// Compresses `model` (loaded whole, e.g. LlamaModel::Load) in place with
+// `recipe` on `calibration`. Errors name the module and stage; a stage whose
+// targets match no Linear is InvalidArgument.
 absl::StatusOr<LayerwiseResult> CompressLayerwise(LlamaModel& model, const Recipe& recipe,
                                                   const CalibrationSet& calibration,
                                                   const LayerwiseOptions& options);
@@ -83,10 +89,17 @@ struct CompressOptions {
   LayerwiseOptions layerwise;
 };
 
-// Everything: load config + checkpoint + tokenizer, build the calibration set,
-// CompressLayerwise, write the folder (WriteCompressedModel) and report.json.
-// An existing out_dir without overwrite fails before any work.
+// Everything: open config + checkpoint (streaming) + tokenizer, build the
+// calibration set, run the executor layer by layer while the folder is written
+// (CompressedModelWriter), then report.json. An existing out_dir without
+// overwrite fails before any work; a run that fails or is cancelled before
+// the folder is complete leaves no output folder (and an old one untouched).
 absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const CompressOptions& options);
+
+// InvalidArgument when a stage of `recipe` selects no decoder Linear of this
+// model or a stage chain is invalid (what RunCompression checks before its
+// slow calibration; the service's dry run uses it too).
+absl::Status CheckRecipeTargets(const ModelConfig& config, const Recipe& recipe);
 
 // The HF name of a decoder Linear, e.g. ("model.layers.3.mlp.up_proj").
 std::string LinearModuleName(int layer, const char* leaf);

@@ -4,12 +4,16 @@
 
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/calib/calibration_set.h"
+#include "core/io/model_writer.h"
 #include "core/io/safetensors.h"
 #include "core/io/text_file.h"
 #include "core/model/llama.h"
@@ -147,6 +151,101 @@ TEST_F(CompressSyntheticTest, TrueSequentialChangesLaterGroupsOnly) {
   for (int i = 0; i < 3; ++i) EXPECT_DOUBLE_EQ(seq->matrices[i].error, one->matrices[i].error);
   EXPECT_NE(seq->matrices[3].error, one->matrices[3].error);  // layer 0 o_proj
   EXPECT_NE(seq->matrices[6].error, one->matrices[6].error);  // layer 0 down_proj
+}
+
+// The streaming run (one layer's weights in memory, tensors written as each
+// layer is done) against the in-memory path it replaced: the whole model
+// loaded, CompressLayerwise, then WriteCompressedModel on the full spec. Every
+// output file but report.json (timings) must be the same bytes.
+TEST_F(CompressSyntheticTest, StreamingRunWritesTheBytesOfTheInMemoryPath) {
+  const std::vector<std::string> recipes = {
+      "[{gptq: {bits: 4, group_size: 16}}]",
+      "[{sparsegpt: {sparsity: 0.5}}, {gptq: {bits: 4, group_size: 16, sym: false}}]",
+      "[{rtn: {bits: 8, targets: ['mlp\\.']}}]"};
+  for (size_t r = 0; r < recipes.size(); ++r) {
+    const std::string& yaml = recipes[r];
+    const Recipe recipe = MustParse(yaml);
+    for (OutputFormat format : {OutputFormat::kDense, OutputFormat::kGptq, OutputFormat::kCompressedTensors}) {
+      const std::string tag = absl::StrCat(r, "-", std::string(OutputFormatName(format)));
+      SCOPED_TRACE(yaml + " " + std::string(OutputFormatName(format)));
+      CompressOptions o = Options("stream-" + tag);
+      o.format = format;
+      auto report = RunCompression(recipe, o);
+      ASSERT_TRUE(report.ok()) << report.status();
+
+      auto model = LlamaModel::Load(model_dir_);
+      ASSERT_TRUE(model.ok()) << model.status();
+      auto calibration = CalibrationSetFromTokens(calib_, o.calibration);
+      ASSERT_TRUE(calibration.ok()) << calibration.status();
+      auto result = CompressLayerwise(**model, recipe, *calibration, o.layerwise);
+      ASSERT_TRUE(result.ok()) << result.status();
+      CompressedModelSpec spec;
+      spec.source_dir = model_dir_;
+      spec.source_config = ReadJson(model_dir_ / "config.json");
+      spec.dense_dtype = DType::kF32;
+      spec.recipe_info = ReadJson(dir_ / ("stream-" + tag) / "config.json")["shrinkray"]["recipe"];
+      for (const auto& p : (*model)->Parameters()) {
+        CompressedTensorEntry e;
+        e.name = p.name;
+        e.shape = p.shape;
+        e.values.assign(p.data, p.data + (p.shape.size() == 2 ? p.shape[0] * p.shape[1] : p.shape[0]));
+        auto it = result->linears.find(p.name.substr(0, p.name.size() - 7));
+        if (p.name.ends_with(".weight") && it != result->linears.end()) {
+          e.quantized = it->second.quantized;
+          if (!it->second.keep.empty()) {
+            e.sparsity = static_cast<double>(std::count(e.values.begin(), e.values.end(), 0.0f)) / e.values.size();
+            e.two_four = it->second.pattern == "2:4";
+          }
+        }
+        spec.tensors.push_back(std::move(e));
+      }
+      ASSERT_TRUE(WriteCompressedModel(dir_ / ("memory-" + tag), spec, format, false).ok());
+
+      auto planned = PlanDenseFallbacks(spec, format);
+      ASSERT_TRUE(planned.ok()) << planned.status();
+      ASSERT_EQ(report->dense_fallbacks.size(), planned->size());
+      for (size_t i = 0; i < planned->size(); ++i) {
+        EXPECT_EQ(report->dense_fallbacks[i]["module"], (*planned)[i].module);
+      }
+      ASSERT_EQ(report->matrices.size(), result->matrices.size());
+      for (size_t i = 0; i < result->matrices.size(); ++i) {
+        EXPECT_EQ(report->matrices[i].module, result->matrices[i].module);
+        EXPECT_EQ(report->matrices[i].error, result->matrices[i].error) << result->matrices[i].module;
+      }
+      std::vector<std::string> streamed, in_memory;
+      for (const auto& item : fs::directory_iterator(dir_ / ("stream-" + tag))) {
+        if (item.path().filename() != "report.json") streamed.push_back(item.path().filename().string());
+      }
+      for (const auto& item : fs::directory_iterator(dir_ / ("memory-" + tag))) {
+        in_memory.push_back(item.path().filename().string());
+      }
+      std::sort(streamed.begin(), streamed.end());
+      std::sort(in_memory.begin(), in_memory.end());
+      ASSERT_EQ(streamed, in_memory);
+      for (const std::string& name : streamed) {
+        std::ifstream a(dir_ / ("stream-" + tag) / name, std::ios::binary);
+        std::ifstream b(dir_ / ("memory-" + tag) / name, std::ios::binary);
+        const std::string bytes_a((std::istreambuf_iterator<char>(a)), std::istreambuf_iterator<char>());
+        const std::string bytes_b((std::istreambuf_iterator<char>(b)), std::istreambuf_iterator<char>());
+        EXPECT_TRUE(bytes_a == bytes_b) << name << " differs";
+      }
+    }
+  }
+}
+
+// A failing or cancelled streaming run leaves no output folder behind.
+TEST_F(CompressSyntheticTest, CancelledRunLeavesNoFolder) {
+  CancellationToken cancel;
+  CompressOptions o = Options("cancelled");
+  o.layerwise.cancel = &cancel;
+  o.layerwise.on_layer_done = [&](const LayerDone& done) {
+    if (done.layer == 0) cancel.Cancel();
+  };
+  auto report = RunCompression(MustParse("[{gptq: {bits: 4, group_size: 16}}]"), o);
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kCancelled) << report.status();
+  EXPECT_FALSE(fs::exists(dir_ / "cancelled"));
+  EXPECT_FALSE(fs::exists(dir_ / "cancelled.partial"));
 }
 
 // ---- stories260K with real calibration text.

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -486,6 +487,164 @@ TEST_F(FormatWriterTest, UnsupportedBitsArePackedNowhere) {
   }
   auto dense = WriteAndLoad(spec, OutputFormat::kDense, "five");
   EXPECT_TRUE(dense);
+}
+
+// ---- The streaming writer: the executor feeds it one decoder layer at a time.
+
+// Every file under `dir` (relative path -> bytes).
+std::map<std::string, std::string> ReadFolder(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& item : fs::recursive_directory_iterator(dir)) {
+    if (!item.is_regular_file()) continue;
+    std::ifstream in(item.path(), std::ios::binary);
+    files[fs::relative(item.path(), dir).string()] =
+        std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  return files;
+}
+
+// "model.layers.3." for a decoder-layer tensor, else the tensor's own name.
+std::string PieceOf(const std::string& name) {
+  const std::string layers = "model.layers.";
+  if (name.rfind(layers, 0) != 0) return name;
+  return name.substr(0, name.find('.', layers.size()) + 1);
+}
+
+// Writes `spec` through CompressedModelWriter as RunCompression does: each
+// decoder layer's tensors in one Add, every other tensor on its own.
+absl::StatusOr<std::vector<DenseFallback>> WriteLayerByLayer(const fs::path& out,
+                                                             const CompressedModelSpec& spec,
+                                                             OutputFormat format) {
+  CompressedModelSpec header = spec;
+  header.tensors.clear();
+  auto writer = CompressedModelWriter::Open(out, header, format, /*overwrite=*/false);
+  if (!writer.ok()) return writer.status();
+  const auto& tensors = spec.tensors;
+  for (size_t begin = 0; begin < tensors.size();) {
+    size_t end = begin + 1;
+    while (end < tensors.size() && PieceOf(tensors[end].name) == PieceOf(tensors[begin].name)) ++end;
+    absl::Status status = (*writer)->Add(std::span(tensors).subspan(begin, end - begin));
+    if (!status.ok()) return status;
+    begin = end;
+  }
+  return (*writer)->Finish();
+}
+
+TEST_F(FormatWriterTest, LayerByLayerWritesTheBytesOfTheWholeSpec) {
+  // MLP 172: shapes some formats keep dense, for compressed-tensors only when
+  // the model is asymmetric (known once every layer was seen).
+  ASSERT_NO_FATAL_FAILURE(MakeSource(172));
+  struct Variant {
+    std::string tag;
+    Recipe recipe;
+    DType dtype;
+    bool pruned = false;     // mark the MLP sparse (2:4 on up_proj)
+    bool flag_asym = false;  // symmetric grids but sym = false on every weight
+  };
+  const std::vector<Variant> variants = {
+      {"w4g32", {4, 32, true, false}, DType::kF32},
+      {"w4g32-asym-act", {4, 32, false, true}, DType::kBF16},
+      {"w8-asym-pruned", {8, -1, false, false}, DType::kF16, true},
+      {"w3g32-act-pruned", {3, 32, true, true}, DType::kF32, true},
+      {"w4g32-mid-zeros", {4, 32, true, false}, DType::kF32, false, true},
+  };
+  for (const Variant& v : variants) {
+    CompressedModelSpec spec = MakeSpec(*source_model_, source_, v.recipe, v.dtype);
+    for (CompressedTensorEntry& e : spec.tensors) {
+      if (!e.quantized.has_value()) continue;
+      if (v.flag_asym) e.quantized->sym = false;
+      if (v.pruned && e.name.find(".mlp.") != std::string::npos) {
+        e.sparsity = 0.25;
+        e.two_four = e.name.find("up_proj") != std::string::npos;
+      }
+    }
+    for (OutputFormat format :
+         {OutputFormat::kDense, OutputFormat::kGptq, OutputFormat::kCompressedTensors}) {
+      const std::string tag = absl::StrCat(v.tag, "-", std::string(OutputFormatName(format)));
+      SCOPED_TRACE(tag);
+      ASSERT_TRUE(WriteCompressedModel(root_ / ("whole-" + tag), spec, format, false).ok());
+      auto fallbacks = WriteLayerByLayer(root_ / ("layers-" + tag), spec, format);
+      ASSERT_TRUE(fallbacks.ok()) << fallbacks.status();
+      const auto whole = ReadFolder(root_ / ("whole-" + tag));
+      const auto layers = ReadFolder(root_ / ("layers-" + tag));
+      ASSERT_EQ(whole.size(), layers.size());
+      for (const auto& [name, bytes] : whole) {
+        ASSERT_TRUE(layers.contains(name)) << name;
+        EXPECT_TRUE(layers.at(name) == bytes) << name << " differs";
+      }
+      auto planned = PlanDenseFallbacks(spec, format);
+      ASSERT_TRUE(planned.ok()) << planned.status();
+      ASSERT_EQ(fallbacks->size(), planned->size());
+      for (size_t i = 0; i < planned->size(); ++i) {
+        EXPECT_EQ((*fallbacks)[i].module, (*planned)[i].module);
+        EXPECT_EQ((*fallbacks)[i].reason, (*planned)[i].reason);
+      }
+      if (format == OutputFormat::kCompressedTensors) {
+        // The shape rule that depends on the whole model decided as it should.
+        const json ignore = ReadJson(root_ / ("layers-" + tag) / "config.json")
+                                ["quantization_config"]["ignore"];
+        const bool asym_grids = !v.recipe.sym && v.recipe.bits == 4;
+        EXPECT_EQ(std::count(ignore.begin(), ignore.end(), "model.layers.1.mlp.gate_proj"),
+                  asym_grids ? 1 : 0)
+            << ignore.dump();
+      }
+    }
+  }
+}
+
+TEST_F(FormatWriterTest, StreamingWriterNeedsAFusedGroupInOneAdd) {
+  ASSERT_NO_FATAL_FAILURE(MakeSource(128));
+  CompressedModelSpec spec = MakeSpec(*source_model_, source_, Recipe{});
+  std::vector<CompressedTensorEntry> tensors = std::move(spec.tensors);
+  spec.tensors.clear();
+  auto writer = CompressedModelWriter::Open(root_ / "split", spec, OutputFormat::kGptq, false);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  auto q = std::find_if(tensors.begin(), tensors.end(), [](const CompressedTensorEntry& e) {
+    return e.name == "model.layers.0.self_attn.q_proj.weight";
+  });
+  ASSERT_NE(q, tensors.end());
+  ASSERT_TRUE((*writer)->Add({&*q, 1}).ok());
+  absl::Status status = (*writer)->Add({&*(q + 1), 1});  // k_proj
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("model.layers.0.self_attn."));
+  EXPECT_EQ((*writer)->Finish().status(), status);  // failed for good
+  EXPECT_TRUE(fs::exists(root_ / "split.partial"));
+  writer->reset();
+  EXPECT_FALSE(fs::exists(root_ / "split.partial"));
+  EXPECT_FALSE(fs::exists(root_ / "split"));
+}
+
+TEST_F(FormatWriterTest, UnfinishedStreamingWriterLeavesTheOldFolder) {
+  ASSERT_NO_FATAL_FAILURE(MakeSource(128));
+  CompressedModelSpec spec = MakeSpec(*source_model_, source_, Recipe{});
+  const fs::path out = root_ / "out";
+  fs::create_directories(out);
+  std::ofstream(out / "stale.txt") << "old";
+  EXPECT_EQ(CompressedModelWriter::Open(out, spec, OutputFormat::kDense, true).status().code(),
+            absl::StatusCode::kInvalidArgument);  // the header holds tensors
+  std::vector<CompressedTensorEntry> tensors = std::move(spec.tensors);
+  spec.tensors.clear();
+  EXPECT_EQ(CompressedModelWriter::Open(out, spec, OutputFormat::kDense, false).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  {
+    auto writer = CompressedModelWriter::Open(out, spec, OutputFormat::kDense, true);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    ASSERT_TRUE((*writer)->Add({tensors.data(), 1}).ok());
+  }
+  EXPECT_TRUE(fs::exists(out / "stale.txt"));
+  EXPECT_FALSE(fs::exists(root_ / "out.partial"));
+
+  // A packed format learns that nothing was quantized only at the end.
+  for (CompressedTensorEntry& e : tensors) e.quantized.reset();
+  auto writer = CompressedModelWriter::Open(out, spec, OutputFormat::kGptq, true);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Add(tensors).ok());
+  absl::Status status = (*writer)->Finish().status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("no weight is quantized"));
+  writer->reset();
+  EXPECT_TRUE(fs::exists(out / "stale.txt"));
+  EXPECT_FALSE(fs::exists(root_ / "out.partial"));
 }
 
 TEST(FormatParseTest, OutputFormatNames) {

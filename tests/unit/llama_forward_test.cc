@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/io/checkpoint.h"
+#include "core/model/config.h"
 #include "core/model/llama.h"
 #include "core/tensor/convert.h"
 #include "gmock/gmock.h"
@@ -657,6 +658,114 @@ TEST(LlamaModelTest, BadInputsAreInvalidArgument) {
   std::vector<float> hidden(3 * s.hidden);
   EXPECT_EQ((*model)->LayerForward(s.layers, (*model)->layer(0), 1, 3, hidden).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A streaming model holds only what was loaded, and a layer loaded on its own
+// computes exactly what the full model's layer does.
+TEST(LlamaStreamingTest, LoadedLayerForwardEqualsTheFullModel) {
+  for (Spec s : {Qwen2(), Qwen3(), LlamaTied(), LlamaBf16Biased()}) {
+    s.layers = 3;
+    SCOPED_TRACE(s.arch + (s.tied ? " tied" : ""));
+    Weights w;
+    Shapes shapes;
+    MakeWeights(s, 21, &w, &shapes);
+    const auto dir = WriteModel(s, w, shapes, "llama-streaming");
+    auto full = LlamaModel::Load(dir);
+    ASSERT_TRUE(full.ok()) << full.status();
+    auto config = LoadModelConfig(dir);
+    auto checkpoint = Checkpoint::Open(dir);
+    ASSERT_TRUE(config.ok() && checkpoint.ok());
+    auto streaming = LlamaModel::OpenStreaming(*config, **checkpoint);
+    ASSERT_TRUE(streaming.ok()) << streaming.status();
+    const LlamaModel& f = **full;
+    LlamaModel& m = **streaming;
+    EXPECT_TRUE(m.streaming());
+    EXPECT_FALSE(f.streaming());
+    EXPECT_EQ(m.num_parameters(), f.num_parameters());
+    for (const auto& p : m.Parameters()) EXPECT_EQ(p.data, nullptr) << p.name;
+
+    const int rows = kBatch * kSeqLen;
+    const auto tokens = RandomTokens(rows, s.vocab, 6);
+    std::vector<float> expected(static_cast<size_t>(rows) * s.hidden), hidden(expected.size());
+    EXPECT_EQ(m.Embed(tokens, hidden).code(), absl::StatusCode::kFailedPrecondition);
+    ASSERT_TRUE(m.LoadEmbeddings().ok());
+    ASSERT_TRUE(f.Embed(tokens, expected).ok());
+    ASSERT_TRUE(m.Embed(tokens, hidden).ok());
+    EXPECT_EQ(hidden, expected);
+    m.ReleaseEmbeddings();
+
+    for (int l = 0; l < s.layers; ++l) {
+      EXPECT_EQ(m.LayerForward(l, m.layer(l), kBatch, kSeqLen, hidden).code(),
+                absl::StatusCode::kInvalidArgument);  // not loaded: no views
+      ASSERT_TRUE(m.LoadLayer(l).ok());
+      EXPECT_TRUE(m.layer_loaded(l));
+      // Only this layer is resident.
+      for (const auto& p : m.Parameters()) {
+        EXPECT_EQ(p.data != nullptr, p.layer == l) << p.name;
+      }
+      const auto layer_params = m.LayerParameters(l);
+      const auto full_params = f.LayerParameters(l);
+      ASSERT_EQ(layer_params.size(), full_params.size());
+      for (size_t i = 0; i < layer_params.size(); ++i) {
+        EXPECT_EQ(layer_params[i].name, full_params[i].name);
+        auto values = m.ReadParameter(layer_params[i]);
+        ASSERT_TRUE(values.ok()) << values.status();
+        auto read = f.ReadParameter(full_params[i]);
+        ASSERT_TRUE(read.ok()) << read.status();
+        EXPECT_EQ(*values, *read) << layer_params[i].name;
+      }
+      ASSERT_TRUE(f.LayerForward(l, f.layer(l), kBatch, kSeqLen, expected).ok());
+      ASSERT_TRUE(m.LayerForward(l, m.layer(l), kBatch, kSeqLen, hidden).ok());
+      ASSERT_EQ(0, std::memcmp(hidden.data(), expected.data(), hidden.size() * sizeof(float)));
+      m.ReleaseLayer(l);
+      EXPECT_FALSE(m.layer_loaded(l));
+      EXPECT_EQ(m.layer(l).q_proj, nullptr);
+    }
+
+    std::vector<float> logits(static_cast<size_t>(rows) * s.vocab), want(logits.size());
+    EXPECT_EQ(m.Head(hidden, rows, logits).code(), absl::StatusCode::kFailedPrecondition);
+    ASSERT_TRUE(m.LoadHead().ok());
+    if (s.tied) ASSERT_TRUE(m.LoadEmbeddings().ok());  // the head is the embedding
+    ASSERT_TRUE(f.Head(expected, rows, want).ok());
+    ASSERT_TRUE(m.Head(hidden, rows, logits).ok());
+    EXPECT_EQ(logits, want);
+    // Parameters outside the layers read from the checkpoint when not loaded.
+    m.ReleaseHead();
+    m.ReleaseEmbeddings();
+    const auto all = m.Parameters();
+    const auto all_full = f.Parameters();
+    ASSERT_EQ(all.size(), all_full.size());
+    for (size_t i = 0; i < all.size(); ++i) {
+      if (all[i].layer >= 0) continue;
+      auto values = m.ReadParameter(all[i]);
+      ASSERT_TRUE(values.ok()) << values.status();
+      auto read = f.ReadParameter(all_full[i]);
+      ASSERT_TRUE(read.ok()) << read.status();
+      EXPECT_EQ(*values, *read) << all[i].name;
+    }
+  }
+}
+
+TEST(LlamaStreamingTest, OpenChecksTensorsAndLoadNeedsAStreamingModel) {
+  Spec s = LlamaUntied();
+  Weights w;
+  Shapes shapes;
+  MakeWeights(s, 22, &w, &shapes);
+  const auto good = WriteModel(s, w, shapes, "llama-streaming-good");
+  auto full = LlamaModel::Load(good);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ((*full)->LoadLayer(0).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE((*full)->layer_loaded(1));
+
+  w.erase("model.layers.1.mlp.up_proj.weight");
+  const auto missing = WriteModel(s, w, shapes, "llama-streaming-missing");
+  auto config = LoadModelConfig(missing);
+  auto checkpoint = Checkpoint::Open(missing);
+  ASSERT_TRUE(config.ok() && checkpoint.ok());
+  auto model = LlamaModel::OpenStreaming(*config, **checkpoint);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kNotFound) << model.status();
+  EXPECT_THAT(std::string(model.status().message()), HasSubstr("model.layers.1.mlp.up_proj.weight"));
 }
 
 }  // namespace
