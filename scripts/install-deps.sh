@@ -19,6 +19,9 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   libbenchmark-dev
   python3-numpy
+  python3-grpcio python3-protobuf
+  prometheus
+  npm
 )
 
 missing=()

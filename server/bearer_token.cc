@@ -32,4 +32,12 @@ absl::Status CheckBearerToken(const std::string& expected, const std::string& au
   return absl::OkStatus();
 }
 
+absl::Status CheckBearerToken(const std::string& expected, const grpc::CallbackServerContext& context) {
+  if (expected.empty()) return absl::OkStatus();
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) return absl::UnauthenticatedError("missing bearer token (authorization: Bearer <token>)");
+  return CheckBearerToken(expected, std::string(it->second.data(), it->second.size()));
+}
+
 }  // namespace shrinkray

@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "grpcpp/server_context.h"
 
 namespace shrinkray {
 
@@ -17,5 +18,8 @@ absl::StatusOr<std::string> ReadTokenFile(const std::filesystem::path& path);
 // UNAUTHENTICATED unless `authorization_header` is "Bearer <expected>".
 // An empty `expected` accepts everything. Compares in constant time.
 absl::Status CheckBearerToken(const std::string& expected, const std::string& authorization_header);
+
+// The same check on a call's `authorization` metadata.
+absl::Status CheckBearerToken(const std::string& expected, const grpc::CallbackServerContext& context);
 
 }  // namespace shrinkray

@@ -17,4 +17,11 @@ absl::Status RunGenerate(const Args& args);
 absl::Status RunInspect(const Args& args);
 absl::Status RunDemo(const Args& args);
 
+// Service commands: talk to a coordinator over gRPC (CompressionService).
+absl::Status RunSubmit(const Args& args);
+absl::Status RunWatch(const Args& args);
+absl::Status RunGet(const Args& args);
+absl::Status RunList(const Args& args);
+absl::Status RunCancel(const Args& args);
+
 }  // namespace shrinkray::cli

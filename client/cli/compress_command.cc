@@ -14,7 +14,7 @@
 #include "core/io/text_file.h"
 #include "core/model/llama.h"
 #include "core/pipeline/compress.h"
-#include "core/pipeline/eval.h"
+#include "core/pipeline/job_runner.h"
 #include "core/pipeline/recipe.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/status_macros.h"
@@ -22,27 +22,15 @@
 namespace shrinkray::cli {
 namespace {
 
-absl::Status PrintEval(const CompressOptions& options, const std::string& eval_path, long max_chars,
-                       long seqlen) {
-  SR_ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::FromFile(options.model_dir / "tokenizer.json"));
-  SR_ASSIGN_OR_RETURN(std::string text, ReadTextFile(eval_path, max_chars));
-  SR_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->Encode(text, /*add_special_tokens=*/true));
-  SR_ASSIGN_OR_RETURN(auto original, LlamaModel::Load(options.model_dir));
-  SR_ASSIGN_OR_RETURN(auto compressed, LlamaModel::Load(options.out_dir));
-  EvalOptions eval_options;
-  eval_options.seqlen = static_cast<int>(seqlen);
-  auto base = EvaluatePerplexity(*original, ids, eval_options);
-  if (!base.ok()) return absl::Status(base.status().code(), absl::StrCat(eval_path, ": ", base.status().message()));
-  SR_ASSIGN_OR_RETURN(EvalResult out, EvaluatePerplexity(*compressed, ids, eval_options, original.get()));
-  std::printf("eval            %s (%ld windows x %ld, %ld scored tokens)\n", eval_path.c_str(), base->num_windows,
-              seqlen, base->scored_tokens);
-  std::printf("ppl original    %.4f\n", base->ppl);
-  std::printf("ppl compressed  %.4f (%+.2f%%)\n", out.ppl, 100.0 * (out.ppl / base->ppl - 1.0));
-  if (out.mean_kl.has_value()) {
-    std::printf("mean_kl         %.6g\n", *out.mean_kl);
-    std::printf("top1_agreement  %.4f\n", *out.top1_agreement);
-  }
-  return absl::OkStatus();
+void PrintEval(const CompressionJobResult& result, const JobEvaluation& e) {
+  const JobEvalRow& base = result.eval[0];
+  const JobEvalRow& out = result.eval[1];
+  std::printf("eval            %s (windows of %d, %ld scored tokens)\n", e.text_path.c_str(), e.seqlen,
+              base.scored_tokens);
+  std::printf("ppl original    %.4f\n", base.ppl);
+  std::printf("ppl compressed  %.4f (%+.2f%%)\n", out.ppl, out.change_percent);
+  std::printf("mean_kl         %.6g\n", out.mean_kl);
+  std::printf("top1_agreement  %.4f\n", out.top1_agreement);
 }
 
 }  // namespace
@@ -92,7 +80,17 @@ absl::Status RunCompress(const Args& args) {
   std::printf("compress        %s with %s (%zu stages) -> %s [%s]\n", model_dir.c_str(), recipe_path.c_str(),
               recipe.stages.size(), out_dir.c_str(), std::string(OutputFormatName(format)).c_str());
   std::fflush(stdout);
-  SR_ASSIGN_OR_RETURN(CompressReport report, RunCompression(recipe, options));
+  CompressionJob job;
+  SR_ASSIGN_OR_RETURN(job.recipe_yaml, ReadTextFile(recipe_path));
+  job.recipe_source = recipe_path;
+  job.compress = options;
+  if (flags.Has("eval")) {
+    job.evaluation = JobEvaluation{flags.Get("eval", ""), static_cast<int>(eval_seqlen), eval_max_chars};
+  }
+  JobObserver observer;
+  observer.log = options.layerwise.progress;
+  SR_ASSIGN_OR_RETURN(CompressionJobResult result, RunCompressionJob(job, observer));
+  const CompressReport& report = result.report;
 
   if (flags.Has("print-matrices")) {
     std::printf("%-36s %-22s %5s %8s %12s %12s %8s\n", "module", "methods", "bits", "sparsity", "error",
@@ -122,9 +120,7 @@ absl::Status RunCompress(const Args& args) {
   std::printf("seconds         %.2f (load %.2f, calibration %.2f, write %.2f)\n", report.total_seconds,
               report.load_seconds, report.calibration_seconds, report.write_seconds);
   std::printf("output          %s (report.json inside)\n", out_dir.c_str());
-  if (flags.Has("eval")) {
-    SR_RETURN_IF_ERROR(PrintEval(options, flags.Get("eval", ""), eval_max_chars, eval_seqlen));
-  }
+  if (job.evaluation.has_value()) PrintEval(result, *job.evaluation);
   return absl::OkStatus();
 }
 

@@ -1,10 +1,11 @@
-// shrinkray: command-line entry point. Local one-process commands for now;
-// the service commands (submit, watch, get, list, cancel) join them later.
+// shrinkray: command-line entry point. Local one-process commands, and the
+// service commands (submit, watch, get, list, cancel) that talk to a coordinator.
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "client/cli/commands.h"
 
@@ -22,7 +23,25 @@ constexpr char kUsage[] =
     "            perplexity (protocol in docs/eval.md); with --reference also KL and top-1 agreement\n"
     "  generate  --model DIR --prompt TEXT [--max-new-tokens 48]   greedy decoding\n"
     "  inspect   --model DIR   architecture, parameters, dtypes, bytes\n"
-    "  demo      [--workdir DIR]   makes a small deterministic model, then runs eval and generate on it\n";
+    "  demo      [--workdir DIR]   makes a small deterministic model, then runs eval and generate on it\n"
+    "\n"
+    "service commands (talk to a coordinator; paths are sent absolute and must be valid there):\n"
+    "  submit    the compress flags (--model --recipe --calib --out ... --eval ...) and\n"
+    "            [--workers N] [--device cpu|cuda|any] [--label k=v]... [--dry-run] [--wait [--metrics]]\n"
+    "            queues a job; prints 'job <id> <state>'; with --wait follows it like watch\n"
+    "  watch     <job-id> [--metrics]   state changes, logs and progress until the job ends, then its\n"
+    "            result; exits non-zero when it failed or was cancelled; reconnects if the stream breaks\n"
+    "  get       <job-id> [--json]   one job: state, progress, result or error\n"
+    "  list      [--state queued|running|succeeded|failed|cancelled] [--page-size N] [--page-token T]\n"
+    "            [--all] [--json]   jobs, newest first\n"
+    "  cancel    <job-id> [--reason TEXT]\n"
+    "  every service command: [--server HOST:PORT (127.0.0.1:50051)] [--token-file FILE]\n"
+    "            [--tls-ca FILE (TLS with this root certificate; plaintext without)] [--timeout SECONDS (30)]\n";
+
+bool IsServiceCommand(const std::string& command) {
+  return command == "submit" || command == "watch" || command == "get" || command == "list" ||
+         command == "cancel";
+}
 
 }  // namespace
 
@@ -45,12 +64,27 @@ int main(int argc, char** argv) {
     status = shrinkray::cli::RunInspect(args);
   } else if (command == "demo") {
     status = shrinkray::cli::RunDemo(args);
+  } else if (command == "submit") {
+    status = shrinkray::cli::RunSubmit(args);
+  } else if (command == "watch") {
+    status = shrinkray::cli::RunWatch(args);
+  } else if (command == "get") {
+    status = shrinkray::cli::RunGet(args);
+  } else if (command == "list") {
+    status = shrinkray::cli::RunList(args);
+  } else if (command == "cancel") {
+    status = shrinkray::cli::RunCancel(args);
   } else {
     std::fprintf(stderr, "shrinkray: unknown command '%s'\n\n%s", command.c_str(), kUsage);
     return 2;
   }
   if (!status.ok()) {
-    std::fprintf(stderr, "shrinkray %s: error: %s\n", command.c_str(), std::string(status.message()).c_str());
+    // Service errors come from the coordinator; their code (NOT_FOUND,
+    // UNAVAILABLE, ...) says whose problem it is, so print it.
+    const std::string code =
+        IsServiceCommand(command) ? absl::StrCat(absl::StatusCodeToString(status.code()), ": ") : "";
+    std::fprintf(stderr, "shrinkray %s: error: %s%s\n", command.c_str(), code.c_str(),
+                 std::string(status.message()).c_str());
     return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
   return 0;

@@ -1,0 +1,78 @@
+#include "worker/worker_metrics.h"
+
+#include <algorithm>
+
+#include "core/util/process_memory.h"
+
+namespace shrinkray {
+namespace {
+
+// One decoder layer takes from milliseconds (tiny models, RTN) to tens of
+// minutes (GPTQ on a 70B layer with a large calibration set on CPU).
+const prometheus::Histogram::BucketBoundaries& LayerSecondsBuckets() {
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {
+      0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800};
+  return kBuckets;
+}
+
+}  // namespace
+
+WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
+    : layers_completed_(prometheus::BuildCounter()
+                            .Name("shrinkray_worker_layers_completed_total")
+                            .Help("Decoder layers this worker finished, by pipeline stage.")
+                            .Register(registry)),
+      layer_duration_(prometheus::BuildHistogram()
+                          .Name("shrinkray_worker_layer_duration_seconds")
+                          .Help("Time this worker spent on one decoder layer, by pipeline stage.")
+                          .Register(registry)),
+      calibration_tokens_(prometheus::BuildCounter()
+                              .Name("shrinkray_worker_calibration_tokens_total")
+                              .Help("Calibration tokens this worker ran through the model.")
+                              .Register(registry)
+                              .Add({})),
+      progress_(prometheus::BuildGauge()
+                    .Name("shrinkray_worker_job_progress_ratio")
+                    .Help("Fraction of the current job done, 0 to 1; 0 when idle.")
+                    .Register(registry)
+                    .Add({})),
+      busy_(prometheus::BuildGauge()
+                .Name("shrinkray_worker_busy")
+                .Help("1 while the worker runs a job, 0 when idle.")
+                .Register(registry)
+                .Add({})),
+      resident_memory_(prometheus::BuildGauge()
+                           .Name("shrinkray_worker_resident_memory_bytes")
+                           .Help("Resident memory (RSS) of the worker process.")
+                           .Register(registry)
+                           .Add({})) {
+  UpdateResidentMemory();
+}
+
+void WorkerMetrics::LayerCompleted(const std::string& stage, double seconds) {
+  // Family::Add is thread-safe and returns the existing series for a known
+  // stage (the buckets argument is then ignored).
+  layers_completed_.Add({{"stage", stage}}).Increment();
+  layer_duration_.Add({{"stage", stage}}, LayerSecondsBuckets()).Observe(std::max(0.0, seconds));
+}
+
+void WorkerMetrics::CalibrationTokens(int64_t tokens) {
+  if (tokens > 0) calibration_tokens_.Increment(static_cast<double>(tokens));
+}
+
+void WorkerMetrics::SetProgress(double ratio) {
+  // NaN fails both comparisons and lands on 0.
+  progress_.Set(ratio >= 1.0 ? 1.0 : (ratio > 0.0 ? ratio : 0.0));
+}
+
+void WorkerMetrics::SetBusy(bool busy) {
+  busy_.Set(busy ? 1.0 : 0.0);
+  if (!busy) progress_.Set(0.0);
+}
+
+void WorkerMetrics::UpdateResidentMemory() {
+  const absl::StatusOr<int64_t> bytes = ResidentMemoryBytes();
+  if (bytes.ok()) resident_memory_.Set(static_cast<double>(*bytes));
+}
+
+}  // namespace shrinkray
