@@ -5,19 +5,10 @@
 #include "proto/status_conversion.h"
 #include "server/bearer_token.h"
 #include "server/stream_write_queue.h"
+#include "server/unary_call.h"
 
 namespace shrinkray {
 namespace {
-
-// Runs `body` when the token is good and finishes the call with its status.
-template <typename Body>
-grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const std::string& token, Body body) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status status = CheckBearerToken(token, *context);
-  if (status.ok()) status = body();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
-}
 
 // One WatchJob call: the coordinator pushes into the queue (as a JobWatcher),
 // the queue writes to the client one message at a time.
@@ -78,7 +69,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
 grpc::ServerUnaryReactor* CompressionServiceImpl::SubmitJob(grpc::CallbackServerContext* context,
                                                             const v1::SubmitJobRequest* request,
                                                             v1::SubmitJobResponse* response) {
-  return Unary(context, token_, [&]() -> absl::Status {
+  return AuthorizedUnary(context, token_, [&]() -> absl::Status {
     auto job = coordinator_->SubmitJob(request->spec());
     if (!job.ok()) return job.status();
     *response->mutable_job() = std::move(*job);
@@ -89,7 +80,7 @@ grpc::ServerUnaryReactor* CompressionServiceImpl::SubmitJob(grpc::CallbackServer
 grpc::ServerUnaryReactor* CompressionServiceImpl::GetJob(grpc::CallbackServerContext* context,
                                                          const v1::GetJobRequest* request,
                                                          v1::GetJobResponse* response) {
-  return Unary(context, token_, [&]() -> absl::Status {
+  return AuthorizedUnary(context, token_, [&]() -> absl::Status {
     auto job = coordinator_->GetJob(request->job_id());
     if (!job.ok()) return job.status();
     *response->mutable_job() = std::move(*job);
@@ -100,7 +91,7 @@ grpc::ServerUnaryReactor* CompressionServiceImpl::GetJob(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* CompressionServiceImpl::ListJobs(grpc::CallbackServerContext* context,
                                                            const v1::ListJobsRequest* request,
                                                            v1::ListJobsResponse* response) {
-  return Unary(context, token_, [&]() -> absl::Status {
+  return AuthorizedUnary(context, token_, [&]() -> absl::Status {
     auto list = coordinator_->ListJobs(*request);
     if (!list.ok()) return list.status();
     *response = std::move(*list);
@@ -111,7 +102,7 @@ grpc::ServerUnaryReactor* CompressionServiceImpl::ListJobs(grpc::CallbackServerC
 grpc::ServerUnaryReactor* CompressionServiceImpl::CancelJob(grpc::CallbackServerContext* context,
                                                             const v1::CancelJobRequest* request,
                                                             v1::CancelJobResponse* response) {
-  return Unary(context, token_, [&]() -> absl::Status {
+  return AuthorizedUnary(context, token_, [&]() -> absl::Status {
     auto job = coordinator_->CancelJob(request->job_id(), request->reason());
     if (!job.ok()) return job.status();
     *response->mutable_job() = std::move(*job);

@@ -144,6 +144,9 @@ void Coordinator::LogLocked(JobEntry& entry, const std::string& level, const std
 void Coordinator::SetStateLocked(JobEntry& entry, v1::JobState state, const std::string& reason) {
   v1::Job& job = entry.job;
   const absl::Time now = absl::Now();
+  if (job.state() == v1::JOB_STATE_RUNNING && state != v1::JOB_STATE_RUNNING) {
+    stores_.erase({job.id(), job.attempt()});
+  }
   job.set_state(state);
   if (state == v1::JOB_STATE_RUNNING) {
     *job.mutable_start_time() = ToProto(now);
@@ -497,6 +500,43 @@ void Coordinator::Tick() {
   ScheduleLocked();
   UpdateGaugesLocked();
   if (metrics_ != nullptr) metrics_->UpdateResidentMemory();
+}
+
+absl::Status Coordinator::CheckStoreAccessLocked(const std::string& job_id, int attempt) {
+  JobEntry* entry = FindLocked(job_id);
+  if (entry == nullptr) return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
+  if (entry->job.state() != v1::JOB_STATE_RUNNING || entry->job.attempt() != attempt) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, " attempt ", attempt, " is not running; its rendezvous keys are gone"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::StoreSet(const std::string& job_id, int attempt, const std::string& key,
+                                   const std::string& value) {
+  constexpr size_t kMaxValueBytes = 1 << 20, kMaxKeys = 4096;
+  if (key.empty() || key.size() > 512) return absl::InvalidArgumentError("store key must be 1..512 bytes");
+  if (value.size() > kMaxValueBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("store value of ", key, " exceeds 1 MiB"));
+  }
+  absl::MutexLock lock(&mu_);
+  SR_RETURN_IF_ERROR(CheckStoreAccessLocked(job_id, attempt));
+  auto& keys = stores_[{job_id, attempt}];
+  if (keys.size() >= kMaxKeys && keys.count(key) == 0) {
+    return absl::ResourceExhaustedError(absl::StrCat("job ", job_id, ": more than ", kMaxKeys, " store keys"));
+  }
+  keys[key] = value;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Coordinator::StoreGet(const std::string& job_id, int attempt, const std::string& key) {
+  absl::MutexLock lock(&mu_);
+  SR_RETURN_IF_ERROR(CheckStoreAccessLocked(job_id, attempt));
+  auto it = stores_.find({job_id, attempt});
+  if (it == stores_.end() || it->second.count(key) == 0) {
+    return absl::NotFoundError(absl::StrCat("store key ", key, " not set yet"));
+  }
+  return it->second.at(key);
 }
 
 std::map<std::string, int> Coordinator::WorkerCounts() {

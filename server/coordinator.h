@@ -90,6 +90,12 @@ class Coordinator {
   // The worker's stream ended: treated as lost (its job is re-queued).
   void WorkerDisconnected(const std::string& worker_id, const std::string& reason);
 
+  // The rendezvous store of a running job attempt: NotFound for an unknown
+  // job or (Get) a key not set yet; FailedPrecondition when that attempt is
+  // not running (its keys are gone).
+  absl::Status StoreSet(const std::string& job_id, int attempt, const std::string& key, const std::string& value);
+  absl::StatusOr<std::string> StoreGet(const std::string& job_id, int attempt, const std::string& key);
+
   // One scheduling/heartbeat round (the thread calls it; tests may too).
   void Tick();
 
@@ -146,6 +152,9 @@ class Coordinator {
   std::map<uint64_t, std::string> order_ ABSL_GUARDED_BY(mu_);  // order -> id
   uint64_t next_order_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
+  // Rendezvous keys per (job id, attempt), dropped when the attempt ends.
+  std::map<std::pair<std::string, int>, std::map<std::string, std::string>> stores_ ABSL_GUARDED_BY(mu_);
+  absl::Status CheckStoreAccessLocked(const std::string& job_id, int attempt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::map<std::string, std::string> worker_ids_by_name_ ABSL_GUARDED_BY(mu_);
   uint64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
 

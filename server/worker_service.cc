@@ -7,6 +7,7 @@
 #include "proto/status_conversion.h"
 #include "server/bearer_token.h"
 #include "server/stream_write_queue.h"
+#include "server/unary_call.h"
 
 namespace shrinkray {
 namespace {
@@ -89,6 +90,24 @@ class ConnectReactor final : public grpc::ServerBidiReactor<v1::ConnectRequest, 
 };
 
 }  // namespace
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::StoreSet(grpc::CallbackServerContext* context,
+                                                       const v1::StoreSetRequest* request, v1::StoreSetResponse*) {
+  return AuthorizedUnary(context, token_, [&] {
+    return coordinator_->StoreSet(request->job_id(), request->attempt(), request->key(), request->value());
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::StoreGet(grpc::CallbackServerContext* context,
+                                                       const v1::StoreGetRequest* request,
+                                                       v1::StoreGetResponse* response) {
+  return AuthorizedUnary(context, token_, [&]() -> absl::Status {
+    auto value = coordinator_->StoreGet(request->job_id(), request->attempt(), request->key());
+    if (!value.ok()) return value.status();
+    response->set_value(std::move(*value));
+    return absl::OkStatus();
+  });
+}
 
 grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* WorkerServiceImpl::Connect(
     grpc::CallbackServerContext* context) {

@@ -368,3 +368,25 @@ TEST_F(CoordinatorTest, DryRunChecksModelHeadersWithoutRunning) {
 
 }  // namespace
 }  // namespace shrinkray
+
+namespace shrinkray {
+namespace {
+
+TEST_F(CoordinatorTest, RendezvousStoreLivesWithTheRunningAttempt) {
+  auto job = coordinator_->SubmitJob(Spec());
+  EXPECT_EQ(coordinator_->StoreSet(job->id(), 1, "rank0", "addr").code(), absl::StatusCode::kFailedPrecondition);
+  FakeWorker a;
+  Register(a, "a");
+  ASSERT_EQ(coordinator_->GetJob(job->id())->state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(coordinator_->StoreGet(job->id(), 1, "rank0").status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(coordinator_->StoreSet(job->id(), 1, "rank0", std::string("a\0b", 3)).ok());
+  EXPECT_EQ(*coordinator_->StoreGet(job->id(), 1, "rank0"), std::string("a\0b", 3));
+  EXPECT_EQ(coordinator_->StoreGet(job->id(), 2, "rank0").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(coordinator_->StoreGet("job-nope", 1, "rank0").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(coordinator_->StoreSet(job->id(), 1, "", "x").code(), absl::StatusCode::kInvalidArgument);
+  Finish(a, a.Assignments()[0], true);
+  EXPECT_EQ(coordinator_->StoreGet(job->id(), 1, "rank0").status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace shrinkray
