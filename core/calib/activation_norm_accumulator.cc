@@ -1,5 +1,8 @@
 #include "core/calib/activation_norm_accumulator.h"
 
+#include "absl/strings/str_cat.h"
+#include "core/comm/communicator.h"
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -22,6 +25,20 @@ absl::Status ActivationNormAccumulator::Add(const float* x, long rows, int sampl
   for (int j = 0; j < dim_; ++j) {
     scaler_[j] = scaler_[j] * shrink + static_cast<float>(sums_[j] / static_cast<double>(n_));
   }
+  return absl::OkStatus();
+}
+
+absl::Status ActivationNormAccumulator::MergeAcrossRanks(Communicator& comm) {
+  if (comm.size() == 1) return absl::OkStatus();
+  std::vector<double> buffer(scaler_.size() + 1);
+  for (size_t j = 0; j < scaler_.size(); ++j) buffer[j] = static_cast<double>(scaler_[j]) * static_cast<double>(n_);
+  buffer.back() = static_cast<double>(n_);
+  absl::Status s = comm.AllReduce(buffer.data(), buffer.size(), CommDType::kF64, ReduceOp::kSum);
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("activation-norm all-reduce: ", s.message()));
+  const double total = buffer.back();
+  if (total <= 0) return absl::InternalError("activation-norm all-reduce: no samples on any rank");
+  for (size_t j = 0; j < scaler_.size(); ++j) scaler_[j] = static_cast<float>(buffer[j] / total);
+  n_ = static_cast<long>(total);
   return absl::OkStatus();
 }
 

@@ -11,12 +11,17 @@
 
 namespace shrinkray {
 
+class Communicator;
+
 class ActivationNormAccumulator {
  public:
   explicit ActivationNormAccumulator(int dim) : dim_(dim), scaler_(dim, 0.0f), sums_(dim, 0.0) {}
 
   // x: [rows, dim] row-major from `samples` samples.
   absl::Status Add(const float* x, long rows, int samples);
+
+  // Σ_r scaler_r·n_r / Σ_r n_r over every rank (see HessianAccumulator).
+  absl::Status MergeAcrossRanks(Communicator& comm);
 
   int dim() const { return dim_; }
   long num_samples() const { return n_; }

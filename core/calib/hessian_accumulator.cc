@@ -1,5 +1,8 @@
 #include "core/calib/hessian_accumulator.h"
 
+#include "absl/strings/str_cat.h"
+#include "core/comm/communicator.h"
+
 #include <cblas.h>
 
 #include <cmath>
@@ -75,6 +78,38 @@ std::vector<double> HessianAccumulator::HessianF64() const {
     }
   }
   return out;
+}
+
+absl::Status HessianAccumulator::MergeAcrossRanks(Communicator& comm) {
+  if (comm.size() == 1) return absl::OkStatus();
+  const size_t d = static_cast<size_t>(dim_);
+  // Upper triangle (the valid part) as sums H·n, plus n, in one buffer.
+  std::vector<double> buffer;
+  buffer.reserve(d * (d + 1) / 2 + 1);
+  for (size_t i = 0; i < d; ++i) {
+    for (size_t j = i; j < d; ++j) {
+      const double h = precision_ == HessianPrecision::kFloat64 ? h64_[i * d + j] : h32_[i * d + j];
+      buffer.push_back(h * static_cast<double>(n_));
+    }
+  }
+  buffer.push_back(static_cast<double>(n_));
+  absl::Status s = comm.AllReduce(buffer.data(), buffer.size(), CommDType::kF64, ReduceOp::kSum);
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("Hessian all-reduce: ", s.message()));
+  const double total = buffer.back();
+  if (total <= 0) return absl::InternalError("Hessian all-reduce: no samples on any rank");
+  size_t k = 0;
+  for (size_t i = 0; i < d; ++i) {
+    for (size_t j = i; j < d; ++j, ++k) {
+      const double h = buffer[k] / total;
+      if (precision_ == HessianPrecision::kFloat64) {
+        h64_[i * d + j] = h;
+      } else {
+        h32_[i * d + j] = static_cast<float>(h);
+      }
+    }
+  }
+  n_ = static_cast<long>(total);
+  return absl::OkStatus();
 }
 
 }  // namespace shrinkray

@@ -15,6 +15,8 @@
 
 namespace shrinkray {
 
+class Communicator;
+
 class HessianAccumulator {
  public:
   HessianAccumulator(int dim, HessianPrecision precision);
@@ -26,6 +28,12 @@ class HessianAccumulator {
   int dim() const { return dim_; }
   long num_samples() const { return n_; }
   HessianPrecision precision() const { return precision_; }
+
+  // Combines the accumulators of every rank (each saw its own samples) into
+  // the H of all samples: Σ_r H_r·n_r / Σ_r n_r, summed in float64 across
+  // ranks. Differs from one rank seeing every sample only by rounding (the
+  // order of the sums). A communicator of size 1 leaves H untouched.
+  absl::Status MergeAcrossRanks(Communicator& comm);
 
   // Full symmetric [dim, dim] in float32 (converted when accumulated in double).
   std::vector<float> HessianF32() const;

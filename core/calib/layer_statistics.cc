@@ -1,5 +1,7 @@
 #include "core/calib/layer_statistics.h"
 
+#include "core/util/status_macros.h"
+
 #include "absl/strings/str_cat.h"
 
 namespace shrinkray {
@@ -63,6 +65,15 @@ LinearInputObserver LayerStatistics::Observer(absl::Status* status) {
       if (!s.ok()) *status = s;
     }
   };
+}
+
+absl::Status LayerStatistics::MergeAcrossRanks(Communicator& comm) {
+  // Fixed group order on every rank: the collectives must line up.
+  for (size_t g = 0; g < hessian_.size(); ++g) {
+    if (hessian_[g]) SR_RETURN_IF_ERROR(hessian_[g]->MergeAcrossRanks(comm));
+    if (act_norm_[g]) SR_RETURN_IF_ERROR(act_norm_[g]->MergeAcrossRanks(comm));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace shrinkray

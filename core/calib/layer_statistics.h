@@ -15,6 +15,8 @@
 
 namespace shrinkray {
 
+class Communicator;
+
 // Input width of a group's Linears: C for qkv and gate_up, q_dim for o, I for down.
 int LinearGroupInputDim(const ModelConfig& config, LinearGroup group);
 // "qkv", "o", "gate_up", "down".
@@ -35,6 +37,10 @@ class LayerStatistics {
   // windows of `seqlen` tokens (samples = rows / seqlen). The first error is
   // kept in *status (observers cannot return one).
   LinearInputObserver Observer(absl::Status* status);
+
+  // Every requested accumulator merged over the ranks of `comm` (sharded
+  // calibration: each rank saw its own windows). Size 1: no-op.
+  absl::Status MergeAcrossRanks(Communicator& comm);
 
   const HessianAccumulator* hessian(LinearGroup group) const { return hessian_[Index(group)].get(); }
   const ActivationNormAccumulator* act_norm(LinearGroup group) const {

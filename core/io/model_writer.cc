@@ -173,6 +173,22 @@ absl::Status CommitFolder(const std::filesystem::path& partial,
   return absl::OkStatus();
 }
 
+// Removes everything directly inside `dir` but the names in `keep`.
+absl::Status RemoveAllBut(const std::filesystem::path& dir, const std::vector<std::string>& keep) {
+  std::error_code ec;
+  std::vector<std::filesystem::path> doomed;
+  for (const auto& item : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = item.path().filename().string();
+    if (std::find(keep.begin(), keep.end(), name) == keep.end()) doomed.push_back(item.path());
+  }
+  if (ec) return absl::InternalError(absl::StrCat("list ", dir.string(), ": ", ec.message()));
+  for (const std::filesystem::path& path : doomed) {
+    std::filesystem::remove_all(path, ec);
+    if (ec) return absl::InternalError(absl::StrCat("remove ", path.string(), ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
 std::string LayerPrefixAndProj(std::string_view module, std::string* proj) {
   const size_t dot = module.rfind('.');
   if (dot == std::string_view::npos) return "";
@@ -250,6 +266,7 @@ struct CompressedModelWriter::State {
   std::filesystem::path target;
   std::filesystem::path partial;
   std::filesystem::path scratch_path;
+  std::vector<std::string> keep;  // PartialFolderOptions::keep
   CompressedModelSpec header;
   OutputFormat format = OutputFormat::kDense;
   std::unique_ptr<FormatEncoder> encoder;
@@ -330,6 +347,13 @@ struct CompressedModelWriter::State {
     if (ec) return absl::InternalError(absl::StrCat("remove ", scratch_path.string(), ": ", ec.message()));
 
     SR_RETURN_IF_ERROR(WriteFolderFiles(partial, header, format, output, sparsity.ToJson()));
+    // A resumable run's checkpoint is not part of the output. Removed in the
+    // order given (RunCompression's job.json first: without it the rest is
+    // ignored), so a crash here leaves nothing that a resume would trust.
+    for (const std::string& name : keep) {
+      std::filesystem::remove_all(partial / name, ec);
+      if (ec) return absl::InternalError(absl::StrCat("remove ", (partial / name).string(), ": ", ec.message()));
+    }
     SR_RETURN_IF_ERROR(CommitFolder(partial, target));
     return std::move(output.fallbacks);
   }
@@ -341,13 +365,24 @@ CompressedModelWriter::CompressedModelWriter(std::unique_ptr<State> state)
 CompressedModelWriter::~CompressedModelWriter() {
   if (state_->finished) return;
   state_->scratch.close();
+  if (!state_->keep.empty()) {
+    // A resumable run's checkpoint stays for the next attempt; best effort.
+    RemoveAllBut(state_->partial, state_->keep).IgnoreError();
+    return;
+  }
   std::error_code ec;
   std::filesystem::remove_all(state_->partial, ec);
 }
 
+std::filesystem::path PartialFolderOf(const std::filesystem::path& out_dir) {
+  std::filesystem::path target = out_dir;
+  if (!target.has_filename()) target = target.parent_path();  // "out/" -> "out"
+  return target.string() + ".partial";
+}
+
 absl::StatusOr<std::unique_ptr<CompressedModelWriter>> CompressedModelWriter::Open(
     const std::filesystem::path& out_dir, const CompressedModelSpec& header, OutputFormat format,
-    bool overwrite) {
+    bool overwrite, const PartialFolderOptions& partial) {
   if (out_dir.empty()) return absl::InvalidArgumentError("output folder is empty");
   if (!header.tensors.empty()) {
     return absl::InvalidArgumentError("the writer's header must hold no tensors; Add them");
@@ -361,13 +396,19 @@ absl::StatusOr<std::unique_ptr<CompressedModelWriter>> CompressedModelWriter::Op
   }
   auto state = std::make_unique<State>();
   state->target = target;
-  state->partial = target.string() + ".partial";
+  state->partial = PartialFolderOf(target);
+  state->keep = partial.keep;
   state->header = header;
   state->format = format;
   state->encoder = MakeFormatEncoder(format, header);
-  std::filesystem::remove_all(state->partial, ec);  // a crashed earlier run's
-  if (ec) {
-    return absl::InternalError(absl::StrCat("remove ", state->partial.string(), ": ", ec.message()));
+  // A crashed earlier run's files (but for a resumable run's checkpoint).
+  if (state->keep.empty() || !std::filesystem::is_directory(state->partial, ec)) {
+    std::filesystem::remove_all(state->partial, ec);
+    if (ec) {
+      return absl::InternalError(absl::StrCat("remove ", state->partial.string(), ": ", ec.message()));
+    }
+  } else {
+    SR_RETURN_IF_ERROR(RemoveAllBut(state->partial, state->keep));
   }
   std::filesystem::create_directories(state->partial, ec);
   if (ec) {

@@ -81,11 +81,29 @@ absl::Status WriteCompressedModel(const std::filesystem::path& out_dir,
                                   const CompressedModelSpec& spec, OutputFormat format,
                                   bool overwrite);
 
+// `out_dir` + ".partial" (a trailing "/" of `out_dir` ignored): where the
+// writer works until the folder is complete.
+std::filesystem::path PartialFolderOf(const std::filesystem::path& out_dir);
+
+// What the writer does with a ".partial" folder it finds and what an
+// unfinished writer leaves behind.
+struct PartialFolderOptions {
+  // Entries directly inside ".partial" that are not the writer's but a
+  // resumable run's checkpoint (RunCompression's "job.json" and "layers"):
+  // Open keeps them and removes everything else, a writer destroyed without
+  // Finish removes only its own files (so the folder and these stay for a
+  // later resume), and Finish removes them just before the rename, so the
+  // output never holds them. Empty: Open starts from an empty folder and an
+  // unfinished writer removes the folder.
+  std::vector<std::string> keep;
+};
+
 // The same output, written incrementally: Add the tensors in model order
 // (embeddings, then each decoder layer, then the final norm and lm_head), each
 // is encoded and parked on disk at once, then Finish writes the shards,
 // config.json and the rest and renames the folder into place. Destroying a
-// writer that did not Finish removes its ".partial" folder. The bytes equal
+// writer that did not Finish removes its ".partial" folder (but see
+// PartialFolderOptions::keep). The bytes equal
 // WriteCompressedModel's on the spec holding all the tensors in that order;
 // errors are the same, found in the Add holding the offending tensor (the
 // "no weight is quantized" of a packed format in Finish).
@@ -93,10 +111,10 @@ class CompressedModelWriter {
  public:
   // `header` gives everything but the tensors (its `tensors` must be empty).
   // The existence check is WriteCompressedModel's; the ".partial" folder is
-  // created here (a crashed earlier run's is removed).
+  // created here (a crashed earlier run's is removed, but for `partial.keep`).
   static absl::StatusOr<std::unique_ptr<CompressedModelWriter>> Open(
       const std::filesystem::path& out_dir, const CompressedModelSpec& header, OutputFormat format,
-      bool overwrite);
+      bool overwrite, const PartialFolderOptions& partial = {});
   ~CompressedModelWriter();
   CompressedModelWriter(const CompressedModelWriter&) = delete;
   CompressedModelWriter& operator=(const CompressedModelWriter&) = delete;

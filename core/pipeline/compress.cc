@@ -16,6 +16,7 @@
 #include "core/io/checkpoint.h"
 #include "core/io/text_file.h"
 #include "core/model/config.h"
+#include "core/pipeline/layer_checkpoint.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/status_macros.h"
 
@@ -85,6 +86,13 @@ int AutoBatchWindows(const ModelConfig& c, int seqlen, int num_samples) {
   const long per_window_bytes = std::max(1L, per_token_floats * 4L * seqlen + 4L * seqlen * seqlen);
   const long budget = 512L << 20;
   return static_cast<int>(std::clamp<long>(budget / per_window_bytes, 1, num_samples));
+}
+
+// Windows per LayerForward call for `options` (part of the resume fingerprint:
+// batching changes the statistics' rounding).
+int BatchWindows(const ModelConfig& c, const LayerwiseOptions& options, int seqlen, int num_samples) {
+  return options.batch_windows > 0 ? std::min(options.batch_windows, num_samples)
+                                   : AutoBatchWindows(c, seqlen, num_samples);
 }
 
 // Runs every window through `layer`; in place when `output` is true, else on
@@ -201,6 +209,14 @@ struct LayerHooks {
   std::function<absl::Status(int layer)> before_layer;  // materialise the layer
   // After the layer's progress callbacks: hand its weights on, free them.
   std::function<absl::Status(int layer, LayerwiseResult& result)> after_layer;
+  // Resume: layers [0, first_layer) were finished by an interrupted run.
+  // restore_layer adds layer `layer`'s persisted rows and seconds to `result`
+  // (and its tensors to the writer) and, when `load`, materialises its
+  // compressed weights so that its outputs can be recomputed; release_layer
+  // frees them afterwards.
+  int first_layer = 0;
+  std::function<absl::Status(int layer, bool load, LayerwiseResult& result)> restore_layer;
+  std::function<void(int layer)> release_layer;
 };
 
 absl::Status RunHook(const std::function<absl::Status()>& hook) {
@@ -223,21 +239,45 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
                                                    config.max_position_embeddings));
   }
   SR_ASSIGN_OR_RETURN(std::vector<std::vector<LinearSlot>> plan, PlanLinears(config, recipe));
-  const int batch_windows =
-      options.batch_windows > 0 ? std::min(options.batch_windows, n) : AutoBatchWindows(config, seqlen, n);
+  const int batch_windows = BatchWindows(config, options, seqlen, n);
+  const int num_layers = config.num_hidden_layers;
+  const int first_layer = std::clamp(hooks.first_layer, 0, num_layers);
+  // With every layer restored nothing needs the hidden states.
+  const bool need_hidden = first_layer < num_layers;
 
   LayerwiseResult result;
+  result.resumed_from_layer = first_layer;
+  if (first_layer > 0 && options.on_resume) options.on_resume(first_layer, num_layers);
   auto start = Clock::now();
-  std::vector<float> hidden(static_cast<size_t>(n) * seqlen * config.hidden_size);
-  SR_RETURN_IF_ERROR(RunHook(hooks.before_embed));
-  {
+  std::vector<float> hidden;
+  if (need_hidden) {
+    hidden.resize(static_cast<size_t>(n) * seqlen * config.hidden_size);
+    SR_RETURN_IF_ERROR(RunHook(hooks.before_embed));
     absl::Status s = model.Embed(calibration.tokens, hidden);
     if (!s.ok()) {
       return absl::Status(s.code(), absl::StrCat("calibration ", calibration.source, ": ", std::string(s.message())));
     }
+    SR_RETURN_IF_ERROR(RunHook(hooks.after_embed));
+    result.embed_seconds = Seconds(start);
   }
-  SR_RETURN_IF_ERROR(RunHook(hooks.after_embed));
-  result.embed_seconds = Seconds(start);
+
+  // A resumed run: the same windows through the restored (compressed) layers
+  // give bit for bit the hidden states the interrupted run had at first_layer.
+  start = Clock::now();
+  for (int l = 0; l < first_layer; ++l) {
+    if (!hooks.restore_layer) return absl::InternalError("resuming needs restore_layer");
+    SR_RETURN_IF_ERROR(hooks.restore_layer(l, need_hidden, result));
+    if (need_hidden) {
+      SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, n, seqlen, batch_windows, /*output=*/true, {}, options.cancel));
+    }
+    if (hooks.release_layer) hooks.release_layer(l);
+  }
+  if (first_layer > 0) {
+    result.resume_seconds = Seconds(start);
+    Progress(options, absl::StrFormat("layers 1-%d restored%s in %.2f s", first_layer,
+                                      need_hidden ? " and their outputs recomputed" : "",
+                                      result.resume_seconds));
+  }
 
   bool any_wanda = false;
   for (const RecipeStage& s : recipe.stages) any_wanda |= s.needs_act_norm();
@@ -248,7 +288,7 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
           : std::vector<std::vector<LinearGroup>>{
                 {LinearGroup::kQkv, LinearGroup::kO, LinearGroup::kGateUp, LinearGroup::kDown}};
 
-  for (int l = 0; l < config.num_hidden_layers; ++l) {
+  for (int l = first_layer; l < num_layers; ++l) {
     const auto layer_start = Clock::now();
     if (hooks.before_layer) SR_RETURN_IF_ERROR(hooks.before_layer(l));
     const size_t first_row = result.matrices.size();
@@ -337,6 +377,42 @@ absl::Status WriteJson(const std::filesystem::path& path, const nlohmann::json& 
   return WriteTextFile(path, j.dump(2) + "\n");
 }
 
+// What decides the bytes of a run's output and report: a checkpoint is resumed
+// only by a run whose fingerprint is equal. The model is identified by its
+// folder and a hash of its config and shard headers/samples (not all weights:
+// cheap for a large model); the calibration by the hash of its tokens, so that
+// any change of file, tokenizer, sampling or seed shows.
+absl::StatusOr<nlohmann::json> JobFingerprint(const Recipe& recipe, const CompressOptions& options,
+                                              const ModelConfig& config, const Checkpoint& checkpoint,
+                                              const CalibrationSet& calibration, uint64_t seed,
+                                              DType dense_dtype) {
+  SR_ASSIGN_OR_RETURN(std::string model_hash, HashModelFolder(options.model_dir, checkpoint));
+  StableHasher tokens;
+  tokens.Update(std::as_bytes(std::span<const int32_t>(calibration.tokens)));
+  std::error_code ec;
+  std::filesystem::path model_dir = std::filesystem::absolute(options.model_dir, ec);
+  if (ec) model_dir = options.model_dir;
+  return nlohmann::json{
+      {"version", kLayerCheckpointVersion},
+      {"model_dir", model_dir.lexically_normal().string()},
+      {"model_hash", model_hash},
+      {"num_layers", config.num_hidden_layers},
+      {"recipe", recipe.ToJson()},
+      {"recipe_info", RecipeInfo(recipe)},
+      {"calibration",
+       {{"num_samples", calibration.num_samples},
+        {"seqlen", calibration.seqlen},
+        {"seed", seed},
+        {"pretokenized", calibration.pretokenized},
+        {"source_tokens", calibration.source_tokens},
+        {"tokens_hash", tokens.HexDigest()}}},
+      {"format", std::string(OutputFormatName(options.format))},
+      {"dense_dtype", std::string(DTypeName(dense_dtype))},
+      {"compare_rtn", options.layerwise.compare_rtn},
+      {"batch_windows", BatchWindows(config, options.layerwise, calibration.seqlen, calibration.num_samples)},
+  };
+}
+
 }  // namespace
 
 absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const CompressOptions& options) {
@@ -385,9 +461,23 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
   header.source_config = config.raw;
   header.dense_dtype = DenseDtypeOf(*checkpoint);
   header.recipe_info = RecipeInfo(recipe);
+
+  // The checkpoint: an interrupted run of the same job left layers in
+  // OUT.partial, or the folder is discarded; the writer keeps the checkpoint
+  // there while it works and removes it when the output is complete.
+  const std::filesystem::path partial = PartialFolderOf(options.out_dir);
+  SR_ASSIGN_OR_RETURN(nlohmann::json fingerprint, JobFingerprint(recipe, options, config, *checkpoint, calibration,
+                                                                 calib.seed, header.dense_dtype));
+  SR_ASSIGN_OR_RETURN(ResumePoint resume,
+                      PrepareLayerCheckpoint(partial, fingerprint, config.num_hidden_layers, options.resume));
+  if (!resume.note.empty()) Progress(options.layerwise, resume.note);
+  PartialFolderOptions partial_options;
+  partial_options.keep = LayerCheckpointEntries();
   SR_ASSIGN_OR_RETURN(std::unique_ptr<CompressedModelWriter> writer,
-                      CompressedModelWriter::Open(options.out_dir, header, options.format, options.overwrite));
-  double write_seconds = 0.0;
+                      CompressedModelWriter::Open(options.out_dir, header, options.format, options.overwrite,
+                                                  partial_options));
+  SR_RETURN_IF_ERROR(StartLayerCheckpoint(partial, fingerprint));
+  double write_seconds = 0.0, checkpoint_seconds = 0.0;
   auto write = [&](std::span<const CompressedTensorEntry> entries) {
     const auto write_start = Clock::now();
     absl::Status status = writer->Add(entries);
@@ -419,6 +509,33 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
     return absl::OkStatus();
   };
   hooks.before_layer = [&](int layer) { return model->LoadLayer(layer); };
+  hooks.first_layer = resume.first_layer;
+  hooks.restore_layer = [&](int layer, bool load, LayerwiseResult& result) -> absl::Status {
+    SR_ASSIGN_OR_RETURN(PersistedLayer saved, ReadLayerCheckpoint(partial, layer));
+    const std::vector<LlamaModel::NamedParameter> params = model->LayerParameters(layer);
+    bool same = params.size() == saved.tensors.size();
+    for (size_t i = 0; same && i < params.size(); ++i) {
+      same = params[i].name == saved.tensors[i].name && params[i].shape == saved.tensors[i].shape;
+    }
+    if (!same) {
+      return absl::DataLossError(absl::StrCat("the checkpoint of layer ", layer, " in ", partial.string(),
+                                              " does not hold this model's tensors"));
+    }
+    if (load) {
+      // The source's layer, then every tensor as the interrupted run left it.
+      SR_RETURN_IF_ERROR(model->LoadLayer(layer));
+      const std::vector<LlamaModel::NamedParameter> loaded = model->LayerParameters(layer);
+      for (size_t i = 0; i < loaded.size(); ++i) {
+        const std::vector<float>& values = saved.tensors[i].values;
+        if (values.empty()) return absl::DataLossError(absl::StrCat("layer checkpoint: no values for ", loaded[i].name));
+        std::memcpy(loaded[i].data, values.data(), values.size() * sizeof(float));
+      }
+    }
+    result.matrices.insert(result.matrices.end(), saved.matrices.begin(), saved.matrices.end());
+    result.layer_seconds.push_back(saved.seconds);
+    return write(saved.tensors);
+  };
+  hooks.release_layer = [&](int layer) { model->ReleaseLayer(layer); };
   hooks.after_layer = [&](int layer, LayerwiseResult& result) -> absl::Status {
     std::vector<CompressedTensorEntry> entries;
     for (const LlamaModel::NamedParameter& p : model->LayerParameters(layer)) {
@@ -445,7 +562,20 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
       entries.push_back(std::move(entry));
     }
     model->ReleaseLayer(layer);
-    return write(entries);
+    SR_RETURN_IF_ERROR(write(entries));
+    // Persisted after the writer accepted the layer: a layer the writer
+    // rejects is never resumed.
+    const auto checkpoint_start = Clock::now();
+    PersistedLayer done;
+    done.layer = layer;
+    done.seconds = result.layer_seconds.back();
+    done.tensors = std::move(entries);
+    for (const MatrixReport& m : result.matrices) {
+      if (m.layer == layer) done.matrices.push_back(m);
+    }
+    absl::Status status = WriteLayerCheckpoint(partial, done);
+    checkpoint_seconds += Seconds(checkpoint_start);
+    return status;
   };
   SR_ASSIGN_OR_RETURN(LayerwiseResult result,
                       RunLayerwise(*model, recipe, calibration, options.layerwise, hooks));
@@ -460,7 +590,11 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
   report.write_seconds = write_seconds + Seconds(start);
   report.matrices = std::move(result.matrices);
   report.total_seconds = Seconds(total_start);
-  SR_RETURN_IF_ERROR(WriteJson(options.out_dir / "report.json", report.ToJson()));
+  nlohmann::json report_json = report.ToJson();
+  report_json["resumed_from_layer"] = result.resumed_from_layer;
+  report_json["timings"]["resume_seconds"] = result.resume_seconds;
+  report_json["timings"]["checkpoint_seconds"] = checkpoint_seconds;
+  SR_RETURN_IF_ERROR(WriteJson(options.out_dir / "report.json", report_json));
   return report;
 }
 

@@ -22,6 +22,11 @@
 // and the layer is released. Resident memory is one layer's fp32 weights and
 // compression state plus the hidden states, not the model; the output equals
 // the in-memory path's byte for byte. See docs/recipes.md for measurements.
+//
+// RunCompression also checkpoints: each finished layer is persisted in
+// OUT.partial (core/pipeline/layer_checkpoint.h), so a run that was killed,
+// failed or cancelled resumes at its first unfinished layer when run again
+// with the same inputs, and writes the same bytes as an uninterrupted run.
 #pragma once
 
 #include <filesystem>
@@ -61,15 +66,22 @@ struct LayerwiseOptions {
   ProgressFn progress;  // one line per layer; may be empty
   LayerDoneFn on_layer_done;  // structured progress for the service; may be empty
   // Polled between window batches and layers; a cancelled run returns
-  // CancelledError and writes nothing. May be null.
+  // CancelledError and leaves no output folder (RunCompression keeps the
+  // finished layers in OUT.partial for a resume). May be null.
   const CancellationToken* cancel = nullptr;
+  // RunCompression only: called once, before anything is recomputed, when the
+  // run resumes an interrupted one at `first_layer` > 0 (layers before it are
+  // restored, not compressed again: on_layer_done is not called for them).
+  std::function<void(int first_layer, int num_layers)> on_resume;
 };
 
 struct LayerwiseResult {
   std::vector<MatrixReport> matrices;        // in processing order
   std::map<std::string, LinearState> linears;  // module -> final state
-  std::vector<double> layer_seconds;
+  std::vector<double> layer_seconds;  // a restored layer's are its first run's
   double embed_seconds = 0.0;
+  int resumed_from_layer = 0;   // layers before it were restored from a checkpoint
+  double resume_seconds = 0.0;  // restoring them, with the forward that rebuilds the hidden states
 };
 
 // Compresses `model` (loaded whole, e.g. LlamaModel::Load) in place with
@@ -86,6 +98,11 @@ struct CompressOptions {
   CalibrationOptions calibration;    // seqlen is clamped to max_position_embeddings
   OutputFormat format = OutputFormat::kDense;
   bool overwrite = false;
+  // Continue an interrupted run from the layers it left in OUT.partial when
+  // its fingerprint (model, recipe, calibration tokens, format, dtype,
+  // compare_rtn, batch size) equals this run's; false discards them. Layers
+  // are checkpointed either way.
+  bool resume = true;
   LayerwiseOptions layerwise;
 };
 
@@ -93,7 +110,14 @@ struct CompressOptions {
 // calibration set, run the executor layer by layer while the folder is written
 // (CompressedModelWriter), then report.json. An existing out_dir without
 // overwrite fails before any work; a run that fails or is cancelled before
-// the folder is complete leaves no output folder (and an old one untouched).
+// the folder is complete leaves no output folder (and an old one untouched),
+// only OUT.partial with the job's fingerprint and finished layers, which a
+// later run resumes from (see CompressOptions::resume) and which a successful
+// run or a changed fingerprint removes. A resumed run rebuilds the hidden
+// states by embedding the calibration windows and running them through the
+// restored layers (one extra forward per layer), then continues; its output
+// equals an uninterrupted run's byte for byte (report.json but its timings
+// and "resumed_from_layer").
 absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const CompressOptions& options);
 
 // InvalidArgument when a stage of `recipe` selects no decoder Linear of this

@@ -1,6 +1,13 @@
 #include "core/pipeline/compress_report.h"
 
+#include <limits>
+
 namespace shrinkray {
+
+double JsonNumberOrNaN(const nlohmann::json& j, const char* key) {
+  const nlohmann::json& v = j.at(key);
+  return v.is_null() ? std::numeric_limits<double>::quiet_NaN() : v.get<double>();
+}
 
 nlohmann::json MatrixReport::ToJson() const {
   nlohmann::json j = {
@@ -80,6 +87,53 @@ nlohmann::json CompressReport::ToJson() const {
         {"write_seconds", write_seconds},
         {"total_seconds", total_seconds}}},
   };
+}
+
+nlohmann::json MatrixReportToRecord(const MatrixReport& m) {
+  return {{"module", m.module},
+          {"layer", m.layer},
+          {"group", m.group},
+          {"rows", m.rows},
+          {"cols", m.cols},
+          {"methods", m.methods},
+          {"bits", m.bits},
+          {"group_size", m.group_size},
+          {"sym", m.sym},
+          {"act_order", m.act_order},
+          {"sparsity", m.sparsity},
+          {"pattern", m.pattern},
+          {"error", m.error},
+          {"rtn_error", m.rtn_error.has_value() ? nlohmann::json(*m.rtn_error) : nlohmann::json()},
+          {"has_rtn_error", m.rtn_error.has_value()},
+          {"solver_loss", m.solver_loss},
+          {"damp_used", m.damp_used},
+          {"damp_increments", m.damp_increments},
+          {"dead_columns", m.dead_columns},
+          {"seconds", m.seconds}};
+}
+
+MatrixReport MatrixReportFromRecord(const nlohmann::json& j) {
+  MatrixReport m;
+  m.module = j.at("module").get<std::string>();
+  m.layer = j.at("layer").get<int>();
+  m.group = j.at("group").get<std::string>();
+  m.rows = j.at("rows").get<int>();
+  m.cols = j.at("cols").get<int>();
+  m.methods = j.at("methods").get<std::vector<std::string>>();
+  m.bits = j.at("bits").get<int>();
+  m.group_size = j.at("group_size").get<int>();
+  m.sym = j.at("sym").get<bool>();
+  m.act_order = j.at("act_order").get<bool>();
+  m.sparsity = JsonNumberOrNaN(j, "sparsity");
+  m.pattern = j.at("pattern").get<std::string>();
+  m.error = JsonNumberOrNaN(j, "error");
+  if (j.at("has_rtn_error").get<bool>()) m.rtn_error = JsonNumberOrNaN(j, "rtn_error");
+  m.solver_loss = JsonNumberOrNaN(j, "solver_loss");
+  m.damp_used = JsonNumberOrNaN(j, "damp_used");
+  m.damp_increments = j.at("damp_increments").get<int>();
+  m.dead_columns = j.at("dead_columns").get<int>();
+  m.seconds = JsonNumberOrNaN(j, "seconds");
+  return m;
 }
 
 }  // namespace shrinkray

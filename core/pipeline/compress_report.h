@@ -70,4 +70,11 @@ struct CompressReport {
   nlohmann::json ToJson() const;
 };
 
+// Every field of a report row, exactly (NaN as null): the per-layer
+// checkpoint and the broadcast of a solved matrix round-trip through it.
+nlohmann::json MatrixReportToRecord(const MatrixReport& m);
+// j[key] as a double; null (how nlohmann writes NaN and infinities) is NaN.
+double JsonNumberOrNaN(const nlohmann::json& j, const char* key);
+MatrixReport MatrixReportFromRecord(const nlohmann::json& j);
+
 }  // namespace shrinkray

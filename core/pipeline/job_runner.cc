@@ -110,6 +110,13 @@ absl::StatusOr<CompressionJobResult> RunCompressionJob(const CompressionJob& job
       observer.progress("calibrate", done.layer + 1, done.num_layers, f);
     }
   };
+  options.layerwise.on_resume = [&observer](int first_layer, int num_layers) {
+    if (observer.on_resume) observer.on_resume(first_layer, num_layers);
+    if (observer.progress) {
+      const double f = kLoadShare + kCalibrateShare * first_layer / std::max(1, num_layers);
+      observer.progress("calibrate", first_layer, num_layers, f);
+    }
+  };
   CompressionJobResult result;
   SR_ASSIGN_OR_RETURN(result.report, RunCompression(recipe, options));
   const CompressReport& r = result.report;

@@ -28,7 +28,7 @@ struct JobEvaluation {
 struct CompressionJob {
   std::string recipe_yaml;
   std::string recipe_source = "recipe";  // named in recipe errors
-  CompressOptions compress;              // layerwise.progress/on_layer_done/cancel are set by the runner
+  CompressOptions compress;  // layerwise.progress/on_layer_done/on_resume/cancel are set by the runner
   std::optional<JobEvaluation> evaluation;
 };
 
@@ -54,6 +54,10 @@ struct JobObserver {
   // "calibrate" (0/0 for the others); fraction of the whole job.
   std::function<void(const std::string& stage, int layer, int num_layers, double fraction)> progress;
   LayerDoneFn on_layer_done;
+  // Once, when the job resumes an interrupted attempt at `first_layer` (its
+  // earlier layers restored from OUT.partial); the runner also reports
+  // progress "calibrate" first_layer/num_layers then.
+  std::function<void(int first_layer, int num_layers)> on_resume;
   ProgressFn log;
   const CancellationToken* cancel = nullptr;
 };

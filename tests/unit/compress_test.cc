@@ -106,6 +106,11 @@ TEST_F(CompressSyntheticTest, GptqWritesLoadableFolderAndReport) {
   EXPECT_EQ(j["recipe"][0]["method"], "gptq");
   auto model = LlamaModel::Load(dir_ / "out");
   ASSERT_TRUE(model.ok()) << model.status();
+  // The checkpoint is gone with the partial folder.
+  EXPECT_EQ(j["resumed_from_layer"], 0);
+  EXPECT_FALSE(fs::exists(dir_ / "out.partial"));
+  EXPECT_FALSE(fs::exists(dir_ / "out" / "job.json"));
+  EXPECT_FALSE(fs::exists(dir_ / "out" / "layers"));
 }
 
 TEST_F(CompressSyntheticTest, ExistingOutputFolderIsRefusedUnlessOverwrite) {
@@ -233,7 +238,9 @@ TEST_F(CompressSyntheticTest, StreamingRunWritesTheBytesOfTheInMemoryPath) {
   }
 }
 
-// A failing or cancelled streaming run leaves no output folder behind.
+// A failing or cancelled streaming run leaves no output folder behind; only
+// OUT.partial with the job's fingerprint and the finished layers, for a resume
+// (compress_resume_test.cc).
 TEST_F(CompressSyntheticTest, CancelledRunLeavesNoFolder) {
   CancellationToken cancel;
   CompressOptions o = Options("cancelled");
@@ -245,7 +252,10 @@ TEST_F(CompressSyntheticTest, CancelledRunLeavesNoFolder) {
   ASSERT_FALSE(report.ok());
   EXPECT_EQ(report.status().code(), absl::StatusCode::kCancelled) << report.status();
   EXPECT_FALSE(fs::exists(dir_ / "cancelled"));
-  EXPECT_FALSE(fs::exists(dir_ / "cancelled.partial"));
+  EXPECT_TRUE(fs::exists(dir_ / "cancelled.partial" / "job.json"));
+  EXPECT_TRUE(fs::exists(dir_ / "cancelled.partial" / "layers" / "layer-00000.json"));
+  EXPECT_FALSE(fs::exists(dir_ / "cancelled.partial" / "layers" / "layer-00001.json"));
+  EXPECT_FALSE(fs::exists(dir_ / "cancelled.partial" / ".shrinkray-tensors.scratch"));
 }
 
 // ---- stories260K with real calibration text.
