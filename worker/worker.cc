@@ -16,6 +16,8 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "proto/job_spec_conversion.h"
+#include "core/comm/communicator.h"
+#include "worker/coordinator_store.h"
 #include "shrinkray/v1/worker.grpc.pb.h"
 
 namespace shrinkray {
@@ -39,7 +41,7 @@ void Log(const std::string& line) {
 class Worker::Session {
  public:
   Session(const WorkerOptions& options, WorkerMetrics* metrics, std::shared_ptr<grpc::Channel> channel)
-      : options_(options), metrics_(metrics), stub_(v1::WorkerService::NewStub(channel)) {}
+      : options_(options), metrics_(metrics), channel_(channel), stub_(v1::WorkerService::NewStub(channel)) {}
 
   ~Session() { Close(); }
 
@@ -142,6 +144,15 @@ class Worker::Session {
     job_thread_ = std::thread([this, assignment] { RunJob(assignment); });
   }
 
+  std::string CommAddress() const {
+    if (!options_.comm_address.empty()) return options_.comm_address;
+    const std::string& c = options_.coordinator;
+    if (c.rfind("127.", 0) == 0 || c.rfind("localhost", 0) == 0 || c.rfind("[::1]", 0) == 0) return "127.0.0.1";
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    return host;
+  }
+
   void SendEvent(const v1::JobAssignment& a, v1::JobEvent event) {
     v1::ConnectRequest m;
     v1::WorkerJobEvent* e = m.mutable_job_event();
@@ -162,18 +173,13 @@ class Worker::Session {
     v1::WorkerJobFinished* finished = done.mutable_job_finished();
     finished->set_job_id(a.job_id());
     finished->set_attempt(a.attempt());
-    if (a.rank() != 0) {
-      // Until sharded execution lands, rank 0 does all the work.
-      finished->mutable_result();
+    absl::StatusOr<v1::JobResult> result = Execute(a, cancel);
+    if (result.ok()) {
+      *finished->mutable_result() = std::move(*result);
     } else {
-      absl::StatusOr<v1::JobResult> result = Execute(a, cancel);
-      if (result.ok()) {
-        *finished->mutable_result() = std::move(*result);
-      } else {
-        finished->mutable_error()->set_code(static_cast<int32_t>(result.status().code()));
-        finished->mutable_error()->set_message(std::string(result.status().message()));
-        Log(absl::StrCat("job ", a.job_id(), ": ", result.status().ToString()));
-      }
+      finished->mutable_error()->set_code(static_cast<int32_t>(result.status().code()));
+      finished->mutable_error()->set_message(std::string(result.status().message()));
+      Log(absl::StrCat("job ", a.job_id(), ": ", result.status().ToString()));
     }
     {
       std::lock_guard<std::mutex> lock(job_mu_);
@@ -190,11 +196,29 @@ class Worker::Session {
   absl::StatusOr<v1::JobResult> Execute(const v1::JobAssignment& a, const CancellationToken* cancel) {
     absl::StatusOr<CompressionJob> job = CompressionJobFromSpec(a.spec());
     if (!job.ok()) return job.status();
+    // A gang: the ranks meet through the coordinator's store of this attempt.
+    std::unique_ptr<Communicator> comm;
+    if (a.world_size() > 1) {
+      CommOptions c;
+      c.rank = a.rank();
+      c.size = a.world_size();
+      c.timeout = options_.comm_timeout;
+      c.interface_address = CommAddress();
+      auto store = MakeCoordinatorStore(v1::WorkerService::NewStub(channel_), options_.token, a.job_id(), a.attempt());
+      auto made = MakeGlooCommunicator(store, c);
+      if (!made.ok()) return made.status();
+      comm = std::move(*made);
+      job->comm = comm.get();
+    }
+    // Rank 0 speaks for the job; the others would repeat its events.
+    const bool speaks = a.rank() == 0;
     const int64_t tokens_per_layer =
         static_cast<int64_t>(job->compress.calibration.num_samples) * job->compress.calibration.seqlen;
     JobObserver observer;
     observer.cancel = cancel;
     observer.progress = [&](const std::string& stage, int layer, int num_layers, double fraction) {
+      if (metrics_ != nullptr) metrics_->SetProgress(fraction);
+      if (!speaks) return;
       v1::JobEvent event;
       v1::JobProgress* p = event.mutable_progress();
       p->set_stage(stage);
@@ -202,9 +226,13 @@ class Worker::Session {
       p->set_num_layers(num_layers);
       p->set_fraction(fraction);
       SendEvent(a, std::move(event));
-      if (metrics_ != nullptr) metrics_->SetProgress(fraction);
     };
     observer.on_layer_done = [&](const LayerDone& done) {
+      if (metrics_ != nullptr) {
+        metrics_->LayerCompleted("calibrate", done.seconds);
+        metrics_->CalibrationTokens(tokens_per_layer / a.world_size());
+      }
+      if (!speaks) return;
       for (const MatrixReport& m : done.matrices) {
         v1::JobEvent event;
         v1::MetricPoint* point = event.mutable_metric();
@@ -220,12 +248,22 @@ class Worker::Session {
       point->set_value(done.seconds);
       point->set_step(done.layer);
       SendEvent(a, std::move(event));
-      if (metrics_ != nullptr) {
-        metrics_->LayerCompleted("calibrate", done.seconds);
-        metrics_->CalibrationTokens(tokens_per_layer);
-      }
+    };
+    observer.on_resume = [&](int first_layer, int num_layers) {
+      if (metrics_ != nullptr) metrics_->JobResumed(first_layer);
+      if (!speaks) return;
+      v1::JobEvent event;
+      event.mutable_log()->set_level("info");
+      event.mutable_log()->set_text(absl::StrCat("resumed at layer ", first_layer + 1, "/", num_layers, ": layers 1-",
+                                                 first_layer, " restored from the checkpoint of an earlier attempt"));
+      SendEvent(a, std::move(event));
+      v1::JobEvent metric;
+      metric.mutable_metric()->set_name("resumed_at_layer");
+      metric.mutable_metric()->set_value(first_layer);
+      SendEvent(a, std::move(metric));
     };
     observer.log = [&](const std::string& line) {
+      if (!speaks) return;
       v1::JobEvent event;
       event.mutable_log()->set_level("info");
       event.mutable_log()->set_text(line);
@@ -233,6 +271,7 @@ class Worker::Session {
     };
     absl::StatusOr<CompressionJobResult> run = RunCompressionJob(*job, observer);
     if (!run.ok()) return run.status();
+    if (!speaks) return v1::JobResult();
     std::string report_json;
     if (auto text = ReadTextFile(job->compress.out_dir / "report.json"); text.ok()) report_json = std::move(*text);
     return JobResultFromRun(*run, report_json);
@@ -240,6 +279,7 @@ class Worker::Session {
 
   const WorkerOptions& options_;
   WorkerMetrics* const metrics_;
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::ConnectRequest, v1::ConnectResponse>> stream_;

@@ -23,6 +23,10 @@ struct WorkerOptions {
   std::string token;            // bearer token, empty: none
   std::string tls_ca_pem;       // root certificate; empty: plaintext
   std::string metrics_address;  // reported in the hello
+  // The address other ranks of a job dial for collectives (Gloo); empty:
+  // 127.0.0.1 when the coordinator is on loopback, else this host's name.
+  std::string comm_address;
+  absl::Duration comm_timeout = absl::Minutes(30);  // one collective's limit
   absl::Duration initial_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(5);
 };

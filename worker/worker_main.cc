@@ -30,6 +30,9 @@ constexpr const char* kUsage = R"(usage: shrinkray-worker [flags]
   --name NAME                  stable worker name (default HOSTNAME-PID)
   --token-file FILE            bearer token for the coordinator
   --tls-ca FILE                root certificate: dial with TLS
+  --comm-address HOST          address the other ranks of a job dial (default: 127.0.0.1
+                               with a loopback coordinator, else this host's name)
+  --comm-timeout-seconds S     limit of one collective between ranks (default 1800)
 )";
 
 // Signal handlers may only set a flag; a thread turns it into Shutdown().
@@ -38,7 +41,7 @@ void OnSignal(int) { g_stop.store(true); }
 
 absl::Status Run(const std::vector<std::string>& args) {
   SR_ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args, {"coordinator", "metrics-listen", "device", "name", "token-file",
-                                                       "tls-ca"},
+                                                       "tls-ca", "comm-address", "comm-timeout-seconds"},
                                                 {"help"}));
   if (flags.Has("help")) {
     std::fputs(kUsage, stdout);
@@ -55,6 +58,10 @@ absl::Status Run(const std::vector<std::string>& args) {
         "--device cuda: the service pipeline runs on CPU in this version (the CUDA kernels are not yet wired "
         "into the layerwise runner)");
   }
+  options.comm_address = flags.Get("comm-address", "");
+  SR_ASSIGN_OR_RETURN(double comm_timeout, flags.GetDouble("comm-timeout-seconds", 1800.0));
+  if (comm_timeout <= 0) return absl::InvalidArgumentError("--comm-timeout-seconds must be > 0");
+  options.comm_timeout = absl::Seconds(comm_timeout);
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
   options.name = flags.Get("name", absl::StrCat(host, "-", getpid()));

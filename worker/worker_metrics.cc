@@ -41,6 +41,16 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
                 .Help("1 while the worker runs a job, 0 when idle.")
                 .Register(registry)
                 .Add({})),
+      resumes_(prometheus::BuildCounter()
+                   .Name("shrinkray_worker_job_resumes_total")
+                   .Help("Jobs this worker resumed from a checkpoint of an interrupted attempt.")
+                   .Register(registry)
+                   .Add({})),
+      resumed_at_layer_(prometheus::BuildGauge()
+                            .Name("shrinkray_worker_resumed_at_layer")
+                            .Help("Layer at which the current job resumed (layers before it were restored); 0 otherwise.")
+                            .Register(registry)
+                            .Add({})),
       resident_memory_(prometheus::BuildGauge()
                            .Name("shrinkray_worker_resident_memory_bytes")
                            .Help("Resident memory (RSS) of the worker process.")
@@ -68,6 +78,12 @@ void WorkerMetrics::SetProgress(double ratio) {
 void WorkerMetrics::SetBusy(bool busy) {
   busy_.Set(busy ? 1.0 : 0.0);
   if (!busy) progress_.Set(0.0);
+  if (busy) resumed_at_layer_.Set(0.0);
+}
+
+void WorkerMetrics::JobResumed(int first_layer) {
+  resumes_.Increment();
+  resumed_at_layer_.Set(static_cast<double>(std::max(0, first_layer)));
 }
 
 void WorkerMetrics::UpdateResidentMemory() {

@@ -29,6 +29,9 @@ class WorkerMetrics {
   void SetProgress(double ratio);
   // shrinkray_worker_busy: 1 while running a job; going idle resets progress to 0.
   void SetBusy(bool busy);
+  // shrinkray_worker_job_resumes_total and shrinkray_worker_resumed_at_layer
+  // (the first layer the current job had to compress itself; 0 otherwise).
+  void JobResumed(int first_layer);
   // shrinkray_worker_resident_memory_bytes from /proc; call it periodically
   // (e.g. with each heartbeat). Left unchanged if /proc cannot be read.
   void UpdateResidentMemory();
@@ -39,6 +42,8 @@ class WorkerMetrics {
   prometheus::Counter& calibration_tokens_;
   prometheus::Gauge& progress_;
   prometheus::Gauge& busy_;
+  prometheus::Counter& resumes_;
+  prometheus::Gauge& resumed_at_layer_;
   prometheus::Gauge& resident_memory_;
 };
 

@@ -19,6 +19,7 @@
 #include "core/pipeline/layer_checkpoint.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/status_macros.h"
+#include "core/pipeline/linear_result_codec.h"
 
 namespace shrinkray {
 namespace {
@@ -134,6 +135,82 @@ absl::StatusOr<double> RtnError(const RecipeStage& stage, const std::vector<floa
   return RelativeOutputError(original, r.weight, rows, cols, h);
 }
 
+bool Sharded(const Communicator* comm) { return comm != nullptr && comm->size() > 1; }
+
+// This rank's windows: a contiguous slice, sizes differing by at most one.
+std::pair<int, int> WindowRange(int num_samples, const Communicator* comm) {
+  if (!Sharded(comm)) return {0, num_samples};
+  const long r = comm->rank(), size = comm->size();
+  return {static_cast<int>(num_samples * r / size), static_cast<int>(num_samples * (r + 1) / size)};
+}
+
+// Which rank solves each matrix of a group: longest first onto the least
+// loaded rank (LPT), cost ~ the solve's cols² · (cols + rows). The same on
+// every rank (it depends only on shapes).
+std::vector<int> MatrixOwners(const std::vector<const LinearSlot*>& slots, int size) {
+  std::vector<int> order(slots.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  auto cost = [&](int i) {
+    const double c = slots[i]->cols, r = slots[i]->rows;
+    return c * c * (c + r);
+  };
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return cost(a) > cost(b); });
+  std::vector<double> load(static_cast<size_t>(std::max(1, size)), 0.0);
+  std::vector<int> owner(slots.size(), 0);
+  for (int i : order) {
+    const int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = r;
+    load[r] += cost(i);
+  }
+  return owner;
+}
+
+// Runs every stage of `slot` on its weight; the report row and final state.
+absl::Status SolveMatrix(const LinearSlot& slot, int layer, LinearGroup group, const float* view,
+                         const LinearInputStats& input, const std::vector<float>& h32,
+                         const LayerwiseOptions& options, LinearState* state, MatrixReport* report) {
+  const size_t numel = static_cast<size_t>(slot.rows) * slot.cols;
+  const std::vector<float> original(view, view + numel);
+  state->weight = original;
+  report->module = slot.module;
+  report->layer = layer;
+  report->group = LinearGroupName(group);
+  report->rows = slot.rows;
+  report->cols = slot.cols;
+  const RecipeStage* quantizer = nullptr;
+  std::vector<float> before_quantizer;
+  for (const RecipeStage* stage : slot.stages) {
+    if (stage->quantizes()) {
+      quantizer = stage;
+      before_quantizer = state->weight;
+    }
+    SR_RETURN_IF_ERROR(ApplyStage(*stage, slot.module, slot.rows, slot.cols, input, state, report));
+  }
+  report->error = RelativeOutputError(original, state->weight, slot.rows, slot.cols, h32);
+  // Joint SparseGPT quantization has no RTN counterpart with equal settings,
+  // and RTN's own error needs no second copy.
+  if (options.compare_rtn && quantizer != nullptr && !quantizer->prunes() &&
+      quantizer->method != StageMethod::kRtn) {
+    SR_ASSIGN_OR_RETURN(report->rtn_error,
+                        RtnError(*quantizer, before_quantizer, original, slot.rows, slot.cols, h32));
+  }
+  report->sparsity = ZeroFraction(state->weight);
+  report->pattern = state->pattern;
+  return absl::OkStatus();
+}
+
+// `owner`'s encoded matrix to every rank: its length, then its bytes.
+absl::Status BroadcastMatrix(Communicator& comm, int owner, LinearState* state, MatrixReport* report) {
+  std::vector<uint8_t> bytes;
+  if (comm.rank() == owner) bytes = EncodeLinearResult(*state, *report);
+  uint64_t length = bytes.size();
+  SR_RETURN_IF_ERROR(comm.Broadcast(&length, sizeof(length), CommDType::kU8, owner));
+  bytes.resize(length);
+  SR_RETURN_IF_ERROR(comm.Broadcast(bytes.data(), bytes.size(), CommDType::kU8, owner));
+  if (comm.rank() == owner) return absl::OkStatus();
+  return DecodeLinearResult(bytes, state, report);
+}
+
 absl::Status CompressGroup(LlamaModel& model, int layer, LinearGroup group, std::vector<LinearSlot>& slots,
                            const LayerStatistics& stats, const Recipe& recipe, const LayerwiseOptions& options,
                            LayerwiseResult* result) {
@@ -146,42 +223,33 @@ absl::Status CompressGroup(LlamaModel& model, int layer, LinearGroup group, std:
   if (const ActivationNormAccumulator* a = stats.act_norm(group)) input.scaler = a->scaler_row();
 
   LayerWeights& weights = model.mutable_layer(layer);
-  for (LinearSlot& slot : slots) {
-    if (slot.group != group || slot.stages.empty()) continue;
-    float* view = weights.*slot.view;
-    const size_t numel = static_cast<size_t>(slot.rows) * slot.cols;
-    const std::vector<float> original(view, view + numel);
-    LinearState state;
-    state.weight = original;
-    MatrixReport report;
-    report.module = slot.module;
-    report.layer = layer;
-    report.group = LinearGroupName(group);
-    report.rows = slot.rows;
-    report.cols = slot.cols;
-    const RecipeStage* quantizer = nullptr;
-    std::vector<float> before_quantizer;
-    for (const RecipeStage* stage : slot.stages) {
-      if (stage->quantizes()) {
-        quantizer = stage;
-        before_quantizer = state.weight;
-      }
-      SR_RETURN_IF_ERROR(ApplyStage(*stage, slot.module, slot.rows, slot.cols, input, &state, &report));
-    }
-    report.error = RelativeOutputError(original, state.weight, slot.rows, slot.cols, h32);
-    // Joint SparseGPT quantization has no RTN counterpart with equal settings,
-    // and RTN's own error needs no second copy.
-    if (options.compare_rtn && quantizer != nullptr && !quantizer->prunes() &&
-        quantizer->method != StageMethod::kRtn) {
-      SR_ASSIGN_OR_RETURN(report.rtn_error,
-                          RtnError(*quantizer, before_quantizer, original, slot.rows, slot.cols, h32));
-    }
-    report.sparsity = ZeroFraction(state.weight);
-    report.pattern = state.pattern;
-    std::memcpy(view, state.weight.data(), numel * sizeof(float));
-    result->matrices.push_back(std::move(report));
-    result->linears[slot.module] = std::move(state);
+  std::vector<const LinearSlot*> targeted;
+  for (const LinearSlot& slot : slots) {
+    if (slot.group == group && !slot.stages.empty()) targeted.push_back(&slot);
   }
+  Communicator* comm = Sharded(options.comm) ? options.comm : nullptr;
+  const std::vector<int> owners = MatrixOwners(targeted, comm != nullptr ? comm->size() : 1);
+  const int rank = comm != nullptr ? comm->rank() : 0;
+  std::vector<LinearState> states(targeted.size());
+  std::vector<MatrixReport> reports(targeted.size());
+  // Every rank solves its own matrices first (in parallel with the others),
+  // then each matrix goes out from its owner in slot order.
+  auto start = Clock::now();
+  for (size_t i = 0; i < targeted.size(); ++i) {
+    if (owners[i] != rank) continue;
+    SR_RETURN_IF_ERROR(SolveMatrix(*targeted[i], layer, group, weights.*(targeted[i]->view), input, h32, options,
+                                   &states[i], &reports[i]));
+  }
+  result->phases.solve += Seconds(start);
+  start = Clock::now();
+  for (size_t i = 0; i < targeted.size(); ++i) {
+    if (comm != nullptr) SR_RETURN_IF_ERROR(BroadcastMatrix(*comm, owners[i], &states[i], &reports[i]));
+    float* view = weights.*(targeted[i]->view);
+    std::memcpy(view, states[i].weight.data(), states[i].weight.size() * sizeof(float));
+    result->matrices.push_back(std::move(reports[i]));
+    result->linears[targeted[i]->module] = std::move(states[i]);
+  }
+  result->phases.broadcast += Seconds(start);
   return absl::OkStatus();
 }
 
@@ -193,6 +261,11 @@ void Progress(const LayerwiseOptions& options, const std::string& line) {
 
 absl::Status CheckRecipeTargets(const ModelConfig& config, const Recipe& recipe) {
   return PlanLinears(config, recipe).status();
+}
+
+nlohmann::json LayerwisePhases::ToJson() const {
+  return {{"forward_seconds", forward}, {"allreduce_seconds", allreduce}, {"solve_seconds", solve},
+          {"broadcast_seconds", broadcast}};
 }
 
 std::string LinearModuleName(int layer, const char* leaf) {
@@ -239,7 +312,14 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
                                                    config.max_position_embeddings));
   }
   SR_ASSIGN_OR_RETURN(std::vector<std::vector<LinearSlot>> plan, PlanLinears(config, recipe));
-  const int batch_windows = BatchWindows(config, options, seqlen, n);
+  if (Sharded(options.comm) && n < options.comm->size()) {
+    return absl::InvalidArgumentError(absl::StrCat("calibration has ", n, " windows for ", options.comm->size(),
+                                                   " workers: each needs at least one"));
+  }
+  // Sharded: this rank's windows only, from here on.
+  const auto [window_lo, window_hi] = WindowRange(n, options.comm);
+  const int local = window_hi - window_lo;
+  const int batch_windows = BatchWindows(config, options, seqlen, local);
   const int num_layers = config.num_hidden_layers;
   const int first_layer = std::clamp(hooks.first_layer, 0, num_layers);
   // With every layer restored nothing needs the hidden states.
@@ -251,9 +331,11 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
   auto start = Clock::now();
   std::vector<float> hidden;
   if (need_hidden) {
-    hidden.resize(static_cast<size_t>(n) * seqlen * config.hidden_size);
+    hidden.resize(static_cast<size_t>(local) * seqlen * config.hidden_size);
     SR_RETURN_IF_ERROR(RunHook(hooks.before_embed));
-    absl::Status s = model.Embed(calibration.tokens, hidden);
+    const std::span<const int32_t> tokens(calibration.tokens.data() + static_cast<size_t>(window_lo) * seqlen,
+                                          static_cast<size_t>(local) * seqlen);
+    absl::Status s = model.Embed(tokens, hidden);
     if (!s.ok()) {
       return absl::Status(s.code(), absl::StrCat("calibration ", calibration.source, ": ", std::string(s.message())));
     }
@@ -268,7 +350,7 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
     if (!hooks.restore_layer) return absl::InternalError("resuming needs restore_layer");
     SR_RETURN_IF_ERROR(hooks.restore_layer(l, need_hidden, result));
     if (need_hidden) {
-      SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, n, seqlen, batch_windows, /*output=*/true, {}, options.cancel));
+      SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, local, seqlen, batch_windows, /*output=*/true, {}, options.cancel));
     }
     if (hooks.release_layer) hooks.release_layer(l);
   }
@@ -310,15 +392,24 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
       }
       if (targeted.empty()) continue;
       absl::Status observed;
-      SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, n, seqlen, batch_windows, /*output=*/false,
+      auto phase_start = Clock::now();
+      SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, local, seqlen, batch_windows, /*output=*/false,
                                   stats.Observer(&observed), options.cancel));
       SR_RETURN_IF_ERROR(observed);
+      result.phases.forward += Seconds(phase_start);
+      if (Sharded(options.comm)) {
+        phase_start = Clock::now();
+        SR_RETURN_IF_ERROR(stats.MergeAcrossRanks(*options.comm));
+        result.phases.allreduce += Seconds(phase_start);
+      }
       for (LinearGroup g : targeted) {
         SR_RETURN_IF_ERROR(CompressGroup(model, l, g, slots, stats, recipe, options, &result));
       }
     }
     // The next layer sees this layer's outputs with every weight compressed.
-    SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, n, seqlen, batch_windows, /*output=*/true, {}, options.cancel));
+    const auto recompute_start = Clock::now();
+    SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, local, seqlen, batch_windows, /*output=*/true, {}, options.cancel));
+    result.phases.forward += Seconds(recompute_start);
     result.layer_seconds.push_back(Seconds(layer_start));
     double err = 0.0;
     const size_t rows = result.matrices.size() - first_row;
@@ -465,20 +556,33 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
   // The checkpoint: an interrupted run of the same job left layers in
   // OUT.partial, or the folder is discarded; the writer keeps the checkpoint
   // there while it works and removes it when the output is complete.
+  // Sharded: rank 0 alone owns the folder (writer, checkpoint, report); the
+  // others learn from it where the run resumes.
+  Communicator* comm = Sharded(options.layerwise.comm) ? options.layerwise.comm : nullptr;
+  const bool leader = comm == nullptr || comm->rank() == 0;
   const std::filesystem::path partial = PartialFolderOf(options.out_dir);
-  SR_ASSIGN_OR_RETURN(nlohmann::json fingerprint, JobFingerprint(recipe, options, config, *checkpoint, calibration,
-                                                                 calib.seed, header.dense_dtype));
-  SR_ASSIGN_OR_RETURN(ResumePoint resume,
-                      PrepareLayerCheckpoint(partial, fingerprint, config.num_hidden_layers, options.resume));
-  if (!resume.note.empty()) Progress(options.layerwise, resume.note);
-  PartialFolderOptions partial_options;
-  partial_options.keep = LayerCheckpointEntries();
-  SR_ASSIGN_OR_RETURN(std::unique_ptr<CompressedModelWriter> writer,
-                      CompressedModelWriter::Open(options.out_dir, header, options.format, options.overwrite,
-                                                  partial_options));
-  SR_RETURN_IF_ERROR(StartLayerCheckpoint(partial, fingerprint));
+  ResumePoint resume;
+  std::unique_ptr<CompressedModelWriter> writer;
+  if (leader) {
+    SR_ASSIGN_OR_RETURN(nlohmann::json fingerprint, JobFingerprint(recipe, options, config, *checkpoint, calibration,
+                                                                   calib.seed, header.dense_dtype));
+    SR_ASSIGN_OR_RETURN(resume,
+                        PrepareLayerCheckpoint(partial, fingerprint, config.num_hidden_layers, options.resume));
+    if (!resume.note.empty()) Progress(options.layerwise, resume.note);
+    PartialFolderOptions partial_options;
+    partial_options.keep = LayerCheckpointEntries();
+    SR_ASSIGN_OR_RETURN(writer, CompressedModelWriter::Open(options.out_dir, header, options.format,
+                                                            options.overwrite, partial_options));
+    SR_RETURN_IF_ERROR(StartLayerCheckpoint(partial, fingerprint));
+  }
+  if (comm != nullptr) {
+    int32_t first_layer = resume.first_layer;
+    SR_RETURN_IF_ERROR(comm->Broadcast(&first_layer, 1, CommDType::kI32, 0));
+    resume.first_layer = first_layer;
+  }
   double write_seconds = 0.0, checkpoint_seconds = 0.0;
   auto write = [&](std::span<const CompressedTensorEntry> entries) {
+    if (!leader) return absl::OkStatus();
     const auto write_start = Clock::now();
     absl::Status status = writer->Add(entries);
     write_seconds += Seconds(write_start);
@@ -486,6 +590,7 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
   };
   const std::vector<LlamaModel::NamedParameter> parameters = model->Parameters();
   auto write_outside_layers = [&](bool after_layers) -> absl::Status {
+    if (!leader) return absl::OkStatus();
     bool past_layers = false;
     for (const LlamaModel::NamedParameter& p : parameters) {
       past_layers = past_layers || p.layer >= 0;
@@ -537,6 +642,13 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
   };
   hooks.release_layer = [&](int layer) { model->ReleaseLayer(layer); };
   hooks.after_layer = [&](int layer, LayerwiseResult& result) -> absl::Status {
+    if (!leader) {
+      for (const LlamaModel::NamedParameter& p : model->LayerParameters(layer)) {
+        if (p.name.ends_with(".weight")) result.linears.erase(p.name.substr(0, p.name.size() - 7));
+      }
+      model->ReleaseLayer(layer);
+      return absl::OkStatus();
+    }
     std::vector<CompressedTensorEntry> entries;
     for (const LlamaModel::NamedParameter& p : model->LayerParameters(layer)) {
       CompressedTensorEntry entry;
@@ -583,6 +695,11 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
   report.embed_seconds = result.embed_seconds;
   report.layer_seconds = result.layer_seconds;
 
+  if (!leader) {
+    report.matrices = std::move(result.matrices);
+    report.total_seconds = Seconds(total_start);
+    return report;
+  }
   start = Clock::now();
   SR_RETURN_IF_ERROR(write_outside_layers(/*after_layers=*/true));
   SR_ASSIGN_OR_RETURN(std::vector<DenseFallback> fallbacks, writer->Finish());
@@ -594,6 +711,8 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
   report_json["resumed_from_layer"] = result.resumed_from_layer;
   report_json["timings"]["resume_seconds"] = result.resume_seconds;
   report_json["timings"]["checkpoint_seconds"] = checkpoint_seconds;
+  report_json["timings"]["phases"] = result.phases.ToJson();
+  report_json["workers"] = comm != nullptr ? comm->size() : 1;
   SR_RETURN_IF_ERROR(WriteJson(options.out_dir / "report.json", report_json));
   return report;
 }

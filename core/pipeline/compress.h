@@ -43,6 +43,7 @@
 #include "core/pipeline/compress_report.h"
 #include "core/pipeline/recipe.h"
 #include "core/util/cancellation.h"
+#include "core/comm/communicator.h"
 
 namespace shrinkray {
 
@@ -73,6 +74,22 @@ struct LayerwiseOptions {
   // run resumes an interrupted one at `first_layer` > 0 (layers before it are
   // restored, not compressed again: on_layer_done is not called for them).
   std::function<void(int first_layer, int num_layers)> on_resume;
+  // Sharded calibration across the ranks of a job (null or size 1: alone).
+  // Every rank runs the same call: each embeds and forwards its own slice of
+  // the windows; statistics are all-reduced; each matrix is solved by one
+  // rank (whole matrices, bin-packed by cost) and broadcast; every rank
+  // recomputes its windows' outputs. Rank 0 alone writes the output,
+  // checkpoint and report. docs/distributed.md.
+  Communicator* comm = nullptr;
+};
+
+// Wall seconds by phase over the layers (sharded runs: this rank's).
+struct LayerwisePhases {
+  double forward = 0.0;     // layer forwards with statistics, and the output recompute
+  double allreduce = 0.0;   // merging statistics across ranks
+  double solve = 0.0;       // this rank's GPTQ/SparseGPT/... solves
+  double broadcast = 0.0;   // waiting for and receiving other ranks' matrices
+  nlohmann::json ToJson() const;
 };
 
 struct LayerwiseResult {
@@ -82,6 +99,7 @@ struct LayerwiseResult {
   double embed_seconds = 0.0;
   int resumed_from_layer = 0;   // layers before it were restored from a checkpoint
   double resume_seconds = 0.0;  // restoring them, with the forward that rebuilds the hidden states
+  LayerwisePhases phases;
 };
 
 // Compresses `model` (loaded whole, e.g. LlamaModel::Load) in place with

@@ -118,7 +118,10 @@ absl::StatusOr<CompressionJobResult> RunCompressionJob(const CompressionJob& job
     }
   };
   CompressionJobResult result;
+  options.layerwise.comm = job.comm;
+  const bool leader = job.comm == nullptr || job.comm->rank() == 0;
   SR_ASSIGN_OR_RETURN(result.report, RunCompression(recipe, options));
+  if (!leader) return result;  // rank 0 evaluates and reports
   const CompressReport& r = result.report;
   double layers = r.embed_seconds;
   for (double s : r.layer_seconds) layers += s;

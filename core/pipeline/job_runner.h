@@ -29,6 +29,8 @@ struct CompressionJob {
   std::string recipe_yaml;
   std::string recipe_source = "recipe";  // named in recipe errors
   CompressOptions compress;  // layerwise.progress/on_layer_done/on_resume/cancel are set by the runner
+  // The job's ranks (null: one worker). Rank 0 writes and evaluates the output.
+  Communicator* comm = nullptr;
   std::optional<JobEvaluation> evaluation;
 };
 
