@@ -35,6 +35,21 @@ std::string NewJobId() {
   return absl::StrFormat("job-%012x", absl::Uniform<uint64_t>(*gen, 0, uint64_t{1} << 48));
 }
 
+// Failures another attempt may not repeat. A bad spec, a missing file or a
+// refused path fail the same way every time: those end the job at once.
+bool IsRetryable(int32_t code) {
+  switch (static_cast<absl::StatusCode>(code)) {
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDataLoss: return true;
+    default: return false;
+  }
+}
+
 bool DeviceMatches(v1::DevicePreference preference, const std::string& device) {
   switch (preference) {
     case v1::DEVICE_PREFERENCE_CPU: return device == "cpu";
@@ -81,6 +96,9 @@ absl::Status Coordinator::Recover() {
     entry.order = next_order_++;
     entry.queued_at = FromProto(entry.job.create_time());
     order_[entry.order] = id;
+    const v1::JobState state = entry.job.state();
+    entry.job.set_state(v1::JOB_STATE_UNSPECIFIED);
+    TrackStateLocked(entry, state);
     SR_ASSIGN_OR_RETURN(entry.last_sequence, store_->LastEventSequence(id));
   }
   for (auto& [id, entry] : jobs_) {
@@ -119,6 +137,15 @@ void Coordinator::Stop() {
   if (ticker_.joinable()) ticker_.join();
 }
 
+void Coordinator::TrackStateLocked(JobEntry& entry, v1::JobState state) {
+  const v1::JobState old = entry.job.state();
+  if (old != v1::JOB_STATE_UNSPECIFIED) --state_counts_[old];
+  if (old == v1::JOB_STATE_QUEUED) queued_.erase(entry.order);
+  entry.job.set_state(state);
+  ++state_counts_[state];
+  if (state == v1::JOB_STATE_QUEUED) queued_.insert(entry.order);
+}
+
 Coordinator::JobEntry* Coordinator::FindLocked(const std::string& id) {
   auto it = jobs_.find(id);
   return it == jobs_.end() ? nullptr : &it->second;
@@ -147,7 +174,7 @@ void Coordinator::SetStateLocked(JobEntry& entry, v1::JobState state, const std:
   if (job.state() == v1::JOB_STATE_RUNNING && state != v1::JOB_STATE_RUNNING) {
     stores_.erase({job.id(), job.attempt()});
   }
-  job.set_state(state);
+  TrackStateLocked(entry, state);
   if (state == v1::JOB_STATE_RUNNING) {
     *job.mutable_start_time() = ToProto(now);
     job.clear_end_time();
@@ -186,8 +213,7 @@ absl::StatusOr<v1::Job> Coordinator::SubmitJob(const v1::JobSpec& spec) {
   }
   absl::MutexLock lock(&mu_);
   if (!valid.dry_run()) {
-    int queued = 0;
-    for (const auto& [id, entry] : jobs_) queued += entry.job.state() == v1::JOB_STATE_QUEUED;
+    const int queued = static_cast<int>(queued_.size());
     if (queued >= options_.max_queued_jobs) {
       return absl::ResourceExhaustedError(absl::StrCat("queue full: ", queued, " jobs queued (--max-queued-jobs ",
                                                        options_.max_queued_jobs, ")"));
@@ -206,6 +232,8 @@ absl::StatusOr<v1::Job> Coordinator::SubmitJob(const v1::JobSpec& spec) {
   entry.order = next_order_++;
   entry.queued_at = absl::Now();
   order_[entry.order] = id;
+  entry.job.set_state(v1::JOB_STATE_UNSPECIFIED);
+  TrackStateLocked(entry, v1::JOB_STATE_QUEUED);
   if (metrics_ != nullptr) metrics_->JobSubmitted();
   {
     v1::JobEvent event;
@@ -387,9 +415,16 @@ void Coordinator::FinishLocked(Worker& worker, const v1::WorkerJobFinished& fini
   const bool rank0 = !ids.empty() && ids[0] == worker.id;
   if (finished.has_error()) {
     const v1::JobError& error = finished.error();
+    const std::string reason = absl::StrCat("worker ", worker.id, ": ", error.message());
+    if (IsRetryable(error.code())) {
+      // Transient (a peer died, I/O, resources): another attempt resumes from
+      // the checkpoint; RequeueLocked gives up after max_attempts.
+      RequeueLocked(*entry, reason, &error);
+      return;
+    }
     *entry->job.mutable_error() = error;
     CancelGangLocked(*entry, absl::StrCat("worker ", worker.id, " failed"));
-    SetStateLocked(*entry, v1::JOB_STATE_FAILED, absl::StrCat("worker ", worker.id, ": ", error.message()));
+    SetStateLocked(*entry, v1::JOB_STATE_FAILED, reason);
   } else if (rank0) {
     *entry->job.mutable_result() = finished.result();
     entry->job.clear_error();
@@ -414,10 +449,11 @@ void Coordinator::CancelGangLocked(JobEntry& entry, const std::string& reason) {
   }
 }
 
-void Coordinator::RequeueLocked(JobEntry& entry, const std::string& reason) {
+void Coordinator::RequeueLocked(JobEntry& entry, const std::string& reason, const v1::JobError* last_error) {
   CancelGangLocked(entry, reason);
   if (entry.job.attempt() >= options_.max_attempts) {
-    entry.job.mutable_error()->set_code(static_cast<int32_t>(absl::StatusCode::kAborted));
+    entry.job.mutable_error()->set_code(last_error != nullptr ? last_error->code()
+                                                              : static_cast<int32_t>(absl::StatusCode::kAborted));
     entry.job.mutable_error()->set_message(
         absl::StrCat("gave up after ", entry.job.attempt(), " attempts; last: ", reason));
     SetStateLocked(entry, v1::JOB_STATE_FAILED, entry.job.error().message());
@@ -449,8 +485,12 @@ void Coordinator::WorkerDisconnected(const std::string& worker_id, const std::st
 }
 
 void Coordinator::ScheduleLocked() {
-  for (const auto& [order, id] : order_) {
-    JobEntry& entry = jobs_.at(id);
+  if (queued_.empty() || workers_.empty()) return;
+  // A copy: assigning a job takes it out of queued_.
+  const std::vector<uint64_t> queued(queued_.begin(), queued_.end());
+  for (uint64_t order : queued) {
+    JobEntry& entry = jobs_.at(order_.at(order));
+    const std::string& id = entry.job.id();
     if (entry.job.state() != v1::JOB_STATE_QUEUED) continue;
     const v1::JobSpec& spec = entry.job.spec();
     const int wanted = std::max(1, spec.num_workers());
@@ -553,7 +593,7 @@ void Coordinator::UpdateGaugesLocked() {
                          v1::JOB_STATE_CANCELLED}) {
     states[JobStateName(s)] = 0;
   }
-  for (const auto& [id, entry] : jobs_) ++states[JobStateName(entry.job.state())];
+  for (const auto& [state, count] : state_counts_) states[JobStateName(state)] = count;
   metrics_->SetJobsByState(states);
   std::map<std::string, int> workers = {{"idle", 0}, {"busy", 0}};
   for (const auto& [id, worker] : workers_) ++workers[worker.job_id.empty() ? "idle" : "busy"];

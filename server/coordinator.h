@@ -36,7 +36,8 @@ struct CoordinatorOptions {
   absl::Duration heartbeat_interval = absl::Seconds(1);
   // A worker silent this long is declared lost and its job re-queued.
   absl::Duration heartbeat_timeout = absl::Seconds(10);
-  // A job re-queued this many times (lost workers, restarts) fails instead.
+  // Attempts before a job fails: lost workers, coordinator restarts and
+  // transient errors (UNAVAILABLE, INTERNAL, ...) re-queue it until then.
   int max_attempts = 3;
   // How often the background thread checks heartbeats and schedules.
   absl::Duration tick_interval = absl::Milliseconds(200);
@@ -125,6 +126,8 @@ class Coordinator {
   absl::Status Recover();
 
   JobEntry* FindLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Every change of a stored job's state goes through here (counts, queue).
+  void TrackStateLocked(JobEntry& entry, v1::JobState state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PersistLocked(JobEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Stamps sequence and time, stores and fans out the event.
   void EmitLocked(JobEntry& entry, v1::JobEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -133,8 +136,10 @@ class Coordinator {
   void LogLocked(JobEntry& entry, const std::string& level, const std::string& text)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Releases the job's workers (cancelling the others of the gang) and
-  // re-queues it, or fails it after max_attempts.
-  void RequeueLocked(JobEntry& entry, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // re-queues it, or fails it after max_attempts (with `last_error`'s code
+  // when given: the job ends FAILED with its last error).
+  void RequeueLocked(JobEntry& entry, const std::string& reason, const v1::JobError* last_error = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CancelGangLocked(JobEntry& entry, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LoseWorkerLocked(const std::string& worker_id, const std::string& reason)
@@ -150,6 +155,10 @@ class Coordinator {
   absl::Mutex mu_;
   std::map<std::string, JobEntry> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::string> order_ ABSL_GUARDED_BY(mu_);  // order -> id
+  // Kept up to date by TrackStateLocked so that gauges, the queue limit and
+  // the scheduler never walk every stored job.
+  std::map<v1::JobState, int> state_counts_ ABSL_GUARDED_BY(mu_);
+  std::set<uint64_t> queued_ ABSL_GUARDED_BY(mu_);  // orders of QUEUED jobs
   uint64_t next_order_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   // Rendezvous keys per (job id, attempt), dropped when the attempt ends.

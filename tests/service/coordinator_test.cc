@@ -89,7 +89,7 @@ class CoordinatorTest : public ::testing::Test {
     return w.id;
   }
 
-  void Finish(const FakeWorker& w, const v1::JobAssignment& a, bool ok) {
+  void Finish(const FakeWorker& w, const v1::JobAssignment& a, bool ok, int code = 13) {
     v1::ConnectRequest m;
     v1::WorkerJobFinished* f = m.mutable_job_finished();
     f->set_job_id(a.job_id());
@@ -97,7 +97,7 @@ class CoordinatorTest : public ::testing::Test {
     if (ok) {
       f->mutable_result()->set_output_path("/somewhere");
     } else {
-      f->mutable_error()->set_code(13);
+      f->mutable_error()->set_code(code);
       f->mutable_error()->set_message("boom");
     }
     ASSERT_TRUE(coordinator_->HandleWorkerMessage(w.id, m).ok());
@@ -191,17 +191,37 @@ TEST_F(CoordinatorTest, DevicePreferenceIsRespected) {
   EXPECT_TRUE(cpu.Assignments().empty());
 }
 
-TEST_F(CoordinatorTest, FailedRankFailsTheJobWithItsError) {
+TEST_F(CoordinatorTest, PermanentErrorFailsTheJobAtOnce) {
   FakeWorker a;
   Register(a, "a");
   auto job = coordinator_->SubmitJob(Spec());
   ASSERT_EQ(a.Assignments().size(), 1u);
-  Finish(a, a.Assignments()[0], false);
+  Finish(a, a.Assignments()[0], false, /*INVALID_ARGUMENT*/ 3);
   auto failed = coordinator_->GetJob(job->id());
   EXPECT_EQ(failed->state(), v1::JOB_STATE_FAILED);
-  EXPECT_EQ(failed->error().code(), 13);
+  EXPECT_EQ(failed->attempt(), 1);
+  EXPECT_EQ(failed->error().code(), 3);
   EXPECT_EQ(failed->error().message(), "boom");
   EXPECT_EQ(coordinator_->CancelJob(job->id(), "").status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CoordinatorTest, TransientErrorRetriesUntilMaxAttemptsThenFailsWithTheLastError) {
+  options_.max_attempts = 3;
+  Open();
+  FakeWorker a;
+  Register(a, "a");
+  auto job = coordinator_->SubmitJob(Spec());
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    const auto assignments = a.Assignments();
+    ASSERT_EQ(assignments.size(), static_cast<size_t>(attempt));
+    EXPECT_EQ(assignments.back().attempt(), attempt);
+    Finish(a, assignments.back(), false, /*INTERNAL*/ 13);
+  }
+  auto failed = coordinator_->GetJob(job->id());
+  EXPECT_EQ(failed->state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed->attempt(), 3);
+  EXPECT_EQ(failed->error().code(), 13);
+  EXPECT_EQ(failed->error().message(), "gave up after 3 attempts; last: worker " + a.id + ": boom");
 }
 
 TEST_F(CoordinatorTest, CancelRunningJobFreesWorkerWhenItReports) {
