@@ -41,7 +41,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
     absl::Status status = CheckBearerToken(token, *context);
     if (status.ok()) {
       watcher_ = std::make_shared<Watcher>(queue_);
-      status = coordinator_->WatchJob(job_id_, request.after_sequence(), watcher_);
+      status = coordinator_->WatchJob(job_id_, request.after_sequence(), watcher_, request.replay_history());
     }
     if (!status.ok()) {
       watcher_.reset();

@@ -306,13 +306,14 @@ absl::StatusOr<v1::Job> Coordinator::CancelJob(const std::string& id, const std:
 }
 
 absl::Status Coordinator::WatchJob(const std::string& id, int64_t after_sequence,
-                                   std::shared_ptr<JobWatcher> watcher) {
+                                   std::shared_ptr<JobWatcher> watcher, bool replay_history) {
   if (after_sequence < 0) return absl::InvalidArgumentError("after_sequence must be >= 0");
   absl::MutexLock lock(&mu_);
   JobEntry* entry = FindLocked(id);
   if (entry == nullptr) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
   watcher->OnSnapshot(entry->job);
-  if (after_sequence > 0 && after_sequence < entry->last_sequence) {
+  if (replay_history) after_sequence = 0;
+  if ((replay_history || after_sequence > 0) && after_sequence < entry->last_sequence) {
     SR_ASSIGN_OR_RETURN(std::vector<v1::JobEvent> events,
                         store_->EventsAfter(id, after_sequence, static_cast<int>(entry->last_sequence - after_sequence)));
     for (const v1::JobEvent& e : events) watcher->OnEvent(e);

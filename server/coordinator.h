@@ -82,7 +82,10 @@ class Coordinator {
   absl::StatusOr<v1::Job> CancelJob(const std::string& id, const std::string& reason);
   // Subscribes `watcher` (see JobWatcher for the order of calls); NotFound
   // for an unknown id. Unwatch when the client goes away.
-  absl::Status WatchJob(const std::string& id, int64_t after_sequence, std::shared_ptr<JobWatcher> watcher);
+  // `replay_history`: every stored event, as if after_sequence were 0 and
+  // 0 meant "from the start".
+  absl::Status WatchJob(const std::string& id, int64_t after_sequence, std::shared_ptr<JobWatcher> watcher,
+                        bool replay_history = false);
   void Unwatch(const std::string& id, const JobWatcher* watcher);
 
   // --- workers ----------------------------------------------------------------

@@ -42,7 +42,7 @@ bool WorthReconnecting(const absl::Status& status) {
 }  // namespace
 
 absl::Status WatchUntilFinished(CompressionClient& client, const std::string& job_id, WatchPrinter& printer,
-                                bool reconnect_at_once) {
+                                bool reconnect_at_once, bool history) {
   int64_t last_sequence = 0;
   bool finished = false;    // a final state was seen
   bool have_final_job = false;
@@ -76,7 +76,8 @@ absl::Status WatchUntilFinished(CompressionClient& client, const std::string& jo
   auto backoff = std::chrono::duration_cast<std::chrono::milliseconds>(kFirstBackoff);
   while (true) {
     bool received = false;
-    const absl::Status status = client.WatchJob(job_id, last_sequence, on_message, &received);
+    const absl::Status status =
+        client.WatchJob(job_id, last_sequence, on_message, &received, history && last_sequence == 0);
     if (finished) break;  // the stream's own end status no longer matters
     if (received) {
       heard = true;

@@ -19,7 +19,8 @@ namespace shrinkray::cli {
 // backoff, for up to about a minute without news. `reconnect_at_once` also
 // applies that to the very first WatchJob call (submit --wait, where the
 // coordinator just answered); otherwise a first call that fails is an error.
+// `history`: the first stream replays the job's whole event history.
 absl::Status WatchUntilFinished(CompressionClient& client, const std::string& job_id, WatchPrinter& printer,
-                                bool reconnect_at_once);
+                                bool reconnect_at_once, bool history = false);
 
 }  // namespace shrinkray::cli

@@ -29,7 +29,7 @@ constexpr char kUsage[] =
     "  submit    the compress flags (--model --recipe --calib --out ... --eval ...) and\n"
     "            [--workers N] [--device cpu|cuda|any] [--label k=v]... [--dry-run] [--wait [--metrics]]\n"
     "            queues a job; prints 'job <id> <state>'; with --wait follows it like watch\n"
-    "  watch     <job-id> [--metrics]   state changes, logs and progress until the job ends, then its\n"
+    "  watch     <job-id> [--metrics] [--history]   state changes, logs and progress until the job ends, then its\n"
     "            result; exits non-zero when it failed or was cancelled; reconnects if the stream breaks\n"
     "  get       <job-id> [--json]   one job: state, progress, result or error\n"
     "  list      [--state queued|running|succeeded|failed|cancelled] [--page-size N] [--page-token T]\n"

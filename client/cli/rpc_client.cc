@@ -160,13 +160,14 @@ absl::StatusOr<v1::Job> CompressionClient::CancelJob(const std::string& job_id, 
 
 absl::Status CompressionClient::WatchJob(const std::string& job_id, int64_t after_sequence,
                                          const std::function<absl::Status(const v1::WatchJobResponse&)>& on_message,
-                                         bool* received) {
+                                         bool* received, bool replay_history) {
   *received = false;
   grpc::ClientContext context;
   Prepare(&context, /*with_deadline=*/false);
   v1::WatchJobRequest request;
   request.set_job_id(job_id);
   request.set_after_sequence(after_sequence);
+  request.set_replay_history(replay_history);
   std::unique_ptr<grpc::ClientReader<v1::WatchJobResponse>> reader = stub_->WatchJob(&context, request);
   v1::WatchJobResponse message;
   while (reader->Read(&message)) {

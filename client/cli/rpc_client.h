@@ -43,10 +43,11 @@ class CompressionClient {
   // One WatchJob stream, without a deadline (keepalive pings notice a dead
   // connection): calls `on_message` for each message until the stream ends or
   // `on_message` returns an error (which is returned). Returns the stream's
-  // status; *received tells whether any message arrived.
+  // status; *received tells whether any message arrived. `replay_history`
+  // asks for every stored event after the snapshot.
   absl::Status WatchJob(const std::string& job_id, int64_t after_sequence,
                         const std::function<absl::Status(const v1::WatchJobResponse&)>& on_message,
-                        bool* received);
+                        bool* received, bool replay_history = false);
 
   // Blocks until the channel is connected or `deadline` passes (reconnects).
   bool WaitForConnected(std::chrono::system_clock::time_point deadline);
