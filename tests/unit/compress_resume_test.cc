@@ -24,6 +24,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "compress_test_util.h"
 #include "test_data.h"
 
 namespace shrinkray {
@@ -36,16 +37,9 @@ constexpr int kLayers = 4;
 const char* const kGptqActOrder = "[{gptq: {bits: 4, group_size: 32, act_order: true}}]";
 const char* const kSparseThenGptq = "[{sparsegpt: {sparsity: 0.5}}, {gptq: {bits: 4, group_size: 32}}]";
 
-Recipe MustParse(const std::string& yaml) {
-  auto r = ParseRecipe(yaml, "test");
-  EXPECT_TRUE(r.ok()) << r.status();
-  return r.ok() ? *r : Recipe{};
-}
+Recipe MustParse(const std::string& yaml) { return testing::MustParseRecipe(yaml); }
 
-std::string ReadBytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+std::string ReadBytes(const fs::path& path) { return testing::ReadFileBytes(path); }
 
 // report.json without what may differ between an interrupted and an
 // uninterrupted run: timings, the output path and where it resumed.

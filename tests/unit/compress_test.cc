@@ -23,6 +23,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "compress_test_util.h"
 #include "test_data.h"
 
 namespace shrinkray {
@@ -31,11 +32,7 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-Recipe MustParse(const std::string& yaml) {
-  auto r = ParseRecipe(yaml, "test");
-  EXPECT_TRUE(r.ok()) << r.status();
-  return r.ok() ? *r : Recipe{};
-}
+Recipe MustParse(const std::string& yaml) { return testing::MustParseRecipe(yaml); }
 
 nlohmann::json ReadJson(const fs::path& path) {
   std::ifstream in(path);
@@ -303,14 +300,7 @@ class CompressStoriesTest : public ::testing::Test {
     return o;
   }
 
-  double Ppl(const fs::path& dir) {
-    auto model = LlamaModel::Load(dir);
-    EXPECT_TRUE(model.ok()) << model.status();
-    if (!model.ok()) return 0.0;
-    auto r = EvaluatePerplexity(**model, *eval_ids_, {128, 0});
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->ppl : 0.0;
-  }
+  double Ppl(const fs::path& dir) { return testing::PerplexityOf(dir, *eval_ids_, 128); }
 
   static std::vector<int32_t>* eval_ids_;
   static double base_ppl_;
