@@ -137,6 +137,13 @@ absl::StatusOr<double> RtnError(const RecipeStage& stage, const std::vector<floa
 
 bool Sharded(const Communicator* comm) { return comm != nullptr && comm->size() > 1; }
 
+// Every rank needs at least one window (its statistics would be empty).
+absl::Status CheckWindowsPerRank(int num_samples, const Communicator* comm) {
+  if (!Sharded(comm) || num_samples >= comm->size()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("calibration has ", num_samples, " windows for ", comm->size(),
+                                                 " workers: each needs at least one"));
+}
+
 // This rank's windows: a contiguous slice, sizes differing by at most one.
 std::pair<int, int> WindowRange(int num_samples, const Communicator* comm) {
   if (!Sharded(comm)) return {0, num_samples};
@@ -312,10 +319,7 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
                                                    config.max_position_embeddings));
   }
   SR_ASSIGN_OR_RETURN(std::vector<std::vector<LinearSlot>> plan, PlanLinears(config, recipe));
-  if (Sharded(options.comm) && n < options.comm->size()) {
-    return absl::InvalidArgumentError(absl::StrCat("calibration has ", n, " windows for ", options.comm->size(),
-                                                   " workers: each needs at least one"));
-  }
+  SR_RETURN_IF_ERROR(CheckWindowsPerRank(n, options.comm));
   // Sharded: this rank's windows only, from here on.
   const auto [window_lo, window_hi] = WindowRange(n, options.comm);
   const int local = window_hi - window_lo;
@@ -560,6 +564,8 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
   // others learn from it where the run resumes.
   Communicator* comm = Sharded(options.layerwise.comm) ? options.layerwise.comm : nullptr;
   const bool leader = comm == nullptr || comm->rank() == 0;
+  // Before rank 0 opens OUT.partial: a run that cannot start leaves nothing.
+  SR_RETURN_IF_ERROR(CheckWindowsPerRank(calibration.num_samples, comm));
   const std::filesystem::path partial = PartialFolderOf(options.out_dir);
   ResumePoint resume;
   std::unique_ptr<CompressedModelWriter> writer;

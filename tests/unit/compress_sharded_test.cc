@@ -469,6 +469,8 @@ TEST_F(CompressShardedTest, TwoWindowsOnThreeRanksIsInvalidArgument) {
     EXPECT_THAT(results[r].status().message(), HasSubstr("calibration has 2 windows for 3 workers"));
   }
   EXPECT_FALSE(fs::exists(out));
+  // Refused before rank 0 opened OUT.partial: nothing is left behind.
+  EXPECT_FALSE(fs::exists(PartialFolderOf(out)));
 }
 
 // Not run by default (timings, for docs/distributed.md): each rank's phases of
