@@ -60,6 +60,13 @@ bool ParseColumn(sqlite3_stmt* stmt, int index, Message* message) {
   return message->ParseFromArray(data, size);
 }
 
+void BindJobRow(sqlite3_stmt* stmt, const v1::Job& job, const std::string& blob) {
+  BindText(stmt, 1, job.id());
+  sqlite3_bind_int(stmt, 2, static_cast<int>(job.state()));
+  sqlite3_bind_int64(stmt, 3, TimestampMicros(job.create_time()));
+  BindBlob(stmt, 4, blob);
+}
+
 }  // namespace
 
 // Resets a cached statement when the call that used it returns, so it never
@@ -230,22 +237,27 @@ absl::Status JobStore::SqlError(int rc, const std::string& what) const {
   }
 }
 
-absl::Status JobStore::InsertJob(const v1::Job& job) {
-  if (job.id().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("job store ", path_.string(), ": job id is empty"));
-  }
+// Serialized outside the lock; InsertJob and UpdateJob then bind the same
+// columns: ?1 id, ?2 state, ?3 create time, ?4 the job.
+absl::StatusOr<std::string> JobStore::SerializeJob(const v1::Job& job) const {
   std::string blob;
   if (!job.SerializeToString(&blob)) {
     return absl::InternalError(absl::StrCat("job store ", path_.string(), ": cannot serialize job ", job.id()));
   }
+  return blob;
+}
+
+
+absl::Status JobStore::InsertJob(const v1::Job& job) {
+  if (job.id().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("job store ", path_.string(), ": job id is empty"));
+  }
+  SR_ASSIGN_OR_RETURN(const std::string blob, SerializeJob(job));
   absl::MutexLock lock(&mu_);
   SR_ASSIGN_OR_RETURN(sqlite3_stmt * stmt,
                       Prepare("INSERT INTO jobs (id, state, create_time_us, job) VALUES (?1, ?2, ?3, ?4)"));
   Reset reset(stmt);
-  BindText(stmt, 1, job.id());
-  sqlite3_bind_int(stmt, 2, static_cast<int>(job.state()));
-  sqlite3_bind_int64(stmt, 3, TimestampMicros(job.create_time()));
-  BindBlob(stmt, 4, blob);
+  BindJobRow(stmt, job, blob);
   const int rc = sqlite3_step(stmt);
   if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE) {
     return absl::AlreadyExistsError(
@@ -256,18 +268,12 @@ absl::Status JobStore::InsertJob(const v1::Job& job) {
 }
 
 absl::Status JobStore::UpdateJob(const v1::Job& job) {
-  std::string blob;
-  if (!job.SerializeToString(&blob)) {
-    return absl::InternalError(absl::StrCat("job store ", path_.string(), ": cannot serialize job ", job.id()));
-  }
+  SR_ASSIGN_OR_RETURN(const std::string blob, SerializeJob(job));
   absl::MutexLock lock(&mu_);
   SR_ASSIGN_OR_RETURN(sqlite3_stmt * stmt,
                       Prepare("UPDATE jobs SET state = ?2, create_time_us = ?3, job = ?4 WHERE id = ?1"));
   Reset reset(stmt);
-  BindText(stmt, 1, job.id());
-  sqlite3_bind_int(stmt, 2, static_cast<int>(job.state()));
-  sqlite3_bind_int64(stmt, 3, TimestampMicros(job.create_time()));
-  BindBlob(stmt, 4, blob);
+  BindJobRow(stmt, job, blob);
   const int rc = sqlite3_step(stmt);
   if (rc != SQLITE_DONE) return SqlError(rc, absl::StrCat("updating job ", job.id()));
   if (sqlite3_changes(db_) == 0) {

@@ -90,6 +90,7 @@ class JobStore {
   absl::Status Migrate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A cached prepared statement for `sql`, reset and unbound.
   absl::StatusOr<sqlite3_stmt*> Prepare(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::string> SerializeJob(const v1::Job& job) const;
   // A status for SQLite result code `rc` of operation `what`, naming the file.
   absl::Status SqlError(int rc, const std::string& what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
