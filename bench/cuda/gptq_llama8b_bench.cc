@@ -1,18 +1,25 @@
-// End-to-end layerwise GPTQ on the GPU for a synthetic model with
-// Llama-3-8B shapes (random weights generated on the device, seeded), the
-// reference's true-sequential order (numerics-reference.md, "Layerwise
-// order"):
+// End-to-end layerwise GPTQ (or SparseGPT, or the bare forward) on the GPU
+// for a synthetic model with Llama-3-8B shapes (random weights generated on
+// the device, seeded), the reference's true-sequential order
+// (numerics-reference.md, "Layerwise order"):
 //   embed -> for each layer: rmsnorm -> H_qkv -> GPTQ q,k,v -> q/k/v with the
 //   quantized weights, RoPE, attention -> H_o -> GPTQ o -> o_proj + residual
 //   -> rmsnorm -> H_gateup -> GPTQ gate, up -> swiglu -> H_down -> GPTQ down
 //   -> down_proj + residual = next layer's input; "save" packs the codes and
 //   copies codes/scales/zeros to pinned host memory.
+// --method sparsegpt prunes every Linear in the same order instead (the
+// forward then uses the pruned bf16 weights; "save" copies them to pinned
+// host memory); --method forward runs only the layers' forward pass (no
+// Hessian, no solve) and reports decoder tokens/s and TFLOP/s.
 // A plain main() (not Google Benchmark) so that phases are timed separately
 // with CUDA events. Prints one row per layer and the totals, next to the
 // FLOP floor at H100 peak (docs/benchmarks-gpu.md explains the arithmetic).
 //
-//   gptq_llama8b_bench [--layers 32] [--samples 128] [--seqlen 2048] [--bits 4]
+//   gptq_llama8b_bench [--method gptq|sparsegpt|forward] (default gptq)
+//                      [--layers 32] [--samples 128] [--seqlen 2048] [--bits 4]
 //                      [--group 128] [--act-order] [--chunk 16] [--seed 0]
+//                      [--sparsity 0.5] [--prune-n N --prune-m M]  (sparsegpt;
+//                                       N:M replaces --sparsity when given)
 //                      [--budget-s S]  (stop early and extrapolate when the next
 //                                       layer would end past S seconds)
 //                      [--hidden 4096 --intermediate 14336 --heads 32
@@ -29,6 +36,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,11 +44,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/algo/gptq.h"
+#include "core/algo/sparsegpt.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/gptq_cuda.h"
 #include "core/kernels/cuda/hessian_cuda.h"
 #include "core/kernels/cuda/ops.h"
 #include "core/kernels/cuda/random_cuda.h"
+#include "core/kernels/cuda/sparsegpt_cuda.h"
 
 namespace shrinkray {
 namespace {
@@ -69,7 +79,10 @@ struct Flags {
   int kv_heads = 8;
   int head_dim = 128;
   int vocab = 128256;
-  std::string method = "gptq";
+  std::string method = "gptq";  // gptq | sparsegpt | forward
+  double sparsity = 0.5;        // sparsegpt, unstructured
+  int prune_n = 0;              // sparsegpt N:M when > 0
+  int prune_m = 0;
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -93,7 +106,13 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     else if (a == "--kv-heads") ok = next_int(&f->kv_heads);
     else if (a == "--head-dim") ok = next_int(&f->head_dim);
     else if (a == "--vocab") ok = next_int(&f->vocab);
+    else if (a == "--prune-n") ok = next_int(&f->prune_n);
+    else if (a == "--prune-m") ok = next_int(&f->prune_m);
     else if (a == "--act-order") f->act_order = true;
+    else if (a == "--sparsity") {
+      ok = i + 1 < argc;
+      if (ok) f->sparsity = std::atof(argv[++i]);
+    }
     else if (a == "--budget-s") {
       ok = i + 1 < argc;
       if (ok) f->budget_s = std::atof(argv[++i]);
@@ -113,9 +132,20 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       return false;
     }
   }
-  if (f->method != "gptq") {
-    std::fprintf(stderr, "--method %s: only gptq is implemented on the GPU\n", f->method.c_str());
+  if (f->method != "gptq" && f->method != "sparsegpt" && f->method != "forward") {
+    std::fprintf(stderr, "--method %s: expected gptq, sparsegpt or forward\n", f->method.c_str());
     return false;
+  }
+  if (f->method == "sparsegpt") {
+    if ((f->prune_n != 0 || f->prune_m != 0) &&
+        !(f->prune_n > 0 && f->prune_m > f->prune_n && 128 % f->prune_m == 0)) {
+      std::fprintf(stderr, "--prune-n/--prune-m: need 0 < N < M with M dividing 128\n");
+      return false;
+    }
+    if (f->prune_n == 0 && !(f->sparsity >= 0.0 && f->sparsity < 1.0)) {
+      std::fprintf(stderr, "--sparsity must be in [0, 1)\n");
+      return false;
+    }
   }
   if (f->layers < 1 || f->samples < 1 || f->seqlen < 1 || f->chunk < 1 || f->hidden < 1 ||
       f->intermediate < 1 || f->heads < 1 || f->kv_heads < 1 || f->head_dim < 2 ||
@@ -262,13 +292,34 @@ int Run(const Flags& f) {
   opt.group_size = f.group;
   opt.sym = true;
   opt.act_order = f.act_order;
+  const bool is_gptq = f.method == "gptq";
+  const bool is_sparse = f.method == "sparsegpt";
+  const bool is_forward = f.method == "forward";
+  SparseGptOptions sopt;
+  sopt.sparsity = f.sparsity;
+  sopt.prune_n = f.prune_n;
+  sopt.prune_m = f.prune_m;
 
   std::printf("device: %s (sm_%d%d, %d SMs, %.1f GiB)\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
-  std::printf("model: %d layers, hidden %d, mlp %d, heads %d/%d x %d, vocab %d; calibration %d x "
-              "%d tokens (chunks of %d samples); gptq %d-bit group %d%s\n",
-              f.layers, C, I, NH, NKV, HD, f.vocab, S, T, chunk, f.bits, f.group,
-              f.act_order ? " act_order" : "");
+  if (is_gptq) {
+    std::printf("model: %d layers, hidden %d, mlp %d, heads %d/%d x %d, vocab %d; calibration %d x "
+                "%d tokens (chunks of %d samples); gptq %d-bit group %d%s\n",
+                f.layers, C, I, NH, NKV, HD, f.vocab, S, T, chunk, f.bits, f.group,
+                f.act_order ? " act_order" : "");
+  } else {
+    char what[64];
+    if (is_forward) {
+      std::snprintf(what, sizeof(what), "forward only");
+    } else if (f.prune_n > 0) {
+      std::snprintf(what, sizeof(what), "sparsegpt %d:%d", f.prune_n, f.prune_m);
+    } else {
+      std::snprintf(what, sizeof(what), "sparsegpt %.0f%% unstructured", 100.0 * f.sparsity);
+    }
+    std::printf("model: %d layers, hidden %d, mlp %d, heads %d/%d x %d, vocab %d; %d x %d tokens "
+                "(chunks of %d samples); %s\n",
+                f.layers, C, I, NH, NKV, HD, f.vocab, S, T, chunk, what);
+  }
 
   // ---- allocations -------------------------------------------------------------
   Linear lin[7] = {{"q_proj", QD, C},    {"k_proj", KVD, C},  {"v_proj", KVD, C},
@@ -333,7 +384,9 @@ int Run(const Flags& f) {
   // Pinned host staging for "save": packed codes (or raw when bits != 4),
   // scales and zeros of one layer.
   const size_t code_bytes = f.bits == 4 ? static_cast<size_t>(w_total / 2) : w_total;
-  const size_t save_bytes = code_bytes + groups_total * (sizeof(float) + sizeof(int32_t));
+  // sparsegpt saves the pruned bf16 weights instead.
+  const size_t save_bytes = is_sparse ? static_cast<size_t>(w_total) * sizeof(bf16)
+                                      : code_bytes + groups_total * (sizeof(float) + sizeof(int32_t));
   void* pinned = nullptr;
   BENCH_CHECK_OK(CudaStatus(cudaMallocHost(&pinned, save_bytes), "cudaMallocHost", __FILE__,
                             __LINE__));
@@ -344,7 +397,13 @@ int Run(const Flags& f) {
   std::printf("device memory: %.1f GiB used of %.1f GiB after allocation\n",
               (total_b - free_b) / 1073741824.0, total_b / 1073741824.0);
 
-  BENCH_ASSIGN_OR_FAIL(std::unique_ptr<GptqCuda> gptq, GptqCuda::Create(stream));
+  std::unique_ptr<GptqCuda> gptq;
+  std::unique_ptr<SparseGptCuda> sgpt;
+  if (is_gptq) {
+    BENCH_ASSIGN_OR_FAIL(gptq, GptqCuda::Create(stream));
+  } else if (is_sparse) {
+    BENCH_ASSIGN_OR_FAIL(sgpt, SparseGptCuda::Create(stream));
+  }
   PhaseTimer timer(stream);
 
   // ---- embed -----------------------------------------------------------------------
@@ -387,11 +446,44 @@ int Run(const Flags& f) {
     loss[&l - lin] += r->loss;
     return absl::OkStatus();
   };
-
-  std::printf("\n%5s %9s %9s %9s %9s %9s %9s %9s %9s %10s\n", "layer", "load", "forward",
-              "hessian", "hinv", "gptq-prep", "sweep", "trailing", "save", "total(ms)");
+  long pruned_total = 0;
+  auto prune = [&](Linear& l) -> absl::Status {
+    SparseGptCudaOutputs out;
+    out.weight_bf16 = l.wq;
+    absl::StatusOr<SparseGptCudaReport> r = sgpt->Prune(l.w, l.rows, sopt, out);
+    if (!r.ok()) return r.status();
+    loss[&l - lin] += r->report.loss;
+    pruned_total += r->pruned;
+    return absl::OkStatus();
+  };
+  // The solver step after a block's inputs are ready: H over x, then GPTQ or
+  // SparseGPT of the Linears that consume it (nothing for --method forward).
+  auto solve = [&](const bf16* x, int cols, std::initializer_list<int> which) -> absl::Status {
+    if (is_forward) return absl::OkStatus();
+    absl::Status st = timer.Begin(kHessian);
+    if (st.ok()) st = accumulate(x, cols);
+    if (st.ok()) st = timer.End();
+    if (st.ok()) {
+      st = is_gptq ? gptq->PrepareHessian(hbuf.data(), cols, opt)
+                   : sgpt->PrepareHessian(hbuf.data(), cols, sopt);
+    }
+    for (int k : which) {
+      if (st.ok()) st = is_gptq ? quantize(lin[k]) : prune(lin[k]);
+    }
+    return st;
+  };
+  if (is_gptq) {
+    std::printf("\n%5s %9s %9s %9s %9s %9s %9s %9s %9s %10s\n", "layer", "load", "forward",
+                "hessian", "hinv", "gptq-prep", "sweep", "trailing", "save", "total(ms)");
+  } else if (is_sparse) {
+    std::printf("\n%5s %9s %9s %9s %9s %9s %9s %9s %9s %10s\n", "layer", "load", "forward",
+                "hessian", "hinv", "mask", "sweep", "trailing", "save", "total(ms)");
+  } else {
+    std::printf("\n%5s %9s %9s %10s\n", "layer", "load", "forward", "total(ms)");
+  }
   double total_ms[kNumPhases] = {};
   GptqCudaTimes total_g;
+  SparseGptCudaTimes total_s;
   double total_wall_ms = 0.0;
   int layers_done = 0;
   for (int layer = 0; layer < f.layers; ++layer) {
@@ -406,7 +498,8 @@ int Run(const Flags& f) {
     }
     const auto lw0 = std::chrono::steady_clock::now();
     double ms[kNumPhases] = {};
-    gptq->mutable_times().Reset();
+    if (gptq) gptq->mutable_times().Reset();
+    if (sgpt) sgpt->mutable_times().Reset();
 
     // load: this layer's weights (seeded per layer and matrix).
     BENCH_CHECK_OK(timer.Begin(kLoad));
@@ -414,6 +507,8 @@ int Run(const Flags& f) {
       const float stddev = 0.02f;
       BENCH_CHECK_OK(fill_random_normal(lin[k].w, lin[k].numel(), 0.0f, stddev,
                                         (f.seed + 1) * 7919 + layer * 64 + k, stream));
+      // forward: the source weights as they are (the solvers write wq).
+      if (is_forward) BENCH_CHECK_OK(convert_to_bf16(lin[k].wq, lin[k].w, lin[k].numel(), stream));
     }
     BENCH_CHECK_OK(timer.End());
 
@@ -422,11 +517,7 @@ int Run(const Flags& f) {
     BENCH_CHECK_OK(rmsnorm_forward(normed.data(), nullptr, hidden.data(), norm_w.data(),
                                    static_cast<int>(NT), C, 1e-5f, stream));
     BENCH_CHECK_OK(timer.End());
-    BENCH_CHECK_OK(timer.Begin(kHessian));
-    BENCH_CHECK_OK(accumulate(normed.data(), C));
-    BENCH_CHECK_OK(timer.End());
-    BENCH_CHECK_OK(gptq->PrepareHessian(hbuf.data(), C, opt));
-    for (int k = 0; k < 3; ++k) BENCH_CHECK_OK(quantize(lin[k]));
+    BENCH_CHECK_OK(solve(normed.data(), C, {0, 1, 2}));
 
     BENCH_CHECK_OK(timer.Begin(kForward));
     for (int s0 = 0; s0 < S; s0 += chunk) {
@@ -444,11 +535,7 @@ int Run(const Flags& f) {
                                        kc.data(), vc.data(), b, T, NH, NKV, HD, 0, stream));
     }
     BENCH_CHECK_OK(timer.End());
-    BENCH_CHECK_OK(timer.Begin(kHessian));
-    BENCH_CHECK_OK(accumulate(att.data(), QD));
-    BENCH_CHECK_OK(timer.End());
-    BENCH_CHECK_OK(gptq->PrepareHessian(hbuf.data(), QD, opt));
-    BENCH_CHECK_OK(quantize(lin[3]));
+    BENCH_CHECK_OK(solve(att.data(), QD, {3}));
 
     BENCH_CHECK_OK(timer.Begin(kForward));
     for (int s0 = 0; s0 < S; s0 += chunk) {
@@ -462,12 +549,7 @@ int Run(const Flags& f) {
     BENCH_CHECK_OK(rmsnorm_forward(normed.data(), nullptr, hidden.data(), norm_w.data(),
                                    static_cast<int>(NT), C, 1e-5f, stream));
     BENCH_CHECK_OK(timer.End());
-    BENCH_CHECK_OK(timer.Begin(kHessian));
-    BENCH_CHECK_OK(accumulate(normed.data(), C));
-    BENCH_CHECK_OK(timer.End());
-    BENCH_CHECK_OK(gptq->PrepareHessian(hbuf.data(), C, opt));
-    BENCH_CHECK_OK(quantize(lin[4]));
-    BENCH_CHECK_OK(quantize(lin[5]));
+    BENCH_CHECK_OK(solve(normed.data(), C, {4, 5}));
 
     BENCH_CHECK_OK(timer.Begin(kForward));
     for (int s0 = 0; s0 < S; s0 += chunk) {
@@ -479,11 +561,7 @@ int Run(const Flags& f) {
       BENCH_CHECK_OK(swiglu_forward(a, a, upc.data(), static_cast<long>(n) * I, stream));
     }
     BENCH_CHECK_OK(timer.End());
-    BENCH_CHECK_OK(timer.Begin(kHessian));
-    BENCH_CHECK_OK(accumulate(act.data(), I));
-    BENCH_CHECK_OK(timer.End());
-    BENCH_CHECK_OK(gptq->PrepareHessian(hbuf.data(), I, opt));
-    BENCH_CHECK_OK(quantize(lin[6]));
+    BENCH_CHECK_OK(solve(act.data(), I, {6}));
 
     BENCH_CHECK_OK(timer.Begin(kForward));
     for (int s0 = 0; s0 < S; s0 += chunk) {
@@ -496,8 +574,16 @@ int Run(const Flags& f) {
     BENCH_CHECK_OK(timer.End());
 
     // save: pack (4-bit: two codes a byte) and copy to pinned host memory.
-    BENCH_CHECK_OK(timer.Begin(kSave));
-    {
+    if (is_sparse) {
+      // save: the pruned bf16 weights to pinned host memory.
+      BENCH_CHECK_OK(timer.Begin(kSave));
+      BENCH_CHECK_OK(CudaStatus(cudaMemcpyAsync(pinned, w16.data(), save_bytes,
+                                                cudaMemcpyDeviceToHost, stream),
+                                "save weights", __FILE__, __LINE__));
+      BENCH_CHECK_OK(timer.End());
+    }
+    if (is_gptq) BENCH_CHECK_OK(timer.Begin(kSave));
+    if (is_gptq) {
       uint8_t* host = static_cast<uint8_t*>(pinned);
       if (f.bits == 4) {
         BENCH_CHECK_OK(pack_int4(packed.data(), codes.data(), 1, static_cast<int>(w_total), stream));
@@ -518,30 +604,53 @@ int Run(const Flags& f) {
                           groups_total * sizeof(int32_t), cudaMemcpyDeviceToHost, stream),
           "save zeros", __FILE__, __LINE__));
     }
-    BENCH_CHECK_OK(timer.End());
+    if (is_gptq) BENCH_CHECK_OK(timer.End());
     BENCH_CHECK_OK(timer.Collect(ms));
 
-    const GptqCudaTimes& g = gptq->times();
     const double wall =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - lw0).count();
-    std::printf("%5d %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f\n", layer, ms[kLoad],
-                ms[kForward], ms[kHessian], g.hinv_ms, g.prepare_ms, g.sweep_ms, g.trailing_ms,
-                ms[kSave], wall);
+    if (is_gptq) {
+      const GptqCudaTimes& g = gptq->times();
+      std::printf("%5d %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f\n", layer, ms[kLoad],
+                  ms[kForward], ms[kHessian], g.hinv_ms, g.prepare_ms, g.sweep_ms, g.trailing_ms,
+                  ms[kSave], wall);
+      total_g.hinv_ms += g.hinv_ms;
+      total_g.prepare_ms += g.prepare_ms;
+      total_g.sweep_ms += g.sweep_ms;
+      total_g.trailing_ms += g.trailing_ms;
+    } else if (is_sparse) {
+      const SparseGptCudaTimes& g = sgpt->times();
+      std::printf("%5d %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f\n", layer, ms[kLoad],
+                  ms[kForward], ms[kHessian], g.hinv_ms, g.mask_ms, g.sweep_ms, g.trailing_ms,
+                  ms[kSave], wall);
+      total_s.hinv_ms += g.hinv_ms;
+      total_s.mask_ms += g.mask_ms;
+      total_s.sweep_ms += g.sweep_ms;
+      total_s.trailing_ms += g.trailing_ms;
+    } else {
+      std::printf("%5d %9.1f %9.1f %10.1f\n", layer, ms[kLoad], ms[kForward], wall);
+    }
     std::fflush(stdout);
     for (int p = 0; p < kNumPhases; ++p) total_ms[p] += ms[p];
-    total_g.hinv_ms += g.hinv_ms;
-    total_g.prepare_ms += g.prepare_ms;
-    total_g.sweep_ms += g.sweep_ms;
-    total_g.trailing_ms += g.trailing_ms;
     total_wall_ms += wall;
     ++layers_done;
   }
   const double wall_all =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wall0).count();
-  std::printf("%5s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f\n", "sum",
-              total_ms[kLoad] + embed_ms[kLoad], total_ms[kForward] + embed_ms[kForward],
-              total_ms[kHessian], total_g.hinv_ms, total_g.prepare_ms, total_g.sweep_ms,
-              total_g.trailing_ms, total_ms[kSave], wall_all);
+  if (is_gptq) {
+    std::printf("%5s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f\n", "sum",
+                total_ms[kLoad] + embed_ms[kLoad], total_ms[kForward] + embed_ms[kForward],
+                total_ms[kHessian], total_g.hinv_ms, total_g.prepare_ms, total_g.sweep_ms,
+                total_g.trailing_ms, total_ms[kSave], wall_all);
+  } else if (is_sparse) {
+    std::printf("%5s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f\n", "sum",
+                total_ms[kLoad] + embed_ms[kLoad], total_ms[kForward] + embed_ms[kForward],
+                total_ms[kHessian], total_s.hinv_ms, total_s.mask_ms, total_s.sweep_ms,
+                total_s.trailing_ms, total_ms[kSave], wall_all);
+  } else {
+    std::printf("%5s %9.1f %9.1f %10.1f\n", "sum", total_ms[kLoad] + embed_ms[kLoad],
+                total_ms[kForward] + embed_ms[kForward], wall_all);
+  }
 
   // ---- sanity: the final hidden state is finite and of sane size ------------------
   {
@@ -557,9 +666,16 @@ int Run(const Flags& f) {
     }
     std::printf("\nfinal hidden: rms %.4g over %zu values, %ld non-finite\n", std::sqrt(sq / n), n,
                 bad);
-    std::printf("gptq loss (sum over layers): ");
-    for (int k = 0; k < 7; ++k) std::printf("%s %.4g  ", lin[k].name, loss[k]);
-    std::printf("\n");
+    if (!is_forward) {
+      std::printf("%s loss (sum over layers): ", is_gptq ? "gptq" : "sparsegpt");
+      for (int k = 0; k < 7; ++k) std::printf("%s %.4g  ", lin[k].name, loss[k]);
+      std::printf("\n");
+    }
+    if (is_sparse) {
+      std::printf("pruned: %ld of %.0f weights (%.4f%%)\n", pruned_total,
+                  static_cast<double>(w_total) * layers_done,
+                  100.0 * pruned_total / (static_cast<double>(w_total) * layers_done));
+    }
     bool loss_ok = true;
     for (double l : loss) loss_ok = loss_ok && std::isfinite(l) && l >= 0.0;
     if (bad > 0 || !loss_ok) {
@@ -582,8 +698,58 @@ int Run(const Flags& f) {
   const double chol = 4.0 / 3.0 *
                       (2.0 * std::pow(static_cast<double>(C), 3) + std::pow(QD, 3.0) +
                        std::pow(static_cast<double>(I), 3)) * L;
+  const double per_layer_s = total_wall_ms / 1000.0 / layers_done;
+  const double setup_s = wall_all / 1000.0 - total_wall_ms / 1000.0;  // embed + checks
+  if (is_forward) {
+    // Decoder layers only (the embedding gather is not a layer's work).
+    const double forward_s = total_ms[kForward] / 1000.0;
+    const double flops = fwd_linear + fwd_attn;
+    const double floor_meas = flops / kBf16PeakMeasured;
+    std::printf("\nFLOPs: forward linear %.3g + attention %.3g (bf16); floor %.2f s at nominal "
+                "989 TFLOP/s, %.2f s at measured 790 TFLOP/s; measured forward %.2f s (%.0f%% of "
+                "the measured-peak floor's speed)\n",
+                fwd_linear, fwd_attn, flops / kBf16PeakNominal, floor_meas, forward_s,
+                100.0 * floor_meas / forward_s);
+    std::printf("RESULT method=forward layers=%d/%d samples=%d seqlen=%d tokens=%ld forward_s=%.3f "
+                "tokens_per_s=%.0f tflops=%.1f\n",
+                layers_done, f.layers, S, T, NT, forward_s,
+                static_cast<double>(NT) / forward_s * layers_done / f.layers,
+                flops / forward_s / 1e12);
+    BENCH_CHECK_OK(CudaStatus(cudaStreamDestroy(stream), "stream destroy", __FILE__, __LINE__));
+    return 0;
+  }
   const double bf16_flops = fwd_linear + fwd_attn + hess;
   const double fp32_flops = sweep + chol;
+  if (is_sparse) {
+    // The same GEMM/Cholesky work as GPTQ; the mask's radix select only
+    // streams the scores (4 passes over each W: bytes, not FLOPs).
+    std::printf("\nFLOPs: forward linear %.3g + attention %.3g, hessian %.3g (bf16); "
+                "sparsegpt trailing ~%.3g + cholesky chain ~%.3g (fp32)\n",
+                fwd_linear, fwd_attn, hess, sweep, chol);
+    const double floor_nom = bf16_flops / kBf16PeakNominal + fp32_flops / kFp32Peak;
+    const double floor_meas = bf16_flops / kBf16PeakMeasured + fp32_flops / kFp32Peak;
+    std::printf("floor: %.2f s at nominal peaks (bf16 989 TFLOP/s, fp32 67), %.2f s at measured "
+                "bf16 790 TFLOP/s; measured %.2f s total (%.0f%% of the measured-peak floor's "
+                "speed)\n",
+                floor_nom, floor_meas, wall_all / 1000.0,
+                100.0 * floor_meas / (wall_all / 1000.0));
+    std::printf("achieved: forward %.0f TFLOP/s, hessian %.0f TFLOP/s, trailing gemm %.1f "
+                "TFLOP/s\n",
+                (fwd_linear + fwd_attn) / (total_ms[kForward] / 1000.0) / 1e12,
+                hess / (total_ms[kHessian] / 1000.0) / 1e12,
+                sweep / (total_s.trailing_ms / 1000.0) / 1e12);
+    char pattern[32];
+    if (f.prune_n > 0) {
+      std::snprintf(pattern, sizeof(pattern), "%d:%d", f.prune_n, f.prune_m);
+    } else {
+      std::snprintf(pattern, sizeof(pattern), "%.3g", f.sparsity);
+    }
+    std::printf("RESULT method=sparsegpt layers=%d/%d samples=%d seqlen=%d sparsity=%s "
+                "total_s=%.2f per_layer_s=%.3f est_%d_layers_s=%.1f\n",
+                layers_done, f.layers, S, T, pattern, wall_all / 1000.0, per_layer_s, f.layers, setup_s + per_layer_s * f.layers);
+    BENCH_CHECK_OK(CudaStatus(cudaStreamDestroy(stream), "stream destroy", __FILE__, __LINE__));
+    return 0;
+  }
   std::printf("\nFLOPs: forward linear %.3g + attention %.3g, hessian %.3g (bf16); "
               "gptq trailing ~%.3g + cholesky chain ~%.3g (fp32)\n",
               fwd_linear, fwd_attn, hess, sweep, chol);
@@ -597,8 +763,6 @@ int Run(const Flags& f) {
               (fwd_linear + fwd_attn) / (total_ms[kForward] / 1000.0) / 1e12,
               hess / (total_ms[kHessian] / 1000.0) / 1e12,
               sweep / (total_g.trailing_ms / 1000.0) / 1e12);
-  const double per_layer_s = total_wall_ms / 1000.0 / layers_done;
-  const double setup_s = wall_all / 1000.0 - total_wall_ms / 1000.0;  // embed + checks
   std::printf("RESULT layers=%d/%d samples=%d seqlen=%d total_s=%.2f per_layer_s=%.3f "
               "est_%d_layers_s=%.1f\n",
               layers_done, f.layers, S, T, wall_all / 1000.0, per_layer_s, f.layers,

@@ -16,6 +16,7 @@ namespace {
 
 using kernels::GptqParamMode;
 using kernels::kGptqMaxBlock;
+using cuda_internal::Grow;
 
 absl::Status ValidateOptions(const GptqOptions& o) {
   if (o.bits < 2 || o.bits > 8) {
@@ -45,17 +46,6 @@ absl::Status ValidateOptions(const GptqOptions& o) {
   return absl::OkStatus();
 }
 
-// Grows `buf` to at least `count` elements (contents are not kept).
-template <typename T>
-absl::Status Grow(DeviceBuffer<T>& buf, size_t count) {
-  if (buf.size() >= count) return absl::OkStatus();
-  buf.Reset();
-  absl::StatusOr<DeviceBuffer<T>> b = DeviceBuffer<T>::Create(count);
-  if (!b.ok()) return b.status();
-  buf = std::move(b).value();
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GptqCuda>> GptqCuda::Create(cudaStream_t stream) {
@@ -63,9 +53,7 @@ absl::StatusOr<std::unique_ptr<GptqCuda>> GptqCuda::Create(cudaStream_t stream) 
   // Create the handles now so that a missing library fails here, early.
   SR_CUDA_ASSIGN_OR_RETURN(cublasHandle_t blas, CublasHandleFor(stream));
   (void)blas;
-  SR_CUDA_ASSIGN_OR_RETURN(cusolverDnHandle_t solver, CusolverHandleFor(stream));
-  (void)solver;
-  SR_STATUS_RETURN_IF_ERROR(Grow(g->info_, 4));
+  SR_CUDA_ASSIGN_OR_RETURN(g->hinv_, HessianInverseCuda::Create(stream));
   return g;
 }
 
@@ -83,16 +71,9 @@ absl::StatusOr<cudaEvent_t> GptqCuda::Event(size_t i) {
 }
 
 absl::Status GptqCuda::Reserve(int rows, int cols) {
-  const size_t n2 = static_cast<size_t>(cols) * cols;
-  SR_STATUS_RETURN_IF_ERROR(Grow(hbase_, n2));
-  SR_STATUS_RETURN_IF_ERROR(Grow(hinv_, n2));
-  SR_STATUS_RETURN_IF_ERROR(Grow(perm_, static_cast<size_t>(cols)));
-  SR_STATUS_RETURN_IF_ERROR(Grow(dead_, static_cast<size_t>(cols)));
-  if (rows > 0) {
-    SR_STATUS_RETURN_IF_ERROR(Grow(wk_, static_cast<size_t>(rows) * cols));
-    SR_STATUS_RETURN_IF_ERROR(Grow(err_, static_cast<size_t>(rows) * kGptqMaxBlock));
-    SR_STATUS_RETURN_IF_ERROR(Grow(row_loss_, static_cast<size_t>(rows)));
-  }
+  SR_STATUS_RETURN_IF_ERROR(Grow(wk_, static_cast<size_t>(rows) * cols));
+  SR_STATUS_RETURN_IF_ERROR(Grow(err_, static_cast<size_t>(rows) * kGptqMaxBlock));
+  SR_STATUS_RETURN_IF_ERROR(Grow(row_loss_, static_cast<size_t>(rows)));
   return absl::OkStatus();
 }
 
@@ -102,111 +83,20 @@ absl::Status GptqCuda::PrepareHessian(const float* h, int cols, const GptqOption
     return absl::InvalidArgumentError(absl::StrCat("PrepareHessian: bad cols ", cols));
   }
   cols_ = 0;  // not prepared until this succeeds
-  SR_STATUS_RETURN_IF_ERROR(Reserve(0, cols));
   SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev0, Event(0));
   SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev1, Event(1));
   if (timing_) SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev0, stream_));
-
-  // Dead columns and act_order on the host from diag(H): cols floats.
-  std::vector<float> diag(cols);
-  SR_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(diag.data(), sizeof(float), h,
-                                            (static_cast<size_t>(cols) + 1) * sizeof(float),
-                                            sizeof(float), cols, cudaMemcpyDeviceToHost,
-                                            stream_));
-  SR_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  std::vector<uint8_t> dead(cols, 0);
-  dead_count_ = 0;
-  for (int j = 0; j < cols; ++j) {
-    if (diag[j] == 0.0f) {
-      dead[j] = 1;
-      diag[j] = 1.0f;
-      ++dead_count_;
-    }
+  SR_STATUS_RETURN_IF_ERROR(hinv_->Prepare(h, cols, options.act_order, options.damp,
+                                           options.damp_auto_increment));
+  cols_ = cols;
+  if (timing_) {
+    SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev1, stream_));
+    SR_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(ev1));
+    float ms = 0.0f;
+    SR_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, ev0, ev1));
+    times_.hinv_ms += ms;
   }
-  perm_host_.resize(cols);
-  std::iota(perm_host_.begin(), perm_host_.end(), 0);
-  if (options.act_order) {
-    // Stable, descending: the CPU solver's order (ties keep column order).
-    std::stable_sort(perm_host_.begin(), perm_host_.end(),
-                     [&](int a, int b) { return diag[a] > diag[b]; });
-  }
-  SR_STATUS_RETURN_IF_ERROR(dead_.CopyFromHost(dead, stream_));
-  SR_STATUS_RETURN_IF_ERROR(perm_.CopyFromHost(perm_host_, stream_));
-  SR_CUDA_RETURN_IF_ERROR(
-      kernels::LaunchGptqPermuteHessian(hbase_.data(), h, cols, perm_.data(), dead_.data(), stream_));
-
-  SR_CUDA_ASSIGN_OR_RETURN(cusolverDnHandle_t solver, CusolverHandleFor(stream_));
-  int lwork_potrf = 0;
-  int lwork_potri = 0;
-  SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf_bufferSize(solver, CUBLAS_FILL_MODE_LOWER, cols,
-                                                          hinv_.data(), cols, &lwork_potrf));
-  SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotri_bufferSize(solver, CUBLAS_FILL_MODE_LOWER, cols,
-                                                          hinv_.data(), cols, &lwork_potri));
-  SR_STATUS_RETURN_IF_ERROR(
-      Grow(solver_work_, static_cast<size_t>(std::max({lwork_potrf, lwork_potri, 1}))));
-  const int lwork = static_cast<int>(std::min<size_t>(solver_work_.size(), 0x7fffffff));
-
-  // The chain, as core/algo/hessian_inverse.cc: the row-major buffer is
-  // symmetric, so cuSOLVER's column-major lower triangle is our upper one;
-  // potri fills only that triangle, which is all the second potrf reads, and
-  // its factor read row-major is U = cholesky(H^-1, upper). The strict lower
-  // triangle (row-major) keeps stale values: nothing reads it.
-  double damp = options.damp;
-  int tries = 0;
-  std::string why;
-  const size_t n2 = static_cast<size_t>(cols) * cols;
-  while (damp < 1.0) {
-    SR_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hinv_.data(), hbase_.data(), n2 * sizeof(float),
-                                            cudaMemcpyDeviceToDevice, stream_));
-    SR_STATUS_RETURN_IF_ERROR(info_.Memset(0, stream_));
-    SR_CUDA_RETURN_IF_ERROR(
-        kernels::LaunchGptqDamp(hinv_.data(), cols, static_cast<float>(damp), stream_));
-    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, cols,
-                                                 hinv_.data(), cols, solver_work_.data(), lwork,
-                                                 info_.data()));
-    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotri(solver, CUBLAS_FILL_MODE_LOWER, cols,
-                                                 hinv_.data(), cols, solver_work_.data(), lwork,
-                                                 info_.data() + 1));
-    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, cols,
-                                                 hinv_.data(), cols, solver_work_.data(), lwork,
-                                                 info_.data() + 2));
-    SR_CUDA_RETURN_IF_ERROR(
-        kernels::LaunchGptqCheckFactor(hinv_.data(), cols, info_.data() + 3, stream_));
-    int info[4] = {0, 0, 0, 0};
-    SR_STATUS_RETURN_IF_ERROR(info_.CopyToHost(absl::MakeSpan(info, 4), stream_));
-    if (info[0] == 0 && info[1] == 0 && info[2] == 0 && info[3] == 0) {
-      damp_used_ = damp;
-      damp_increments_ = tries;
-      cols_ = cols;
-      prepared_act_order_ = options.act_order;
-      if (timing_) {
-        SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev1, stream_));
-        SR_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(ev1));
-        float ms = 0.0f;
-        SR_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, ev0, ev1));
-        times_.hinv_ms += ms;
-      }
-      return absl::OkStatus();
-    }
-    // A failed potrf leaves garbage for the later steps, so the first
-    // nonzero info is the one that explains the failure.
-    if (info[0] != 0) {
-      why = absl::StrCat("cholesky(H) failed at column ", info[0] - 1, " (info ", info[0], ")");
-    } else if (info[1] != 0) {
-      why = absl::StrCat("cholesky_inverse failed (info ", info[1], ")");
-    } else if (info[2] != 0) {
-      why = absl::StrCat("cholesky(H^-1) failed at column ", info[2] - 1, " (info ", info[2], ")");
-    } else {
-      why = "non-finite or non-positive entry in the inverse factor";
-    }
-    if (options.damp_auto_increment <= 0.0) break;
-    damp += options.damp_auto_increment;
-    ++tries;
-  }
-  return absl::FailedPreconditionError(absl::StrFormat(
-      "Hessian is not positive definite: %s; damping raised %d time(s) from %g by %g up to %g "
-      "without success",
-      why, tries, options.damp, options.damp_auto_increment, damp));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
@@ -215,7 +105,7 @@ absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
   SR_STATUS_RETURN_IF_ERROR(ValidateOptions(options));
   const int cols = cols_;
   if (cols == 0) return absl::FailedPreconditionError("GptqCuda::Quantize: no prepared Hessian");
-  if (options.act_order != prepared_act_order_) {
+  if (options.act_order != hinv_->act_order()) {
     return absl::InvalidArgumentError("GptqCuda::Quantize: act_order differs from PrepareHessian");
   }
   if (rows <= 0 || w == nullptr || out.codes == nullptr || out.scales == nullptr ||
@@ -250,24 +140,24 @@ absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
                                                          options.sym, out.scales, out.zeros,
                                                          stream_));
   } else if (mode == GptqParamMode::kStatic) {
-    SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqFitParams(w, rows, cols, gs, dead_.data(), maxq,
+    SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqFitParams(w, rows, cols, gs, hinv_->dead(), maxq,
                                                          options.sym, out.scales, out.zeros,
                                                          stream_));
   }
   SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqGatherColumns(wk_.data(), w, rows, cols,
-                                                           perm_.data(), dead_.data(), stream_));
+                                                           hinv_->perm(), hinv_->dead(), stream_));
   SR_STATUS_RETURN_IF_ERROR(row_loss_.Memset(0, stream_));
   if (out.g_idx != nullptr) {
     SR_CUDA_RETURN_IF_ERROR(
-        kernels::LaunchGptqGidx(out.g_idx, cols, mode, grouped ? gs : 1, perm_.data(), stream_));
+        kernels::LaunchGptqGidx(out.g_idx, cols, mode, grouped ? gs : 1, hinv_->perm(), stream_));
   }
   SR_STATUS_RETURN_IF_ERROR(record());
 
   SR_CUDA_ASSIGN_OR_RETURN(cublasHandle_t blas, CublasHandleFor(stream_));
   kernels::GptqSweepArgs args;
   args.wk = wk_.data();
-  args.hinv = hinv_.data();
-  args.perm = options.act_order ? perm_.data() : nullptr;
+  args.hinv = hinv_->upper();
+  args.perm = options.act_order ? hinv_->perm() : nullptr;
   args.rows = rows;
   args.cols = cols;
   args.mode = mode;
@@ -295,7 +185,7 @@ absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
       // Err1^T[B, rows], both already laid out that way (no transposes).
       SR_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(
           blas, CUBLAS_OP_N, CUBLAS_OP_N, cols - i2, rows, i2 - i1, &minus_one,
-          hinv_.data() + static_cast<size_t>(i1) * cols + i2, CUDA_R_32F, cols, err_.data(),
+          hinv_->upper() + static_cast<size_t>(i1) * cols + i2, CUDA_R_32F, cols, err_.data(),
           CUDA_R_32F, kGptqMaxBlock, &one, wk_.data() + i2, CUDA_R_32F, cols,
           allow_tf32_ ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
@@ -322,9 +212,9 @@ absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
   }
   SolveReport report;
   for (float l : losses) report.loss += static_cast<double>(l);
-  report.damp_used = damp_used_;
-  report.damp_increments = damp_increments_;
-  report.dead_columns = dead_count_;
+  report.damp_used = hinv_->damp_used();
+  report.damp_increments = hinv_->damp_increments();
+  report.dead_columns = hinv_->dead_count();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }

@@ -1,4 +1,4 @@
-// GPTQ kernels: grid fitting, permutation, damping, the factor check and the
+// GPTQ kernels: grid fitting, the column gather and the
 // in-block column sweep (gptq_quantize_block_kernel). The numerics follow
 // core/algo/gptq.cc (and the reference): fp32 throughout, rint (half to
 // even), products and differences rounded separately (no FMA contraction) so
@@ -83,56 +83,6 @@ __global__ void GptqGatherColumnsKernel(float* __restrict__ wk, const float* __r
     const int c = perm[k];
     wk[i] = dead[c] != 0 ? 0.0f : w[r * cols + c];
   }
-}
-
-__global__ void GptqPermuteHessianKernel(float* __restrict__ out, const float* __restrict__ h,
-                                         int n, const int32_t* __restrict__ perm,
-                                         const uint8_t* __restrict__ dead) {
-  const long total = static_cast<long>(n) * n;
-  for (long idx = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<long>(gridDim.x) * blockDim.x) {
-    const long i = idx / n;
-    const int j = static_cast<int>(idx - i * n);
-    const int pi = perm[i];
-    const int pj = perm[j];
-    out[idx] = (pi == pj && dead[pi] != 0) ? 1.0f : h[static_cast<long>(pi) * n + pj];
-  }
-}
-
-constexpr int kDampThreads = 1024;
-
-// One block: mean(diag) summed in double (the CPU sums in double too), rounded
-// to fp32, times damp in fp32, added to the diagonal.
-__global__ void __launch_bounds__(kDampThreads) GptqDampKernel(float* a, int n, float damp) {
-  __shared__ double partial[kDampThreads / kWarpSize];
-  double sum = 0.0;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) sum += a[static_cast<long>(j) * n + j];
-#pragma unroll
-  for (int off = kWarpSize / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  if (threadIdx.x % kWarpSize == 0) partial[threadIdx.x / kWarpSize] = sum;
-  __syncthreads();
-  double total = 0.0;
-  for (int w = 0; w < static_cast<int>(blockDim.x / kWarpSize); ++w) total += partial[w];
-  const float mean = static_cast<float>(total / n);
-  const float value = __fmul_rn(damp, mean);
-  __syncthreads();  // every thread has read the diagonal before any write
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    a[static_cast<long>(j) * n + j] = __fadd_rn(a[static_cast<long>(j) * n + j], value);
-  }
-}
-
-__global__ void GptqCheckFactorKernel(const float* __restrict__ u, int n, int* bad) {
-  const long total = static_cast<long>(n) * n;
-  int local = 0;
-  for (long idx = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<long>(gridDim.x) * blockDim.x) {
-    const long i = idx / n;
-    const long j = idx - i * n;
-    if (j < i) continue;
-    const float x = u[idx];
-    if (!isfinite(x) || (i == j && !(x > 0.0f))) local = 1;
-  }
-  if (local) atomicOr(bad, 1);
 }
 
 constexpr int kSweepRows = 64;               // threads per CTA, one output row each
@@ -269,26 +219,6 @@ cudaError_t LaunchGptqGatherColumns(float* wk, const float* w, int rows, int col
   if (rows == 0 || cols == 0) return cudaSuccess;
   GptqGatherColumnsKernel<<<GridFor(static_cast<long>(rows) * cols), kThreads, 0, stream>>>(
       wk, w, rows, cols, perm, dead);
-  return cudaGetLastError();
-}
-
-cudaError_t LaunchGptqPermuteHessian(float* out, const float* h, int n, const int32_t* perm,
-                                     const uint8_t* dead, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  GptqPermuteHessianKernel<<<GridFor(static_cast<long>(n) * n), kThreads, 0, stream>>>(
-      out, h, n, perm, dead);
-  return cudaGetLastError();
-}
-
-cudaError_t LaunchGptqDamp(float* a, int n, float damp, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  GptqDampKernel<<<1, kDampThreads, 0, stream>>>(a, n, damp);
-  return cudaGetLastError();
-}
-
-cudaError_t LaunchGptqCheckFactor(const float* u, int n, int* bad, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  GptqCheckFactorKernel<<<GridFor(static_cast<long>(n) * n), kThreads, 0, stream>>>(u, n, bad);
   return cudaGetLastError();
 }
 

@@ -31,6 +31,7 @@
 #include "core/algo/gptq.h"
 #include "core/algo/solve_report.h"
 #include "core/kernels/cuda/cuda_check.h"
+#include "core/kernels/cuda/hessian_inverse_cuda.h"
 
 namespace shrinkray {
 
@@ -75,7 +76,7 @@ class GptqCuda {
 
   int cols() const { return cols_; }
   // The prepared permutation (perm[k] = original column processed k-th).
-  const std::vector<int32_t>& perm() const { return perm_host_; }
+  const std::vector<int32_t>& perm() const { return hinv_->perm_host(); }
   static int NumGroups(int cols, const GptqOptions& options) {
     return options.group_size > 0 ? (cols + options.group_size - 1) / options.group_size : 1;
   }
@@ -98,23 +99,12 @@ class GptqCuda {
   GptqCudaTimes times_;
   std::vector<cudaEvent_t> events_;
 
-  // Prepared Hessian.
+  // Prepared Hessian (dead columns, permutation, inverse factor): shared
+  // with SparseGptCuda.
+  std::unique_ptr<HessianInverseCuda> hinv_;
   int cols_ = 0;
-  bool prepared_act_order_ = false;
-  double damp_used_ = 0.0;
-  int damp_increments_ = 0;
-  int dead_count_ = 0;
-  std::vector<int32_t> perm_host_;
 
   // Workspaces (grown on demand).
-  int cap_cols_ = 0;
-  long cap_rows_ = 0;
-  DeviceBuffer<float> hbase_;   // permuted, dead-fixed H
-  DeviceBuffer<float> hinv_;    // the upper factor
-  DeviceBuffer<float> solver_work_;
-  DeviceBuffer<int> info_;      // potrf, potri, potrf, check flag
-  DeviceBuffer<int32_t> perm_;
-  DeviceBuffer<uint8_t> dead_;
   DeviceBuffer<float> wk_;      // permuted working W
   DeviceBuffer<float> err_;     // [rows, 128]
   DeviceBuffer<float> row_loss_;

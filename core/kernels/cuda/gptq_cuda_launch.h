@@ -47,14 +47,6 @@ cudaError_t LaunchGptqFitParams(const float* w, int rows, int cols, int group_si
 // wk[r, k] = dead[perm[k]] ? 0 : w[r, perm[k]].
 cudaError_t LaunchGptqGatherColumns(float* wk, const float* w, int rows, int cols,
                                     const int32_t* perm, const uint8_t* dead, cudaStream_t stream);
-// out = h[perm][:, perm] with dead diagonals set to 1.
-cudaError_t LaunchGptqPermuteHessian(float* out, const float* h, int n, const int32_t* perm,
-                                     const uint8_t* dead, cudaStream_t stream);
-// a += damp * mean(diag a) * I with the reference's rounding (mean in fp32).
-cudaError_t LaunchGptqDamp(float* a, int n, float damp, cudaStream_t stream);
-// *bad |= 1 when the row-major upper triangle of u has a non-finite entry or a
-// non-positive diagonal.
-cudaError_t LaunchGptqCheckFactor(const float* u, int n, int* bad, cudaStream_t stream);
 // One block [i1, i2) of the column sweep.
 cudaError_t LaunchGptqQuantizeBlock(const GptqSweepArgs& args, cudaStream_t stream);
 // g_idx[c] for the three modes (kPerRow: 0; kStatic: c / gs; kDynamic: g_idx[perm[k]] = k / gs).
