@@ -10,6 +10,8 @@
 # Protocol: calibration 128 windows x 256 tokens from tinystories_train_prefix.txt
 # (seed 0); eval on the first 100,000 characters of tinystories_valid_prefix.txt
 # in windows of 256 (docs/eval.md); dense output format.
+# Environment: DEVICE=cuda solves GPTQ/SparseGPT on the GPU (compress --device);
+# ONLY='NAME' keeps the configuration of exactly that name (one per line for several).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -64,7 +66,7 @@ run() {  # name recipe index -> "ppl mean_err rtn_cmp"
   printf '%s\n' "$recipe" > "$WORK/recipe$i.yaml"
   "$BIN" compress --model "$MODEL" --recipe "$WORK/recipe$i.yaml" --calib "$CALIB" \
     --num-samples 128 --seqlen 256 --seed 0 --out "$WORK/out$i" --overwrite --format dense \
-    --compare-rtn > "$WORK/log$i.txt" 2>&1 || fail "'$name'" "$WORK/log$i.txt"
+    --compare-rtn --device "${DEVICE:-cpu}" > "$WORK/log$i.txt" 2>&1 || fail "'$name'" "$WORK/log$i.txt"
   local ppl
   ppl=$(eval_ppl "$WORK/out$i" "$WORK/eval$i.txt")
   awk -v ppl="$ppl" '
@@ -80,6 +82,7 @@ printf '| fp32 (stories260K) | — | %.3f | — | — | — |\n' "$base"
 for i in "${!CONFIGS[@]}"; do
   name=${CONFIGS[$i]%%|*}
   recipe=${CONFIGS[$i]#*|}
+  if [[ -n ${ONLY:-} ]] && ! grep -qxF -- "$name" <<< "$ONLY"; then continue; fi
   row=$(run "$name" "$recipe" "$i")  # a failed run stops the script (set -e)
   read -r ppl err cmp <<< "$row"
   pct=$(awk -v p="$ppl" -v b="$base" 'BEGIN { printf "%+.2f%%", 100 * (p / b - 1) }')

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include "core/model/llama.h"
 #include "core/pipeline/eval.h"
 #include "core/pipeline/recipe.h"
+#include "nlohmann/json.hpp"
 
 namespace shrinkray::testing {
 
@@ -37,6 +39,44 @@ inline double PerplexityOf(const std::filesystem::path& dir, const std::vector<i
   auto r = EvaluatePerplexity(**model, ids, {seqlen, 0});
   EXPECT_TRUE(r.ok()) << r.status();
   return r.ok() ? r->ppl : 0.0;
+}
+
+// Every path under `dir`, relative to it, sorted.
+inline std::vector<std::string> Listing(const std::filesystem::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& item : std::filesystem::recursive_directory_iterator(dir)) {
+    names.push_back(std::filesystem::relative(item.path(), dir).string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// report.json without what may differ between two runs of one job: timings,
+// the output path, per-matrix seconds, and the top-level keys in `ignore`.
+inline nlohmann::json ComparableReport(const std::filesystem::path& dir,
+                                       const std::vector<std::string>& ignore = {}) {
+  nlohmann::json j = nlohmann::json::parse(ReadFileBytes(dir / "report.json"));
+  j.erase("timings");
+  j.erase("output");
+  for (const std::string& key : ignore) j.erase(key);
+  j["totals"].erase("solve_seconds");
+  for (auto& row : j["matrices"]) row.erase("seconds");
+  return j;
+}
+
+// Every file of `a` and `b` (recursively) is the same bytes, but report.json,
+// compared as ComparableReport(…, ignore).
+inline void ExpectSameFiles(const std::filesystem::path& a, const std::filesystem::path& b,
+                            const std::vector<std::string>& ignore = {}) {
+  ASSERT_EQ(Listing(a), Listing(b));
+  for (const std::string& name : Listing(a)) {
+    if (std::filesystem::is_directory(a / name)) continue;
+    if (name == "report.json") {
+      EXPECT_EQ(ComparableReport(a, ignore), ComparableReport(b, ignore));
+    } else {
+      EXPECT_TRUE(ReadFileBytes(a / name) == ReadFileBytes(b / name)) << name << " differs";
+    }
+  }
 }
 
 }  // namespace shrinkray::testing

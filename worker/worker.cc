@@ -198,18 +198,21 @@ class Worker::Session {
     if (!job.ok()) return job.status();
     // A gang: the ranks meet through the coordinator's store of this attempt.
     std::unique_ptr<Communicator> comm;
-    if (a.world_size() > 1) {
+    // NCCL also for one rank: the job then runs its collectives through
+    // NCCL (the GPU check of that path); Gloo only where there are peers.
+    if (a.world_size() > 1 || options_.comm_backend == "nccl") {
       CommOptions c;
       c.rank = a.rank();
       c.size = a.world_size();
       c.timeout = options_.comm_timeout;
       c.interface_address = CommAddress();
       auto store = MakeCoordinatorStore(v1::WorkerService::NewStub(channel_), options_.token, a.job_id(), a.attempt());
-      auto made = MakeGlooCommunicator(store, c);
+      auto made = MakeHostCommunicator(options_.comm_backend, store, c);
       if (!made.ok()) return made.status();
       comm = std::move(*made);
       job->comm = comm.get();
     }
+    job->compress.layerwise.solvers = options_.solvers;
     // Rank 0 speaks for the job; the others would repeat its events.
     const bool speaks = a.rank() == 0;
     const int64_t tokens_per_layer =

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "core/pipeline/solver_backend.h"
 #include "worker/worker_metrics.h"
 
 namespace shrinkray {
@@ -26,6 +27,10 @@ struct WorkerOptions {
   // The address other ranks of a job dial for collectives (Gloo); empty:
   // 127.0.0.1 when the coordinator is on loopback, else this host's name.
   std::string comm_address;
+  std::string comm_backend = "gloo";  // "gloo" or "nccl" (host-staged)
+  // device "cuda": GPTQ/SparseGPT solves of every job run here (the forward
+  // stays on the CPU). Not owned; must outlive the worker. Null: the CPU.
+  SolverBackend* solvers = nullptr;
   absl::Duration comm_timeout = absl::Minutes(30);  // one collective's limit
   absl::Duration initial_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(5);

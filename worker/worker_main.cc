@@ -26,13 +26,17 @@ namespace {
 constexpr const char* kUsage = R"(usage: shrinkray-worker [flags]
   --coordinator HOST:PORT      the coordinator (default 127.0.0.1:50051)
   --metrics-listen HOST:PORT   Prometheus /metrics (default 0.0.0.0:9091; empty: off)
-  --device cpu|cuda            what this worker runs jobs on (default cpu)
+  --device cpu|cuda            what this worker runs jobs on (default cpu); cuda: GPTQ and
+                               SparseGPT solve on the GPU, the forward stays on the CPU
   --name NAME                  stable worker name (default HOSTNAME-PID)
   --token-file FILE            bearer token for the coordinator
   --tls-ca FILE                root certificate: dial with TLS
   --comm-address HOST          address the other ranks of a job dial (default: 127.0.0.1
                                with a loopback coordinator, else this host's name)
   --comm-timeout-seconds S     limit of one collective between ranks (default 1800)
+  --comm-backend gloo|nccl     collectives between ranks: gloo (TCP, default) or nccl (GPU
+                               machines; CUDA builds only; every worker of a gang must use
+                               the same). With nccl even a 1-rank job runs its collectives.
 )";
 
 // Signal handlers may only set a flag; a thread turns it into Shutdown().
@@ -41,7 +45,7 @@ void OnSignal(int) { g_stop.store(true); }
 
 absl::Status Run(const std::vector<std::string>& args) {
   SR_ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args, {"coordinator", "metrics-listen", "device", "name", "token-file",
-                                                       "tls-ca", "comm-address", "comm-timeout-seconds"},
+                                                       "tls-ca", "comm-address", "comm-timeout-seconds", "comm-backend"},
                                                 {"help"}));
   if (flags.Has("help")) {
     std::fputs(kUsage, stdout);
@@ -53,12 +57,16 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (options.device != "cpu" && options.device != "cuda") {
     return absl::InvalidArgumentError(absl::StrCat("--device must be cpu or cuda, got '", options.device, "'"));
   }
-  if (options.device == "cuda") {
-    return absl::UnimplementedError(
-        "--device cuda: the service pipeline runs on CPU in this version (the CUDA kernels are not yet wired "
-        "into the layerwise runner)");
-  }
+  // --device cuda: the GPU solvers (a clear error without CUDA or a GPU,
+  // before the worker registers).
+  SR_ASSIGN_OR_RETURN(std::unique_ptr<SolverBackend> solvers, MakeSolverBackend(options.device));
+  options.solvers = solvers.get();
   options.comm_address = flags.Get("comm-address", "");
+  options.comm_backend = flags.Get("comm-backend", "gloo");
+  if (options.comm_backend != "gloo" && options.comm_backend != "nccl") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--comm-backend must be gloo or nccl, got '", options.comm_backend, "'"));
+  }
   SR_ASSIGN_OR_RETURN(double comm_timeout, flags.GetDouble("comm-timeout-seconds", 1800.0));
   if (comm_timeout <= 0) return absl::InvalidArgumentError("--comm-timeout-seconds must be > 0");
   options.comm_timeout = absl::Seconds(comm_timeout);

@@ -39,7 +39,7 @@ absl::Status RunCompress(const Args& args) {
   SR_ASSIGN_OR_RETURN(
       Flags flags, Flags::Parse(args,
                                 {"model", "recipe", "calib", "num-samples", "seqlen", "seed", "out", "format",
-                                 "eval", "eval-max-chars", "eval-seqlen", "batch-windows"},
+                                 "eval", "eval-max-chars", "eval-seqlen", "batch-windows", "device"},
                                 {"overwrite", "compare-rtn", "print-matrices"}));
   SR_ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
   SR_ASSIGN_OR_RETURN(std::string recipe_path, flags.Required("recipe"));
@@ -61,6 +61,9 @@ absl::Status RunCompress(const Args& args) {
   if (batch_windows < 0) return absl::InvalidArgumentError("--batch-windows must be >= 0");
   SR_ASSIGN_OR_RETURN(OutputFormat format, ParseOutputFormat(flags.Get("format", "dense")));
   SR_ASSIGN_OR_RETURN(Recipe recipe, LoadRecipe(recipe_path));
+  // --device cuda: GPTQ/SparseGPT solve on the GPU (the forward stays on the CPU).
+  const std::string device = flags.Get("device", "cpu");
+  SR_ASSIGN_OR_RETURN(std::unique_ptr<SolverBackend> solvers, MakeSolverBackend(device));
 
   CompressOptions options;
   options.model_dir = model_dir;
@@ -73,6 +76,7 @@ absl::Status RunCompress(const Args& args) {
   options.overwrite = flags.Has("overwrite");
   options.layerwise.compare_rtn = flags.Has("compare-rtn");
   options.layerwise.batch_windows = static_cast<int>(batch_windows);
+  options.layerwise.solvers = solvers.get();
   options.layerwise.progress = [](const std::string& line) {
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
@@ -116,6 +120,10 @@ absl::Status RunCompress(const Args& args) {
   if (compared > 0) std::printf("vs rtn          error <= RTN's on %ld of %ld matrices\n", better, compared);
   if (!report.dense_fallbacks.empty()) {
     std::printf("kept dense      %zu matrices (see report.json)\n", report.dense_fallbacks.size());
+  }
+  if (solvers != nullptr) {
+    std::printf("solves          %ld on %s, %ld on the CPU (options the device does not support)\n",
+                solvers->device_solves(), solvers->name().c_str(), solvers->cpu_fallbacks());
   }
   std::printf("seconds         %.2f (load %.2f, calibration %.2f, write %.2f)\n", report.total_seconds,
               report.load_seconds, report.calibration_seconds, report.write_seconds);

@@ -17,7 +17,7 @@ constexpr char kUsage[] =
     "commands:\n"
     "  compress  --model DIR --recipe FILE --calib FILE --out DIR [--num-samples 128] [--seqlen 2048]\n"
     "            [--seed 0] [--format dense|gptq|compressed-tensors] [--overwrite] [--compare-rtn]\n"
-    "            [--print-matrices] [--eval FILE [--eval-max-chars N] [--eval-seqlen 256]]\n"
+    "            [--print-matrices] [--eval FILE [--eval-max-chars N] [--eval-seqlen 256]] [--device cpu|cuda]\n"
     "            layerwise GPTQ/SparseGPT/Wanda/magnitude/RTN with a YAML recipe (docs/recipes.md)\n"
     "  eval      --model DIR --data FILE [--seqlen 256] [--max-chars N] [--reference DIR]\n"
     "            perplexity (protocol in docs/eval.md); with --reference also KL and top-1 agreement\n"

@@ -29,7 +29,6 @@ absl::Status ActivationNormAccumulator::Add(const float* x, long rows, int sampl
 }
 
 absl::Status ActivationNormAccumulator::MergeAcrossRanks(Communicator& comm) {
-  if (comm.size() == 1) return absl::OkStatus();
   std::vector<double> buffer(scaler_.size() + 1);
   for (size_t j = 0; j < scaler_.size(); ++j) buffer[j] = static_cast<double>(scaler_[j]) * static_cast<double>(n_);
   buffer.back() = static_cast<double>(n_);
@@ -37,6 +36,7 @@ absl::Status ActivationNormAccumulator::MergeAcrossRanks(Communicator& comm) {
   if (!s.ok()) return absl::Status(s.code(), absl::StrCat("activation-norm all-reduce: ", s.message()));
   const double total = buffer.back();
   if (total <= 0) return absl::InternalError("activation-norm all-reduce: no samples on any rank");
+  if (total == static_cast<double>(n_)) return absl::OkStatus();  // only ours: keep (see HessianAccumulator)
   for (size_t j = 0; j < scaler_.size(); ++j) scaler_[j] = static_cast<float>(buffer[j] / total);
   n_ = static_cast<long>(total);
   return absl::OkStatus();

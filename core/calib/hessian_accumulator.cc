@@ -81,7 +81,6 @@ std::vector<double> HessianAccumulator::HessianF64() const {
 }
 
 absl::Status HessianAccumulator::MergeAcrossRanks(Communicator& comm) {
-  if (comm.size() == 1) return absl::OkStatus();
   const size_t d = static_cast<size_t>(dim_);
   // Upper triangle (the valid part) as sums H·n, plus n, in one buffer.
   std::vector<double> buffer;
@@ -97,6 +96,9 @@ absl::Status HessianAccumulator::MergeAcrossRanks(Communicator& comm) {
   if (!s.ok()) return absl::Status(s.code(), absl::StrCat("Hessian all-reduce: ", s.message()));
   const double total = buffer.back();
   if (total <= 0) return absl::InternalError("Hessian all-reduce: no samples on any rank");
+  // Only this rank saw samples (a 1-rank job): the sums are ours, and keeping
+  // H as it is avoids the H·n/n rounding, so a 1-rank job equals no job comm.
+  if (total == static_cast<double>(n_)) return absl::OkStatus();
   size_t k = 0;
   for (size_t i = 0; i < d; ++i) {
     for (size_t j = i; j < d; ++j, ++k) {

@@ -32,7 +32,8 @@ class HessianAccumulator {
   // Combines the accumulators of every rank (each saw its own samples) into
   // the H of all samples: Σ_r H_r·n_r / Σ_r n_r, summed in float64 across
   // ranks. Differs from one rank seeing every sample only by rounding (the
-  // order of the sums). A communicator of size 1 leaves H untouched.
+  // order of the sums). When only this rank saw samples (size 1) H is left as
+  // it is, after the all-reduce ran (so a 1-rank NCCL job exercises it).
   absl::Status MergeAcrossRanks(Communicator& comm);
 
   // Full symmetric [dim, dim] in float32 (converted when accumulated in double).

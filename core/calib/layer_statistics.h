@@ -39,7 +39,8 @@ class LayerStatistics {
   LinearInputObserver Observer(absl::Status* status);
 
   // Every requested accumulator merged over the ranks of `comm` (sharded
-  // calibration: each rank saw its own windows). Size 1: no-op.
+  // calibration: each rank saw its own windows). Size 1: the collectives run
+  // and the statistics stay bit for bit as they were.
   absl::Status MergeAcrossRanks(Communicator& comm);
 
   const HessianAccumulator* hessian(LinearGroup group) const { return hessian_[Index(group)].get(); }

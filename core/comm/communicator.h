@@ -84,4 +84,16 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeGlooCommunicator(std::shared_p
 absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(std::shared_ptr<Store> store,
                                                                    const CommOptions& options);
 
+// NCCL for host buffers (CUDA builds only; elsewhere Unimplemented): every
+// collective stages the caller's host memory through one device buffer. What
+// the layerwise CPU pipeline uses when a job asks for the nccl backend.
+absl::StatusOr<std::unique_ptr<Communicator>> MakeHostStagedNcclCommunicator(std::shared_ptr<Store> store,
+                                                                             const CommOptions& options);
+
+// A communicator over host buffers by backend name: "gloo", or "nccl"
+// (host-staged). Another name is InvalidArgument naming it.
+absl::StatusOr<std::unique_ptr<Communicator>> MakeHostCommunicator(const std::string& backend,
+                                                                   std::shared_ptr<Store> store,
+                                                                   const CommOptions& options);
+
 }  // namespace shrinkray

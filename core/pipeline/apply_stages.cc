@@ -36,6 +36,21 @@ double QuadraticTrace(const float* a, int rows, int cols, const float* h) {
   return sum;
 }
 
+// `device` (the backend's solver) when there is a backend and it supports
+// the options, else `cpu`. Float64 Hessians always solve on the CPU.
+template <typename Result, typename Device, typename Cpu>
+absl::StatusOr<Result> Solve(SolverBackend* solvers, bool f64, Device&& device, Cpu&& cpu) {
+  if (solvers != nullptr && !f64) {
+    absl::StatusOr<Result> r = device();
+    if (!absl::IsUnimplemented(r.status())) {
+      if (r.ok()) solvers->CountDeviceSolve();
+      return r;
+    }
+  }
+  if (solvers != nullptr) solvers->CountCpuFallback();
+  return cpu();
+}
+
 void ApplyPruneResult(PruneResult&& r, LinearState* state) {
   state->weight = std::move(r.weight);
   state->keep = std::move(r.keep);
@@ -71,7 +86,8 @@ absl::Status CheckStageChain(const std::string& module, const std::vector<const 
 }
 
 absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int rows, int cols,
-                        const LinearInputStats& stats, LinearState* state, MatrixReport* report) {
+                        const LinearInputStats& stats, LinearState* state, MatrixReport* report,
+                        SolverBackend* solvers) {
   const auto start = std::chrono::steady_clock::now();
   const absl::Span<const float> w(state->weight);
   const bool f64 = stage.hessian_dtype == HessianPrecision::kFloat64 && !stats.h64.empty();
@@ -101,7 +117,9 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       o.block_size = stage.block_size;
       o.precision = precision;
       if (!state->keep.empty()) o.keep_mask = absl::Span<const uint8_t>(state->keep);
-      auto r = f64 ? GptqQuantize(w, rows, cols, stats.h64, o) : GptqQuantize(w, rows, cols, stats.h32, o);
+      auto r = Solve<GptqResult>(
+          solvers, f64, [&] { return solvers->Gptq(w, rows, cols, stats.h32, o); },
+          [&] { return f64 ? GptqQuantize(w, rows, cols, stats.h64, o) : GptqQuantize(w, rows, cols, stats.h32, o); });
       SR_RETURN_IF_ERROR(Annotate(r.status(), module, stage));
       state->weight = std::move(r->weight);
       state->quantized = std::move(r->quantized);
@@ -123,7 +141,11 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       o.bits = stage.bits;
       o.sym = stage.sym;
       o.group_size = stage.group_size;
-      auto r = f64 ? SparseGptPrune(w, rows, cols, stats.h64, o) : SparseGptPrune(w, rows, cols, stats.h32, o);
+      auto r = Solve<SparseGptResult>(
+          solvers, f64, [&] { return solvers->SparseGpt(w, rows, cols, stats.h32, o); },
+          [&] {
+            return f64 ? SparseGptPrune(w, rows, cols, stats.h64, o) : SparseGptPrune(w, rows, cols, stats.h32, o);
+          });
       SR_RETURN_IF_ERROR(Annotate(r.status(), module, stage));
       state->weight = std::move(r->weight);
       state->keep = std::move(r->keep);

@@ -14,6 +14,7 @@
 #include "core/algo/quantized_weight.h"
 #include "core/pipeline/compress_report.h"
 #include "core/pipeline/recipe.h"
+#include "core/pipeline/solver_backend.h"
 
 namespace shrinkray {
 
@@ -38,9 +39,12 @@ struct LinearInputStats {
 absl::Status CheckStageChain(const std::string& module, const std::vector<const RecipeStage*>& stages);
 
 // Runs `stage` on `state` and adds to `report` (methods, bits, damping, solve
-// seconds, solver loss). Errors name the module and the stage.
+// seconds, solver loss). Errors name the module and the stage. GPTQ and
+// SparseGPT solve on `solvers` when given (float32 Hessians; what it answers
+// Unimplemented for runs on the CPU), else on the CPU.
 absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int rows, int cols,
-                        const LinearInputStats& stats, LinearState* state, MatrixReport* report);
+                        const LinearInputStats& stats, LinearState* state, MatrixReport* report,
+                        SolverBackend* solvers = nullptr);
 
 // tr((W−Q) H (W−Q)ᵀ) / tr(W H Wᵀ) = ‖(W−Q)X‖²/‖WX‖² for H ∝ X Xᵀ; 0 when W H Wᵀ is 0.
 double RelativeOutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,

@@ -135,7 +135,9 @@ absl::StatusOr<double> RtnError(const RecipeStage& stage, const std::vector<floa
   return RelativeOutputError(original, r.weight, rows, cols, h);
 }
 
-bool Sharded(const Communicator* comm) { return comm != nullptr && comm->size() > 1; }
+// Any communicator, even of one rank, takes the collective path: a 1-rank
+// NCCL job then exercises the same all-reduces and broadcasts as a gang.
+bool Sharded(const Communicator* comm) { return comm != nullptr; }
 
 // Every rank needs at least one window (its statistics would be empty).
 absl::Status CheckWindowsPerRank(int num_samples, const Communicator* comm) {
@@ -191,7 +193,8 @@ absl::Status SolveMatrix(const LinearSlot& slot, int layer, LinearGroup group, c
       quantizer = stage;
       before_quantizer = state->weight;
     }
-    SR_RETURN_IF_ERROR(ApplyStage(*stage, slot.module, slot.rows, slot.cols, input, state, report));
+    SR_RETURN_IF_ERROR(
+        ApplyStage(*stage, slot.module, slot.rows, slot.cols, input, state, report, options.solvers));
   }
   report->error = RelativeOutputError(original, state->weight, slot.rows, slot.cols, h32);
   // Joint SparseGPT quantization has no RTN counterpart with equal settings,

@@ -42,6 +42,7 @@
 #include "core/pipeline/apply_stages.h"
 #include "core/pipeline/compress_report.h"
 #include "core/pipeline/recipe.h"
+#include "core/pipeline/solver_backend.h"
 #include "core/util/cancellation.h"
 #include "core/comm/communicator.h"
 
@@ -81,6 +82,9 @@ struct LayerwiseOptions {
   // recomputes its windows' outputs. Rank 0 alone writes the output,
   // checkpoint and report. docs/distributed.md.
   Communicator* comm = nullptr;
+  // Where GPTQ/SparseGPT solve each matrix (null: the CPU). Not owned; used
+  // from the calling thread only. core/pipeline/solver_backend.h.
+  SolverBackend* solvers = nullptr;
 };
 
 // Wall seconds by phase over the layers (sharded runs: this rank's).

@@ -213,5 +213,29 @@ TEST(NcclEntryPointTest, FailsCleanlyWithoutAGpuOrCuda) {
 #endif
 }
 
+// The backend by name, as the worker's --comm-backend picks it: gloo works
+// for one rank, nccl is the host-staged NCCL (Unimplemented without CUDA, a
+// clean error without a GPU), anything else names itself.
+TEST(HostCommunicatorTest, PicksTheBackendByName) {
+  CommOptions options;
+  options.timeout = absl::Seconds(2);
+  absl::StatusOr<std::unique_ptr<Communicator>> gloo = MakeHostCommunicator("gloo", MakeInProcessStore(), options);
+  ASSERT_TRUE(gloo.ok()) << gloo.status();
+  EXPECT_EQ((*gloo)->backend(), "gloo");
+  absl::StatusOr<std::unique_ptr<Communicator>> nccl = MakeHostCommunicator("nccl", MakeInProcessStore(), options);
+#ifndef SHRINKRAY_HAVE_CUDA
+  EXPECT_TRUE(absl::IsUnimplemented(nccl.status())) << nccl.status();
+#else
+  if (nccl.ok()) {
+    EXPECT_EQ((*nccl)->backend(), "nccl");
+  } else {
+    EXPECT_FALSE(nccl.status().ok());
+  }
+#endif
+  const absl::Status other = MakeHostCommunicator("mpi", MakeInProcessStore(), options).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(other)) << other;
+  EXPECT_NE(other.message().find("gloo or nccl, got 'mpi'"), absl::string_view::npos) << other;
+}
+
 }  // namespace
 }  // namespace shrinkray

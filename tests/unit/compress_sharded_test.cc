@@ -58,15 +58,6 @@ std::string ReadBytes(const fs::path& path) { return testing::ReadFileBytes(path
 
 nlohmann::json ReadJson(const fs::path& path) { return nlohmann::json::parse(ReadBytes(path)); }
 
-std::vector<std::string> Listing(const fs::path& dir) {
-  std::vector<std::string> names;
-  for (const auto& item : fs::recursive_directory_iterator(dir)) {
-    names.push_back(fs::relative(item.path(), dir).string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 // The names directly in `dir`.
 std::vector<std::string> Entries(const fs::path& dir) {
   std::vector<std::string> names;
@@ -75,16 +66,9 @@ std::vector<std::string> Entries(const fs::path& dir) {
   return names;
 }
 
-// report.json without what may differ between two runs of one job: timings,
-// the output path, per-matrix seconds.
-nlohmann::json ComparableReport(const fs::path& dir) {
-  nlohmann::json j = ReadJson(dir / "report.json");
-  j.erase("timings");
-  j.erase("output");
-  j["totals"].erase("solve_seconds");
-  for (auto& row : j["matrices"]) row.erase("seconds");
-  return j;
-}
+using testing::ComparableReport;
+using testing::ExpectSameFiles;
+using testing::Listing;
 
 bool IsLinearWeight(const std::string& name) {
   for (const char* leaf : {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
@@ -169,25 +153,6 @@ std::map<std::string, std::vector<long>> ZerosPerBlock(const std::map<std::strin
     }
   }
   return zeros;
-}
-
-// Every file of `a` and `b` (recursively) is the same bytes, but report.json,
-// compared without its timings, output path and the keys in `ignore`.
-void ExpectSameFiles(const fs::path& a, const fs::path& b, const std::vector<std::string>& ignore) {
-  ASSERT_EQ(Listing(a), Listing(b));
-  for (const std::string& name : Listing(a)) {
-    if (fs::is_directory(a / name)) continue;
-    if (name == "report.json") {
-      nlohmann::json ja = ComparableReport(a), jb = ComparableReport(b);
-      for (const std::string& key : ignore) {
-        ja.erase(key);
-        jb.erase(key);
-      }
-      EXPECT_EQ(ja, jb);
-    } else {
-      EXPECT_TRUE(ReadBytes(a / name) == ReadBytes(b / name)) << name << " differs";
-    }
-  }
 }
 
 class CompressShardedTest : public ::testing::Test {

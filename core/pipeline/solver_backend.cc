@@ -1,0 +1,17 @@
+// MakeSolverBackend: the device by name. A file of its own so that only the
+// programs that choose a device at run time (the CLI, the worker) reference
+// MakeCudaSolverBackend, which CUDA builds define in shrinkray_cuda (and compile
+// this file into it too, for static link order: core/CMakeLists.txt).
+#include "core/pipeline/solver_backend.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace shrinkray {
+
+absl::StatusOr<std::unique_ptr<SolverBackend>> MakeSolverBackend(const std::string& device) {
+  if (device == "cpu") return std::unique_ptr<SolverBackend>();
+  if (device == "cuda") return MakeCudaSolverBackend();
+  return absl::InvalidArgumentError(absl::StrCat("device must be cpu or cuda, got '", device, "'"));
+}
+
+}  // namespace shrinkray

@@ -1,0 +1,48 @@
+// Where the Hessian-based solvers (GPTQ, SparseGPT) of a layerwise job run.
+// The executor (forward passes, statistics) stays on the CPU; a backend moves
+// each matrix's solve to a device. Null (the default) is the CPU solvers of
+// core/algo. A backend answers Unimplemented for options it does not support
+// (e.g. a keep mask, float64 Hessians, joint quantization on the GPU): the
+// caller then runs the CPU solver for that matrix, so every recipe works on
+// every backend and only the speed differs.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/algo/gptq.h"
+#include "core/algo/sparsegpt.h"
+
+namespace shrinkray {
+
+class SolverBackend {
+ public:
+  virtual ~SolverBackend() = default;
+  virtual std::string name() const = 0;  // "cuda"
+  // Same contracts as GptqQuantize / SparseGptPrune with a float32 Hessian.
+  virtual absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
+                                          const GptqOptions& options) = 0;
+  virtual absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols,
+                                                    absl::Span<const float> h, const SparseGptOptions& options) = 0;
+  // Matrices solved on the device / handed back to the CPU (Unimplemented).
+  long device_solves() const { return device_solves_; }
+  long cpu_fallbacks() const { return cpu_fallbacks_; }
+  void CountDeviceSolve() { ++device_solves_; }
+  void CountCpuFallback() { ++cpu_fallbacks_; }
+
+ private:
+  long device_solves_ = 0;
+  long cpu_fallbacks_ = 0;
+};
+
+// The GPU backend on the current CUDA device (CUDA builds; elsewhere
+// Unimplemented naming the build, FailedPrecondition without a device).
+absl::StatusOr<std::unique_ptr<SolverBackend>> MakeCudaSolverBackend();
+
+// By device name: "cpu" -> null (the CPU solvers), "cuda" -> MakeCudaSolverBackend,
+// anything else InvalidArgument naming it.
+absl::StatusOr<std::unique_ptr<SolverBackend>> MakeSolverBackend(const std::string& device);
+
+}  // namespace shrinkray
