@@ -21,6 +21,7 @@ PACKAGES=(
   python3-numpy
   python3-grpcio python3-protobuf
   prometheus
+  yamllint python3-jsonschema python3-yaml
 )
 
 missing=()
