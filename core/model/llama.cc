@@ -74,6 +74,10 @@ std::vector<double> ComputeInvFreq(const ModelConfig& c) {
 
 }  // namespace
 
+std::vector<double> RopeInverseFrequencies(const ModelConfig& config) {
+  return ComputeInvFreq(config);
+}
+
 template <typename Self, typename Fn>
 void LlamaModel::VisitEmbeddings(Self& self, Fn&& fn) {
   const ModelConfig& c = self.config_;

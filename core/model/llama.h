@@ -55,6 +55,11 @@ struct LayerWeights {
 using LinearInputObserver =
     std::function<void(int layer, LinearGroup group, const float* x, long rows, int cols)>;
 
+// RoPE inverse frequencies [head_dim/2] of `config` in double, rope_scaling
+// applied: what LlamaModel::rope_inv_freq() holds, for code (the trainer) that
+// runs the same decoder without a LlamaModel.
+std::vector<double> RopeInverseFrequencies(const ModelConfig& config);
+
 class LlamaModel {
  public:
   // Views point into the model's arenas, so a model is neither copied nor moved.
