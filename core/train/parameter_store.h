@@ -55,6 +55,8 @@ class BasicParameterStore {
   std::span<const T> grads() const { return grads_; }
   std::span<T> first_moment() { return m_; }
   std::span<T> second_moment() { return v_; }
+  std::span<const T> first_moment() const { return m_; }
+  std::span<const T> second_moment() const { return v_; }
 
   std::span<T> param(const ParameterView& v) { return params().subspan(v.offset, v.numel); }
   std::span<const T> param(const ParameterView& v) const {
