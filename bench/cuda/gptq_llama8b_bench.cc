@@ -20,6 +20,7 @@
 //                      [--group 128] [--act-order] [--chunk 16] [--seed 0]
 //                      [--sparsity 0.5] [--prune-n N --prune-m M]  (sparsegpt;
 //                                       N:M replaces --sparsity when given)
+//                      [--profile-ops]  (forward time per op kind: GEMM, attention, ...)
 //                      [--budget-s S]  (stop early and extrapolate when the next
 //                                       layer would end past S seconds)
 //                      [--hidden 4096 --intermediate 14336 --heads 32
@@ -70,6 +71,7 @@ struct Flags {
   int bits = 4;
   int group = 128;
   bool act_order = false;
+  bool profile_ops = false;  // per-op forward times (CUDA events around every call)
   int chunk = 16;  // samples per forward / Hessian chunk
   uint64_t seed = 0;
   double budget_s = 0.0;  // > 0: stop before a layer that would end past it (extrapolate)
@@ -109,6 +111,7 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     else if (a == "--prune-n") ok = next_int(&f->prune_n);
     else if (a == "--prune-m") ok = next_int(&f->prune_m);
     else if (a == "--act-order") f->act_order = true;
+    else if (a == "--profile-ops") f->profile_ops = true;
     else if (a == "--sparsity") {
       ok = i + 1 < argc;
       if (ok) f->sparsity = std::atof(argv[++i]);
@@ -166,6 +169,9 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
 // Phase timing with CUDA event pairs, collected once per layer.
 enum Phase { kLoad, kForward, kHessian, kSave, kNumPhases };
 const char* const kPhaseNames[kNumPhases] = {"load", "forward", "hessian", "save"};
+// --profile-ops: the forward's time by kind of op (same timer, other slots).
+enum OpKind { kOpGemm, kOpAttention, kOpNorm, kOpRope, kOpSwiglu, kOpResidual, kNumOpKinds };
+const char* const kOpNames[kNumOpKinds] = {"gemm", "attention", "rmsnorm", "rope", "swiglu", "residual"};
 
 class PhaseTimer {
  public:
@@ -173,7 +179,7 @@ class PhaseTimer {
   ~PhaseTimer() {
     for (cudaEvent_t e : pool_) (void)cudaEventDestroy(e);
   }
-  absl::Status Begin(Phase p) {
+  absl::Status Begin(int p) {
     absl::StatusOr<cudaEvent_t> e = Next();
     if (!e.ok()) return e.status();
     SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(*e, stream_));
@@ -204,7 +210,7 @@ class PhaseTimer {
  private:
   struct Pair {
     cudaEvent_t a, b;
-    Phase phase;
+    int phase;
   };
   absl::StatusOr<cudaEvent_t> Next() {
     if (used_ == pool_.size()) {
@@ -219,7 +225,7 @@ class PhaseTimer {
   size_t used_ = 0;
   std::vector<Pair> pairs_;
   cudaEvent_t open_ = nullptr;
-  Phase phase_ = kLoad;
+  int phase_ = 0;
 };
 
 #define BENCH_CHECK_OK(expr)                                                        \
@@ -244,6 +250,14 @@ class PhaseTimer {
   lhs = std::move(tmp).value()
 #define BENCH_CAT_INNER(a, b) a##b
 #define BENCH_CAT(a, b) BENCH_CAT_INNER(a, b)
+
+// A forward op call, timed by kind when --profile-ops (needs `ops` and `f`).
+#define BENCH_OP(kind, expr)                                  \
+  do {                                                        \
+    if (f.profile_ops) BENCH_CHECK_OK(ops.Begin(kind));       \
+    BENCH_CHECK_OK(expr);                                     \
+    if (f.profile_ops) BENCH_CHECK_OK(ops.End());             \
+  } while (0)
 
 // One Linear of a layer: its fp32 source weight, the quantized bf16 weight
 // the forward uses, and the GPTQ outputs.
@@ -405,6 +419,8 @@ int Run(const Flags& f) {
     BENCH_ASSIGN_OR_FAIL(sgpt, SparseGptCuda::Create(stream));
   }
   PhaseTimer timer(stream);
+  PhaseTimer ops(stream);              // --profile-ops
+  double op_ms[kNumOpKinds] = {};      // summed over the layers
 
   // ---- embed -----------------------------------------------------------------------
   const auto wall0 = std::chrono::steady_clock::now();
@@ -514,7 +530,7 @@ int Run(const Flags& f) {
 
     // Attention block.
     BENCH_CHECK_OK(timer.Begin(kForward));
-    BENCH_CHECK_OK(rmsnorm_forward(normed.data(), nullptr, hidden.data(), norm_w.data(),
+    BENCH_OP(kOpNorm, rmsnorm_forward(normed.data(), nullptr, hidden.data(), norm_w.data(),
                                    static_cast<int>(NT), C, 1e-5f, stream));
     BENCH_CHECK_OK(timer.End());
     BENCH_CHECK_OK(solve(normed.data(), C, {0, 1, 2}));
@@ -524,14 +540,14 @@ int Run(const Flags& f) {
       const int b = std::min(chunk, S - s0);
       const int n = b * T;
       const bf16* x = normed.data() + static_cast<size_t>(s0) * T * C;
-      BENCH_CHECK_OK(matmul_forward(qc.data(), x, lin[0].wq, nullptr, n, C, QD, stream));
-      BENCH_CHECK_OK(matmul_forward(kc.data(), x, lin[1].wq, nullptr, n, C, KVD, stream));
-      BENCH_CHECK_OK(matmul_forward(vc.data(), x, lin[2].wq, nullptr, n, C, KVD, stream));
-      BENCH_CHECK_OK(rope_forward(qc.data(), qc.data(), cos_d.data(), sin_d.data(), b, T, NH, HD,
+      BENCH_OP(kOpGemm, matmul_forward(qc.data(), x, lin[0].wq, nullptr, n, C, QD, stream));
+      BENCH_OP(kOpGemm, matmul_forward(kc.data(), x, lin[1].wq, nullptr, n, C, KVD, stream));
+      BENCH_OP(kOpGemm, matmul_forward(vc.data(), x, lin[2].wq, nullptr, n, C, KVD, stream));
+      BENCH_OP(kOpRope, rope_forward(qc.data(), qc.data(), cos_d.data(), sin_d.data(), b, T, NH, HD,
                                   stream));
-      BENCH_CHECK_OK(rope_forward(kc.data(), kc.data(), cos_d.data(), sin_d.data(), b, T, NKV, HD,
+      BENCH_OP(kOpRope, rope_forward(kc.data(), kc.data(), cos_d.data(), sin_d.data(), b, T, NKV, HD,
                                   stream));
-      BENCH_CHECK_OK(attention_forward(att.data() + static_cast<size_t>(s0) * T * QD, qc.data(),
+      BENCH_OP(kOpAttention, attention_forward(att.data() + static_cast<size_t>(s0) * T * QD, qc.data(),
                                        kc.data(), vc.data(), b, T, NH, NKV, HD, 0, stream));
     }
     BENCH_CHECK_OK(timer.End());
@@ -541,12 +557,12 @@ int Run(const Flags& f) {
     for (int s0 = 0; s0 < S; s0 += chunk) {
       const int n = std::min(chunk, S - s0) * T;
       bf16* h = hidden.data() + static_cast<size_t>(s0) * T * C;
-      BENCH_CHECK_OK(matmul_forward(tmpc.data(), att.data() + static_cast<size_t>(s0) * T * QD,
+      BENCH_OP(kOpGemm, matmul_forward(tmpc.data(), att.data() + static_cast<size_t>(s0) * T * QD,
                                     lin[3].wq, nullptr, n, QD, C, stream));
-      BENCH_CHECK_OK(residual_forward(h, h, tmpc.data(), static_cast<long>(n) * C, stream));
+      BENCH_OP(kOpResidual, residual_forward(h, h, tmpc.data(), static_cast<long>(n) * C, stream));
     }
     // MLP block.
-    BENCH_CHECK_OK(rmsnorm_forward(normed.data(), nullptr, hidden.data(), norm_w.data(),
+    BENCH_OP(kOpNorm, rmsnorm_forward(normed.data(), nullptr, hidden.data(), norm_w.data(),
                                    static_cast<int>(NT), C, 1e-5f, stream));
     BENCH_CHECK_OK(timer.End());
     BENCH_CHECK_OK(solve(normed.data(), C, {4, 5}));
@@ -556,9 +572,9 @@ int Run(const Flags& f) {
       const int n = std::min(chunk, S - s0) * T;
       const bf16* x = normed.data() + static_cast<size_t>(s0) * T * C;
       bf16* a = act.data() + static_cast<size_t>(s0) * T * I;
-      BENCH_CHECK_OK(matmul_forward(a, x, lin[4].wq, nullptr, n, C, I, stream));  // gate
-      BENCH_CHECK_OK(matmul_forward(upc.data(), x, lin[5].wq, nullptr, n, C, I, stream));
-      BENCH_CHECK_OK(swiglu_forward(a, a, upc.data(), static_cast<long>(n) * I, stream));
+      BENCH_OP(kOpGemm, matmul_forward(a, x, lin[4].wq, nullptr, n, C, I, stream));  // gate
+      BENCH_OP(kOpGemm, matmul_forward(upc.data(), x, lin[5].wq, nullptr, n, C, I, stream));
+      BENCH_OP(kOpSwiglu, swiglu_forward(a, a, upc.data(), static_cast<long>(n) * I, stream));
     }
     BENCH_CHECK_OK(timer.End());
     BENCH_CHECK_OK(solve(act.data(), I, {6}));
@@ -567,9 +583,9 @@ int Run(const Flags& f) {
     for (int s0 = 0; s0 < S; s0 += chunk) {
       const int n = std::min(chunk, S - s0) * T;
       bf16* h = hidden.data() + static_cast<size_t>(s0) * T * C;
-      BENCH_CHECK_OK(matmul_forward(tmpc.data(), act.data() + static_cast<size_t>(s0) * T * I,
+      BENCH_OP(kOpGemm, matmul_forward(tmpc.data(), act.data() + static_cast<size_t>(s0) * T * I,
                                     lin[6].wq, nullptr, n, I, C, stream));
-      BENCH_CHECK_OK(residual_forward(h, h, tmpc.data(), static_cast<long>(n) * C, stream));
+      BENCH_OP(kOpResidual, residual_forward(h, h, tmpc.data(), static_cast<long>(n) * C, stream));
     }
     BENCH_CHECK_OK(timer.End());
 
@@ -606,6 +622,7 @@ int Run(const Flags& f) {
     }
     if (is_gptq) BENCH_CHECK_OK(timer.End());
     BENCH_CHECK_OK(timer.Collect(ms));
+    if (f.profile_ops) BENCH_CHECK_OK(ops.Collect(op_ms));
 
     const double wall =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - lw0).count();
@@ -700,6 +717,24 @@ int Run(const Flags& f) {
                        std::pow(static_cast<double>(I), 3)) * L;
   const double per_layer_s = total_wall_ms / 1000.0 / layers_done;
   const double setup_s = wall_all / 1000.0 - total_wall_ms / 1000.0;  // embed + checks
+  if (f.profile_ops && layers_done > 0) {
+    // fwd_linear / fwd_attn above count the layers that ran (L = layers_done).
+    double sum = 0.0;
+    for (double t : op_ms) sum += t;
+    std::printf("\nforward by op over %d layers (CUDA events around every call; %.1f ms in all):\n", layers_done,
+                sum);
+    for (int k = 0; k < kNumOpKinds; ++k) {
+      std::printf("  %-10s %9.1f ms  %5.1f%%", kOpNames[k], op_ms[k], sum > 0 ? 100.0 * op_ms[k] / sum : 0.0);
+      if (k == kOpGemm && op_ms[k] > 0) std::printf("  %.0f TFLOP/s", fwd_linear / (op_ms[k] / 1e3) / 1e12);
+      if (k == kOpAttention && op_ms[k] > 0) {
+        std::printf("  %.0f TFLOP/s", fwd_attn / (op_ms[k] / 1e3) / 1e12);
+      }
+      std::printf("\n");
+    }
+    std::printf("PROFILE");
+    for (int k = 0; k < kNumOpKinds; ++k) std::printf(" %s_ms=%.1f", kOpNames[k], op_ms[k]);
+    std::printf("\n");
+  }
   if (is_forward) {
     // Decoder layers only (the embedding gather is not a layer's work).
     const double forward_s = total_ms[kForward] / 1000.0;
