@@ -16,6 +16,7 @@ absl::Status RunEval(const Args& args);
 absl::Status RunGenerate(const Args& args);
 absl::Status RunInspect(const Args& args);
 absl::Status RunDemo(const Args& args);
+absl::Status RunDistill(const Args& args);
 
 // Service commands: talk to a coordinator over gRPC (CompressionService).
 absl::Status RunSubmit(const Args& args);

@@ -21,6 +21,13 @@ constexpr char kUsage[] =
     "            layerwise GPTQ/SparseGPT/Wanda/magnitude/RTN with a YAML recipe (docs/recipes.md)\n"
     "  eval      --model DIR --data FILE [--seqlen 256] [--max-chars N] [--reference DIR]\n"
     "            perplexity (protocol in docs/eval.md); with --reference also KL and top-1 agreement\n"
+    "  distill   --teacher DIR --data FILE --out DIR and a student: --keep-layers 0,2,4 | --mlp-width N [--heads N]\n"
+    "            [--importance-windows 16] | --student-config FILE; [--steps 100] [--batch 8] [--micro-batch N]\n"
+    "            [--seqlen 256] [--lr 1e-3] [--min-lr] [--warmup 0] [--weight-decay 0] [--clip 1] [--alpha 0.5]\n"
+    "            [--temperature 1] [--loss kl|reverse_kl|jsd] [--beta 0.5] [--top-k K] [--top-k-mode renormalize|tail]\n"
+    "            [--teacher-cache DIR] [--checkpoint-dir DIR] [--checkpoint-every K] [--no-resume] [--seed 0]\n"
+    "            [--eval FILE [--eval-max-chars N] [--eval-seqlen 256]] [--log-every 10] [--overwrite]\n"
+    "            knowledge distillation of a pruned or random student on the CPU (docs/distill.md)\n"
     "  generate  --model DIR --prompt TEXT [--max-new-tokens 48]   greedy decoding\n"
     "  inspect   --model DIR   architecture, parameters, dtypes, bytes\n"
     "  demo      [--workdir DIR]   makes a small deterministic model, then runs eval and generate on it\n"
@@ -58,6 +65,8 @@ int main(int argc, char** argv) {
     status = shrinkray::cli::RunCompress(args);
   } else if (command == "eval") {
     status = shrinkray::cli::RunEval(args);
+  } else if (command == "distill") {
+    status = shrinkray::cli::RunDistill(args);
   } else if (command == "generate") {
     status = shrinkray::cli::RunGenerate(args);
   } else if (command == "inspect") {

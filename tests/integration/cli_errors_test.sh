@@ -23,7 +23,37 @@ expect_error "missing model folder" "$tmp/none" "$CLI" inspect --model "$tmp/non
 mkdir -p "$tmp/m"
 echo '{"architectures": ["GPT2LMHeadModel"], "hidden_size": 64}' > "$tmp/m/config.json"
 expect_error "unknown architecture" "GPT2LMHeadModel" "$CLI" inspect --model "$tmp/m"
+# distill: flag errors found before anything is loaded.
+expect_error "distill without a student" "a student is required: --keep-layers" "$CLI" distill --teacher x --data y --out "$tmp/s"
+expect_error "distill two students" "are exclusive" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --mlp-width 8
+expect_error "distill unknown loss" "--loss: unknown loss 'mse'" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --loss mse
+expect_error "distill unknown top-k mode" "--top-k-mode: unknown mode 'head'" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --top-k 4 --top-k-mode head
+expect_error "distill bad layer list" "--keep-layers: 'a' is not an integer" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0,a
+expect_error "distill negative top-k" "--top-k must be >= 1" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --top-k 0
+expect_error "distill micro > batch" "--micro-batch 8 is larger than --batch 4" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --batch 4 --micro-batch 8
+expect_error "distill checkpoint-every alone" "--checkpoint-every needs --checkpoint-dir" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --checkpoint-every 5
+expect_error "distill missing teacher" "--teacher: " "$CLI" distill --teacher "$tmp/none" --data y --out "$tmp/s" --keep-layers 0
 if [ -d "$DATA/stories260K" ]; then
+  # distill: errors the library finds (InvalidArgument naming the field), with the flag in front.
+T260=$DATA/stories260K; TR=$DATA/text/tinystories_train_prefix.txt
+d() { "$CLI" distill --teacher "$T260" --data "$TR" --out "$tmp/student" --steps 1 --batch 2 --seqlen 32 "$@"; }
+expect_error "distill alpha > 1" "--alpha: alpha 1.5 must be in [0, 1]" d --keep-layers 0,2,4 --alpha 1.5
+expect_error "distill alpha < 0" "--alpha: alpha -0.1 must be in [0, 1]" d --keep-layers 0,2,4 --alpha -0.1
+expect_error "distill T = 0" "--temperature: temperature 0 must be positive" d --keep-layers 0,2,4 --temperature 0
+expect_error "distill JSD beta" "--beta: beta 1 must be in (0, 1)" d --keep-layers 0,2,4 --loss jsd --beta 1
+expect_error "distill top-k > vocab" "--top-k 600 is larger than the teacher's vocabulary (512)" d --keep-layers 0,2,4 --top-k 600
+expect_error "distill deeper student" "--keep-layers: student init: keep_layers has 6 entries but the teacher has 5" d --keep-layers 0,1,2,3,4,5
+expect_error "distill layer out of range" "--keep-layers: student init: keep_layers[2] = 7 is outside [0, 5)" d --keep-layers 0,2,7
+expect_error "distill repeated layer" "keep_layers[1] = 0 is repeated" d --keep-layers 0,0
+expect_error "distill wider MLP" "--mlp-width: student init: intermediate_size 200 is larger than the teacher's 172" d --mlp-width 200
+expect_error "distill heads not whole groups" "--heads: student init: num_attention_heads" d --heads 0
+expect_error "distill min-lr > lr" "--min-lr: " d --keep-layers 0,2,4 --lr 1e-3 --min-lr 1e-2
+expect_error "distill warmup >= steps" "--warmup/--steps: " d --keep-layers 0,2,4 --warmup 1
+expect_error "distill seqlen > positions" "--seqlen: seqlen 4096 exceeds max_position_embeddings" "$CLI" distill --teacher "$T260" --data "$TR" --out "$tmp/student" --keep-layers 0,2,4 --seqlen 4096
+echo '{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 100, "max_position_embeddings": 64, "rms_norm_eps": 1e-5}' > "$tmp/small.json"
+expect_error "distill random student vocab" "--student-config: student init: vocab_size 100 differs from the teacher's 512" d --student-config "$tmp/small.json"
+mkdir -p "$tmp/exists"
+expect_error "distill existing out" "exists; pass --overwrite" "$CLI" distill --teacher "$T260" --data "$TR" --out "$tmp/exists" --keep-layers 0
   : > "$tmp/empty.txt"
   expect_error "empty text" "empty.txt: text file is empty" "$CLI" eval --model "$DATA/stories260K" --data "$tmp/empty.txt"
   printf 'abc\xff' > "$tmp/bad.txt"
