@@ -29,16 +29,6 @@ json BaseJson(const ModelConfig& config) {
   return config.raw.is_object() ? config.raw : ModelConfigToJson(config);
 }
 
-void SetSizes(json& j, const ModelConfig& c) {
-  j["hidden_size"] = c.hidden_size;
-  j["intermediate_size"] = c.intermediate_size;
-  j["num_hidden_layers"] = c.num_hidden_layers;
-  j["num_attention_heads"] = c.num_attention_heads;
-  j["num_key_value_heads"] = c.num_key_value_heads;
-  // Explicit: after head pruning hidden_size / heads is no longer head_dim.
-  j["head_dim"] = c.head_dim;
-  j["vocab_size"] = c.vocab_size;
-}
 
 // Parses the student's config.json as LlamaModel::Load will, so that the
 // returned config is exactly what the written folder reads back as.
@@ -147,7 +137,7 @@ absl::StatusOr<StudentModel> InitRandom(const LlamaModel& teacher, const Student
     return Invalid(absl::StrCat("init_stddev ", spec.init_stddev, " must be positive and finite"));
   }
   json j = BaseJson(spec.config);
-  SetSizes(j, spec.config);
+  SetModelSizeFields(j, spec.config);
   j["tie_word_embeddings"] = spec.config.tie_word_embeddings;
   // A config copied from another depth keeps a per-layer list of that depth.
   auto types = j.find("layer_types");
@@ -179,7 +169,7 @@ absl::StatusOr<StudentModel> InitDepth(const LlamaModel& teacher, const StudentS
   json j = BaseJson(t);
   ModelConfig sizes = t;
   sizes.num_hidden_layers = static_cast<int>(keep.size());
-  SetSizes(j, sizes);
+  SetModelSizeFields(j, sizes);
   // Per-layer attention types follow their layers (HF checks the length).
   auto types = j.find("layer_types");
   const bool has_types = types != j.end() && types->is_array() &&
@@ -300,7 +290,7 @@ absl::StatusOr<StudentModel> PruneWidth(const LlamaModel& teacher,
   sizes.num_key_value_heads = static_cast<int>(groups);
   sizes.num_attention_heads = static_cast<int>(groups) * per_group;
   json j = BaseJson(t);
-  SetSizes(j, sizes);
+  SetModelSizeFields(j, sizes);
   SR_ASSIGN_OR_RETURN(ModelConfig config, ParseStudentJson(std::move(j)));
   SR_ASSIGN_OR_RETURN(train::ParameterStore store, train::ParameterStore::Create(config));
 
@@ -374,7 +364,7 @@ absl::Status WriteStudentFolder(const std::filesystem::path& out_dir, const Stud
   CompressedModelSpec spec;
   spec.source_dir = teacher_dir;
   json config = BaseJson(student.config);
-  SetSizes(config, student.config);
+  SetModelSizeFields(config, student.config);
   spec.source_config = std::move(config);
   spec.dense_dtype = dtype;
   spec.recipe_info = student.provenance;

@@ -50,17 +50,22 @@ struct PendingTensor {
 
 }  // namespace
 
-nlohmann::json ModelConfigToJson(const ModelConfig& c) {
-  nlohmann::json j;
-  j["architectures"] = {std::string(ArchitectureName(c.arch))};
-  j["model_type"] = std::string(ModelType(c.arch));
+void SetModelSizeFields(nlohmann::json& j, const ModelConfig& c) {
   j["hidden_size"] = c.hidden_size;
   j["intermediate_size"] = c.intermediate_size;
   j["num_hidden_layers"] = c.num_hidden_layers;
   j["num_attention_heads"] = c.num_attention_heads;
   j["num_key_value_heads"] = c.num_key_value_heads;
+  // Explicit: after head pruning hidden_size / heads is no longer head_dim.
   j["head_dim"] = c.head_dim;
   j["vocab_size"] = c.vocab_size;
+}
+
+nlohmann::json ModelConfigToJson(const ModelConfig& c) {
+  nlohmann::json j;
+  j["architectures"] = {std::string(ArchitectureName(c.arch))};
+  j["model_type"] = std::string(ModelType(c.arch));
+  SetModelSizeFields(j, c);
   j["max_position_embeddings"] = c.max_position_embeddings;
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["rope_theta"] = c.rope_theta;

@@ -16,6 +16,9 @@ namespace shrinkray {
 // The config.json object Hugging Face writes for `config` (architectures,
 // model_type, sizes, rope, tie_word_embeddings, torch_dtype ...).
 nlohmann::json ModelConfigToJson(const ModelConfig& config);
+// The size fields of config.json (hidden, intermediate, layers, heads, KV
+// heads, head_dim, vocab) set from `config`; other keys are left as they are.
+void SetModelSizeFields(nlohmann::json& j, const ModelConfig& config);
 
 // A config of the given shape (Llama architecture unless `arch` says otherwise).
 ModelConfig MakeLlamaConfig(int hidden_size, int intermediate_size, int num_layers, int num_heads,

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -45,6 +46,33 @@ namespace shrinkray {
 // An owning device allocation of `size()` elements of T. Move-only; frees on
 // destruction. Host copies are synchronous with respect to the host (they wait
 // for `stream`), so the host span may be reused as soon as they return.
+// CUDA events created on first use and reused (phase timing on a stream);
+// destroyed with the pool.
+class CudaEventPool {
+ public:
+  CudaEventPool() = default;
+  ~CudaEventPool() {
+    for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);  // nothing to report from a destructor
+  }
+  CudaEventPool(const CudaEventPool&) = delete;
+  CudaEventPool& operator=(const CudaEventPool&) = delete;
+
+  // The i-th event, creating events up to it.
+  absl::StatusOr<cudaEvent_t> Get(size_t i) {
+    while (events_.size() <= i) {
+      cudaEvent_t e = nullptr;
+      SR_CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+    return events_[i];
+  }
+  // An event Get already created.
+  cudaEvent_t operator[](size_t i) const { return events_[i]; }
+
+ private:
+  std::vector<cudaEvent_t> events_;
+};
+
 template <typename T>
 class DeviceBuffer {
  public:

@@ -57,18 +57,7 @@ absl::StatusOr<std::unique_ptr<GptqCuda>> GptqCuda::Create(cudaStream_t stream) 
   return g;
 }
 
-GptqCuda::~GptqCuda() {
-  for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);  // nothing to report from a destructor
-}
-
-absl::StatusOr<cudaEvent_t> GptqCuda::Event(size_t i) {
-  while (events_.size() <= i) {
-    cudaEvent_t e = nullptr;
-    SR_CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
-    events_.push_back(e);
-  }
-  return events_[i];
-}
+GptqCuda::~GptqCuda() = default;
 
 absl::Status GptqCuda::Reserve(int rows, int cols) {
   SR_STATUS_RETURN_IF_ERROR(Grow(wk_, static_cast<size_t>(rows) * cols));
@@ -83,8 +72,8 @@ absl::Status GptqCuda::PrepareHessian(const float* h, int cols, const GptqOption
     return absl::InvalidArgumentError(absl::StrCat("PrepareHessian: bad cols ", cols));
   }
   cols_ = 0;  // not prepared until this succeeds
-  SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev0, Event(0));
-  SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev1, Event(1));
+  SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev0, events_.Get(0));
+  SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev1, events_.Get(1));
   if (timing_) SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev0, stream_));
   SR_STATUS_RETURN_IF_ERROR(hinv_->Prepare(h, cols, options.act_order, options.damp,
                                            options.damp_auto_increment));
@@ -127,7 +116,7 @@ absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
   size_t ev_count = 0;
   auto record = [&]() -> absl::Status {
     if (!timing_) return absl::OkStatus();
-    SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t e, Event(ev_count++));
+    SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t e, events_.Get(ev_count++));
     SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(e, stream_));
     return absl::OkStatus();
   };

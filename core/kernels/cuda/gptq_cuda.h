@@ -91,13 +91,12 @@ class GptqCuda {
  private:
   explicit GptqCuda(cudaStream_t stream) : stream_(stream) {}
   absl::Status Reserve(int rows, int cols);
-  absl::StatusOr<cudaEvent_t> Event(size_t i);
 
   cudaStream_t stream_;
   bool timing_ = true;
   bool allow_tf32_ = false;
   GptqCudaTimes times_;
-  std::vector<cudaEvent_t> events_;
+  CudaEventPool events_;
 
   // Prepared Hessian (dead columns, permutation, inverse factor): shared
   // with SparseGptCuda.

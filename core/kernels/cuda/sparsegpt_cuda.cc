@@ -63,18 +63,7 @@ absl::StatusOr<std::unique_ptr<SparseGptCuda>> SparseGptCuda::Create(cudaStream_
   return s;
 }
 
-SparseGptCuda::~SparseGptCuda() {
-  for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);  // nothing to report from a destructor
-}
-
-absl::StatusOr<cudaEvent_t> SparseGptCuda::Event(size_t i) {
-  while (events_.size() <= i) {
-    cudaEvent_t e = nullptr;
-    SR_CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
-    events_.push_back(e);
-  }
-  return events_[i];
-}
+SparseGptCuda::~SparseGptCuda() = default;
 
 absl::Status SparseGptCuda::PrepareHessian(const float* h, int cols,
                                            const SparseGptOptions& options) {
@@ -83,8 +72,8 @@ absl::Status SparseGptCuda::PrepareHessian(const float* h, int cols,
   }
   SR_STATUS_RETURN_IF_ERROR(ValidateOptions(options, cols));
   cols_ = 0;  // not prepared until this succeeds
-  SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev0, Event(0));
-  SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev1, Event(1));
+  SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev0, events_.Get(0));
+  SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev1, events_.Get(1));
   if (timing_) SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev0, stream_));
   SR_STATUS_RETURN_IF_ERROR(hinv_->Prepare(h, cols, /*act_order=*/false, options.damp,
                                            options.damp_auto_increment));
@@ -127,7 +116,7 @@ absl::StatusOr<SparseGptCudaReport> SparseGptCuda::Prune(const float* w, int row
   size_t ev_count = 0;
   auto record = [&]() -> absl::Status {
     if (!timing_) return absl::OkStatus();
-    SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t e, Event(ev_count++));
+    SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t e, events_.Get(ev_count++));
     SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(e, stream_));
     return absl::OkStatus();
   };

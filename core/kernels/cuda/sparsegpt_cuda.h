@@ -94,12 +94,11 @@ class SparseGptCuda {
 
  private:
   explicit SparseGptCuda(cudaStream_t stream) : stream_(stream) {}
-  absl::StatusOr<cudaEvent_t> Event(size_t i);
 
   cudaStream_t stream_;
   bool timing_ = true;
   SparseGptCudaTimes times_;
-  std::vector<cudaEvent_t> events_;
+  CudaEventPool events_;
 
   std::unique_ptr<HessianInverseCuda> hinv_;
   int cols_ = 0;
