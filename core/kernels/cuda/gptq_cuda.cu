@@ -9,14 +9,9 @@
 namespace shrinkray::kernels {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr long kMaxBlocks = 132L * 16;
+constexpr int kThreads = kGridThreads;
+constexpr long kMaxBlocks = kGridMaxBlocks;
 
-unsigned GridFor(long work) {
-  long blocks = (work + kThreads - 1) / kThreads;
-  blocks = blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks);
-  return static_cast<unsigned>(blocks);
-}
 
 // FitQuantParams (core/algo/quantizer.cc) from a range's min and max, which
 // are seeded with 0.

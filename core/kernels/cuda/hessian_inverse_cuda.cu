@@ -6,14 +6,8 @@
 namespace shrinkray::kernels {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr long kMaxBlocks = 132L * 16;
+constexpr int kThreads = kGridThreads;
 
-unsigned GridFor(long work) {
-  long blocks = (work + kThreads - 1) / kThreads;
-  blocks = blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks);
-  return static_cast<unsigned>(blocks);
-}
 
 __global__ void HessianPermuteKernel(float* __restrict__ out, const float* __restrict__ h,
                                      int n, const int32_t* __restrict__ perm,

@@ -5,14 +5,8 @@
 namespace shrinkray::kernels {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr long kMaxBlocks = 132L * 16;  // grid-stride: enough to fill an H100
+constexpr int kThreads = kGridThreads;
 
-unsigned GridFor(long work) {
-  long blocks = (work + kThreads - 1) / kThreads;
-  blocks = blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks);
-  return static_cast<unsigned>(blocks);
-}
 
 template <typename T>
 __global__ void EmbeddingKernel(T* out, const int32_t* __restrict__ tokens, const T* __restrict__ wte,

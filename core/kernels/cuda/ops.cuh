@@ -14,6 +14,16 @@ namespace shrinkray::kernels {
 
 constexpr int kWarpSize = 32;
 
+// Grid-stride launches of the elementwise kernels: kGridThreads per block, at
+// most kGridMaxBlocks blocks (enough to fill an H100/H200), at least one.
+constexpr int kGridThreads = 256;
+constexpr long kGridMaxBlocks = 132L * 16;
+inline unsigned GridFor(long work) {
+  long blocks = (work + kGridThreads - 1) / kGridThreads;
+  blocks = blocks < 1 ? 1 : (blocks > kGridMaxBlocks ? kGridMaxBlocks : blocks);
+  return static_cast<unsigned>(blocks);
+}
+
 // Elements of T per 128-bit access.
 template <typename T>
 constexpr int kVec128 = 16 / static_cast<int>(sizeof(T));

@@ -4,14 +4,8 @@
 namespace shrinkray::kernels {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr long kMaxBlocks = 132L * 16;
+constexpr int kThreads = kGridThreads;
 
-unsigned GridFor(long work) {
-  long blocks = (work + kThreads - 1) / kThreads;
-  blocks = blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks);
-  return static_cast<unsigned>(blocks);
-}
 
 __device__ __forceinline__ uint64_t SplitMix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
