@@ -3,7 +3,7 @@
 # machine from the repo root where .bundle/ was carried:
 #
 #   scripts/gpu-check.sh [section...]     sections: env ops goldens goldens-gpu nccl table gptq-smoke
-#                                         gptq-8b sparsegpt-8b forward-vs-transformers
+#                                         gptq-8b sparsegpt-8b training forward-vs-transformers
 #                                         (default: env ops goldens)
 #
 #   env      nvidia-smi, and ldd of every bundled program through the bundle's
@@ -28,6 +28,11 @@
 #            NCCL job on stories260K against the CPU job (same bytes)
 #   sparsegpt-8b  the bench with --method sparsegpt (50%, unstructured) on the
 #            full job; timeout $SPARSEGPT_8B_TIMEOUT (240 s), extra flags $SPARSEGPT_8B_ARGS
+#   training kd_train_bench: KD training throughput (tokens/s, MFU) of a student
+#            of Llama-3.2-1B shapes from a teacher of Llama-3.2-3B shapes; a
+#            2-layer smoke run, the full run ($TRAIN_BATCH x 2048 tokens, default
+#            4; $TRAIN_STEPS timed steps, default 3), and the same with the
+#            all-reduce beside the backward; timeout $TRAIN_TIMEOUT (240 s) each
 #   forward-vs-transformers  teacher forward throughput, the same shapes and
 #            tokens ($FWD_SAMPLES x 2048, default 64): our bench --method forward,
 #            then PyTorch + transformers' LlamaForCausalLM (bench/cuda/
@@ -177,12 +182,12 @@ GPTQ_SMOKE_FAILED=0
 BENCH_RC=0
 run_bench() {
   local name=$1 limit=$2; shift 2
-  local log="$LOGDIR/$name.log"
-  if [[ ! -x "$BUNDLE/bin/gptq_llama8b_bench" ]]; then
-    STATUS=FAIL; NOTE="no gptq_llama8b_bench in the bundle"; echo "$NOTE"; return
+  local log="$LOGDIR/$name.log" prog=${BENCH_PROG:-gptq_llama8b_bench}
+  if [[ ! -x "$BUNDLE/bin/$prog" ]]; then
+    STATUS=FAIL; NOTE="no $prog in the bundle"; echo "$NOTE"; return
   fi
-  echo "gptq_llama8b_bench $* (timeout ${limit}s)"
-  timeout -k 10 "$limit" "$BUNDLE/bin/gptq_llama8b_bench" "$@" >"$log" 2>&1
+  echo "$prog $* (timeout ${limit}s)"
+  timeout -k 10 "$limit" "$BUNDLE/bin/$prog" "$@" >"$log" 2>&1
   local rc=$?
   BENCH_RC=$rc
   tail -n 60 "$log"
@@ -235,6 +240,26 @@ section_sparsegpt_8b() {
   # shellcheck disable=SC2086  # SPARSEGPT_8B_ARGS is a flag list
   run_bench sparsegpt-8b "$limit" --method sparsegpt --sparsity 0.5 --layers "${GPTQ_LAYERS:-32}" \
     --budget-s $((limit - 30)) ${SPARSEGPT_8B_ARGS:-}
+}
+
+# KD training throughput: a student of Llama-3.2-1B shapes from a teacher of
+# Llama-3.2-3B shapes (kd_train_bench): a 2-layer smoke run first, then the
+# full models ($TRAIN_BATCH x 2048 tokens per step, $TRAIN_STEPS timed steps),
+# then the same with the gradients all-reduced beside the backward (1-rank NCCL).
+section_training() {
+  local limit=${TRAIN_TIMEOUT:-240}
+  BENCH_PROG=kd_train_bench run_bench training-smoke 60 --student-layers 2 --teacher-layers 2 \
+    --batch 1 --seqlen 256 --steps 2
+  [[ "$STATUS" == PASS ]] || { NOTE="smoke: $NOTE"; return; }
+  BENCH_PROG=kd_train_bench run_bench training "$limit" --batch "${TRAIN_BATCH:-4}" --seqlen 2048 \
+    --steps "${TRAIN_STEPS:-3}" --warmup 1
+  local main_status=$STATUS main_note=$NOTE
+  BENCH_PROG=kd_train_bench run_bench training-allreduce "$limit" --batch "${TRAIN_BATCH:-4}" \
+    --seqlen 2048 --steps 2 --warmup 1 --allreduce
+  local ar_note=$NOTE
+  [[ "$STATUS" == PASS ]] || main_status=FAIL
+  STATUS=$main_status
+  NOTE="${main_note}; with all-reduce: $(sed -n 's/.*\(tokens_per_s=[0-9.]*\).*/\1/p' <<<"$ar_note")"
 }
 
 section_forward_vs_transformers() {
@@ -326,9 +351,9 @@ section_table() {
 sections=("$@")
 ((${#sections[@]} > 0)) || sections=(env ops goldens)
 for s in "${sections[@]}"; do
-  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | gptq-smoke | gptq-8b | sparsegpt-8b | forward-vs-transformers) ;; *)
+  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | gptq-smoke | gptq-8b | sparsegpt-8b | training | forward-vs-transformers) ;; *)
     echo "unknown section '$s' (env ops goldens goldens-gpu nccl table gptq-smoke gptq-8b sparsegpt-8b" \
-      "forward-vs-transformers)" >&2; exit 2 ;;
+      "training forward-vs-transformers)" >&2; exit 2 ;;
   esac
 done
 

@@ -54,10 +54,16 @@ is_program() {  # an ELF with a program interpreter, i.e. an executable, not a .
 }
 mapfile -t PROGRAMS < <(find "$BUILD" -type f -perm -u+x -not -path '*/CMakeFiles/*' \
                           -not -path '*/_deps/*' -print | sort)
+# Only what scripts/gpu-check.sh runs ($BUNDLE_PROGRAMS, space-separated; "all"
+# takes every program): the device call carries at most 64 MiB in all.
+BUNDLE_PROGRAMS=${BUNDLE_PROGRAMS:-shrinkray shrinkray-coordinator shrinkray-worker shrinkray_unit_tests shrinkray_cuda_tests gptq_llama8b_bench kd_train_bench}
 progs=()
-for p in "${PROGRAMS[@]}"; do is_program "$p" && progs+=("$p"); done
+for p in "${PROGRAMS[@]}"; do
+  is_program "$p" || continue
+  [[ "$BUNDLE_PROGRAMS" == all || " $BUNDLE_PROGRAMS " == *" $(basename "$p") "* ]] && progs+=("$p")
+done
 ((${#progs[@]} > 0)) || { log "no executables found in $BUILD"; exit 1; }
-for want in shrinkray shrinkray_unit_tests shrinkray_cuda_tests gptq_llama8b_bench; do
+for want in shrinkray shrinkray_unit_tests shrinkray_cuda_tests gptq_llama8b_bench kd_train_bench; do
   found=0
   for p in "${progs[@]}"; do [[ "$(basename "$p")" == "$want" ]] && found=1; done
   ((found)) || log "warning: expected program '$want' was not built"

@@ -5,8 +5,9 @@
 //   embed -> for each layer: rmsnorm -> H_qkv -> GPTQ q,k,v -> q/k/v with the
 //   quantized weights, RoPE, attention -> H_o -> GPTQ o -> o_proj + residual
 //   -> rmsnorm -> H_gateup -> GPTQ gate, up -> swiglu -> H_down -> GPTQ down
-//   -> down_proj + residual = next layer's input; "save" packs the codes and
-//   copies codes/scales/zeros to pinned host memory.
+//   -> down_proj + residual = next layer's input; "save" packs qweight,
+//   qzeros and fp16 scales in the GPTQ checkpoint layout on the GPU
+//   (gptq_pack_cuda.h) and copies them and g_idx to pinned host memory.
 // --method sparsegpt prunes every Linear in the same order instead (the
 // forward then uses the pruned bf16 weights; "save" copies them to pinned
 // host memory); --method forward runs only the layers' forward pass (no
@@ -16,13 +17,18 @@
 // FLOP floor at H100 peak (docs/benchmarks-gpu.md explains the arithmetic).
 //
 //   gptq_llama8b_bench [--method gptq|sparsegpt|forward] (default gptq)
-//                      [--layers 32] [--samples 128] [--seqlen 2048] [--bits 4]
+//                      [--layers 32] [--samples 128] [--seqlen 2048] [--bits 4] (2, 3, 4, 8)
 //                      [--group 128] [--act-order] [--chunk 16] [--seed 0]
 //                      [--sparsity 0.5] [--prune-n N --prune-m M]  (sparsegpt;
 //                                       N:M replaces --sparsity when given)
 //                      [--profile-ops]  (forward time per op kind: GEMM, attention, ...)
 //                      [--budget-s S]  (stop early and extrapolate when the next
 //                                       layer would end past S seconds)
+//                      [--stream-from-host]  (the layers' weights live in pinned
+//                                       host memory, as for a model larger than
+//                                       the GPU; layer l+1 is copied on a copy
+//                                       stream into a second buffer while layer
+//                                       l computes; "load" is then the wait)
 //                      [--hidden 4096 --intermediate 14336 --heads 32
 //                       --kv-heads 8 --head-dim 128 --vocab 128256]
 //
@@ -48,6 +54,7 @@
 #include "core/algo/sparsegpt.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/gptq_cuda.h"
+#include "core/kernels/cuda/gptq_pack_cuda.h"
 #include "core/kernels/cuda/hessian_cuda.h"
 #include "core/kernels/cuda/ops.h"
 #include "core/kernels/cuda/random_cuda.h"
@@ -72,6 +79,7 @@ struct Flags {
   int group = 128;
   bool act_order = false;
   bool profile_ops = false;  // per-op forward times (CUDA events around every call)
+  bool stream_from_host = false;  // weights in pinned host memory, prefetched a layer ahead
   int chunk = 16;  // samples per forward / Hessian chunk
   uint64_t seed = 0;
   double budget_s = 0.0;  // > 0: stop before a layer that would end past it (extrapolate)
@@ -112,6 +120,7 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     else if (a == "--prune-m") ok = next_int(&f->prune_m);
     else if (a == "--act-order") f->act_order = true;
     else if (a == "--profile-ops") f->profile_ops = true;
+    else if (a == "--stream-from-host") f->stream_from_host = true;
     else if (a == "--sparsity") {
       ok = i + 1 < argc;
       if (ok) f->sparsity = std::atof(argv[++i]);
@@ -152,7 +161,7 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
   }
   if (f->layers < 1 || f->samples < 1 || f->seqlen < 1 || f->chunk < 1 || f->hidden < 1 ||
       f->intermediate < 1 || f->heads < 1 || f->kv_heads < 1 || f->head_dim < 2 ||
-      f->heads % f->kv_heads != 0 || f->head_dim % 2 != 0 || f->bits < 2 || f->bits > 8 ||
+      f->heads % f->kv_heads != 0 || f->head_dim % 2 != 0 || (f->bits != 2 && f->bits != 3 && f->bits != 4 && f->bits != 8) ||
       f->vocab < 1) {
     std::fprintf(stderr, "bad flag values\n");
     return false;
@@ -348,7 +357,13 @@ int Run(const Flags& f) {
   BENCH_ASSIGN_OR_FAIL(auto w32, DeviceBuffer<float>::Create(w_total));
   BENCH_ASSIGN_OR_FAIL(auto w16, DeviceBuffer<bf16>::Create(w_total));
   BENCH_ASSIGN_OR_FAIL(auto codes, DeviceBuffer<uint8_t>::Create(w_total));
-  BENCH_ASSIGN_OR_FAIL(auto packed, DeviceBuffer<uint8_t>::Create(w_total / 2 + 8));
+  // "save": the GPTQ checkpoint tensors, packed on the GPU (gptq_pack_cuda.h):
+  // qweight int32 [in * bits / 32, out], qzeros int32 [groups, out * bits / 32],
+  // fp16 scales, per Linear, back to back.
+  const long qweight_words = w_total * f.bits / 32, qzeros_words = groups_total * f.bits / 32;
+  BENCH_ASSIGN_OR_FAIL(auto qweight, DeviceBuffer<int32_t>::Create(qweight_words));
+  BENCH_ASSIGN_OR_FAIL(auto qzeros, DeviceBuffer<int32_t>::Create(qzeros_words));
+  BENCH_ASSIGN_OR_FAIL(auto scales16, DeviceBuffer<__half>::Create(groups_total));
   BENCH_ASSIGN_OR_FAIL(auto scales, DeviceBuffer<float>::Create(groups_total));
   BENCH_ASSIGN_OR_FAIL(auto zeros, DeviceBuffer<int32_t>::Create(groups_total));
   BENCH_ASSIGN_OR_FAIL(auto gidx, DeviceBuffer<int32_t>::Create(cols_total));
@@ -395,16 +410,73 @@ int Run(const Flags& f) {
   BENCH_ASSIGN_OR_FAIL(auto cos_d, DeviceBuffer<float>::FromHost(cos_h, stream));
   BENCH_ASSIGN_OR_FAIL(auto sin_d, DeviceBuffer<float>::FromHost(sin_h, stream));
 
-  // Pinned host staging for "save": packed codes (or raw when bits != 4),
-  // scales and zeros of one layer.
-  const size_t code_bytes = f.bits == 4 ? static_cast<size_t>(w_total / 2) : w_total;
+  // Pinned host staging for "save": one layer's qweight, qzeros, scales, g_idx.
+  const size_t code_bytes = static_cast<size_t>(qweight_words) * sizeof(int32_t);
   // sparsegpt saves the pruned bf16 weights instead.
   const size_t save_bytes = is_sparse ? static_cast<size_t>(w_total) * sizeof(bf16)
-                                      : code_bytes + groups_total * (sizeof(float) + sizeof(int32_t));
+                                      : code_bytes + qzeros_words * sizeof(int32_t) +
+                                            groups_total * sizeof(__half) + cols_total * sizeof(int32_t);
   void* pinned = nullptr;
   BENCH_CHECK_OK(CudaStatus(cudaMallocHost(&pinned, save_bytes), "cudaMallocHost", __FILE__,
                             __LINE__));
   std::unique_ptr<void, void (*)(void*)> pinned_guard(pinned, [](void* p) { (void)cudaFreeHost(p); });
+
+  // --stream-from-host: every layer's fp32 source weights in pinned host
+  // memory (made here, untimed: the same seeded values "load" would make),
+  // two device buffers, a copy stream and the events that order them.
+  DeviceBuffer<float> w32_next;
+  float* w_buf[2] = {w32.data(), nullptr};
+  float* host_weights = nullptr;
+  std::unique_ptr<void, void (*)(void*)> host_weights_guard(nullptr, [](void* p) { (void)cudaFreeHost(p); });
+  cudaStream_t copy_stream = nullptr;
+  cudaEvent_t copied[2] = {nullptr, nullptr}, consumed[2] = {nullptr, nullptr};
+  const size_t layer_bytes = static_cast<size_t>(w_total) * sizeof(float);
+  if (f.stream_from_host) {
+    BENCH_ASSIGN_OR_FAIL(w32_next, DeviceBuffer<float>::Create(w_total));
+    w_buf[1] = w32_next.data();
+    const auto p0 = std::chrono::steady_clock::now();
+    void* hw = nullptr;
+    BENCH_CHECK_OK(CudaStatus(cudaMallocHost(&hw, layer_bytes * f.layers), "cudaMallocHost weights",
+                              __FILE__, __LINE__));
+    host_weights_guard.reset(hw);
+    host_weights = static_cast<float*>(hw);
+    for (int layer = 0; layer < f.layers; ++layer) {
+      for (int k = 0; k < 7; ++k) {
+        BENCH_CHECK_OK(fill_random_normal(lin[k].w, lin[k].numel(), 0.0f, 0.02f,
+                                          (f.seed + 1) * 7919 + layer * 64 + k, stream));
+      }
+      BENCH_CHECK_OK(CudaStatus(cudaMemcpyAsync(host_weights + static_cast<size_t>(layer) * w_total,
+                                                w32.data(), layer_bytes, cudaMemcpyDeviceToHost, stream),
+                                "stage weights", __FILE__, __LINE__));
+    }
+    BENCH_CHECK_OK(CudaStatus(cudaStreamSynchronize(stream), "stage sync", __FILE__, __LINE__));
+    BENCH_CHECK_OK(CudaStatus(cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking), "copy stream",
+                              __FILE__, __LINE__));
+    for (int b = 0; b < 2; ++b) {
+      BENCH_CHECK_OK(CudaStatus(cudaEventCreateWithFlags(&copied[b], cudaEventDisableTiming), "event",
+                                __FILE__, __LINE__));
+      BENCH_CHECK_OK(CudaStatus(cudaEventCreateWithFlags(&consumed[b], cudaEventDisableTiming), "event",
+                                __FILE__, __LINE__));
+    }
+    std::printf("stream-from-host: %.2f GiB of fp32 weights staged in pinned host memory in %.1f s "
+                "(untimed); %.2f GiB copied per layer\n",
+                layer_bytes * f.layers / 1073741824.0,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - p0).count(),
+                layer_bytes / 1073741824.0);
+  }
+  // Enqueues layer `layer`'s weights into buffer layer % 2 on the copy stream,
+  // after the layer that last used that buffer has finished with it.
+  auto prefetch = [&](int layer) -> absl::Status {
+    const int b = layer % 2;
+    if (layer >= 2) SR_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(copy_stream, consumed[b], 0));
+    SR_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(w_buf[b], host_weights + static_cast<size_t>(layer) * w_total,
+                                            layer_bytes, cudaMemcpyHostToDevice, copy_stream));
+    SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(copied[b], copy_stream));
+    return absl::OkStatus();
+  };
+  long lin_offset[7] = {};
+  for (int k = 1; k < 7; ++k) lin_offset[k] = lin_offset[k - 1] + lin[k - 1].numel();
+  if (f.stream_from_host) BENCH_CHECK_OK(prefetch(0));
 
   size_t free_b = 0, total_b = 0;
   BENCH_CHECK_OK(CudaStatus(cudaMemGetInfo(&free_b, &total_b), "memgetinfo", __FILE__, __LINE__));
@@ -517,9 +589,19 @@ int Run(const Flags& f) {
     if (gptq) gptq->mutable_times().Reset();
     if (sgpt) sgpt->mutable_times().Reset();
 
-    // load: this layer's weights (seeded per layer and matrix).
+    // load: this layer's weights (seeded per layer and matrix); streamed:
+    // wait for the prefetched copy, then start the next layer's.
     BENCH_CHECK_OK(timer.Begin(kLoad));
-    for (int k = 0; k < 7; ++k) {
+    if (f.stream_from_host) {
+      const int b = layer % 2;
+      BENCH_CHECK_OK(CudaStatus(cudaStreamWaitEvent(stream, copied[b], 0), "wait copy", __FILE__, __LINE__));
+      for (int k = 0; k < 7; ++k) {
+        lin[k].w = w_buf[b] + lin_offset[k];
+        if (is_forward) BENCH_CHECK_OK(convert_to_bf16(lin[k].wq, lin[k].w, lin[k].numel(), stream));
+      }
+      if (layer + 1 < f.layers) BENCH_CHECK_OK(prefetch(layer + 1));
+    }
+    for (int k = 0; k < 7 && !f.stream_from_host; ++k) {
       const float stddev = 0.02f;
       BENCH_CHECK_OK(fill_random_normal(lin[k].w, lin[k].numel(), 0.0f, stddev,
                                         (f.seed + 1) * 7919 + layer * 64 + k, stream));
@@ -589,7 +671,8 @@ int Run(const Flags& f) {
     }
     BENCH_CHECK_OK(timer.End());
 
-    // save: pack (4-bit: two codes a byte) and copy to pinned host memory.
+    // save: pack into the GPTQ checkpoint layout on the GPU and copy to
+    // pinned host memory.
     if (is_sparse) {
       // save: the pruned bf16 weights to pinned host memory.
       BENCH_CHECK_OK(timer.Begin(kSave));
@@ -600,27 +683,32 @@ int Run(const Flags& f) {
     }
     if (is_gptq) BENCH_CHECK_OK(timer.Begin(kSave));
     if (is_gptq) {
-      uint8_t* host = static_cast<uint8_t*>(pinned);
-      if (f.bits == 4) {
-        BENCH_CHECK_OK(pack_int4(packed.data(), codes.data(), 1, static_cast<int>(w_total), stream));
-        BENCH_CHECK_OK(CudaStatus(cudaMemcpyAsync(host, packed.data(), code_bytes,
-                                                  cudaMemcpyDeviceToHost, stream),
-                                  "save codes", __FILE__, __LINE__));
-      } else {
-        BENCH_CHECK_OK(CudaStatus(cudaMemcpyAsync(host, codes.data(), code_bytes,
-                                                  cudaMemcpyDeviceToHost, stream),
-                                  "save codes", __FILE__, __LINE__));
+      long qw = 0, qz = 0;
+      for (const Linear& l : lin) {
+        const int groups = GptqCuda::NumGroups(l.cols, opt);
+        BENCH_CHECK_OK(pack_gptq_qweight(qweight.data() + qw, l.codes, l.rows, l.cols, f.bits, stream));
+        // gptq_v2 zero points: asymmetric GPTQ can make a zero of 0, which
+        // v1's zero - 1 cannot hold (the CPU writer checks; timing is the same).
+        BENCH_CHECK_OK(pack_gptq_qzeros(qzeros.data() + qz, l.zeros, groups, l.rows, f.bits, false, stream));
+        qw += l.numel() * f.bits / 32;
+        qz += static_cast<long>(groups) * l.rows * f.bits / 32;
       }
-      BENCH_CHECK_OK(CudaStatus(cudaMemcpyAsync(host + code_bytes, scales.data(),
-                                                groups_total * sizeof(float),
-                                                cudaMemcpyDeviceToHost, stream),
-                                "save scales", __FILE__, __LINE__));
-      BENCH_CHECK_OK(CudaStatus(
-          cudaMemcpyAsync(host + code_bytes + groups_total * sizeof(float), zeros.data(),
-                          groups_total * sizeof(int32_t), cudaMemcpyDeviceToHost, stream),
-          "save zeros", __FILE__, __LINE__));
+      BENCH_CHECK_OK(convert_to_fp16(scales16.data(), scales.data(), groups_total, stream));
+      uint8_t* host = static_cast<uint8_t*>(pinned);
+      size_t at = 0;
+      for (auto [src, bytes] : {std::pair<const void*, size_t>{qweight.data(), code_bytes},
+                                {qzeros.data(), qzeros_words * sizeof(int32_t)},
+                                {scales16.data(), groups_total * sizeof(__half)},
+                                {gidx.data(), cols_total * sizeof(int32_t)}}) {
+        BENCH_CHECK_OK(CudaStatus(cudaMemcpyAsync(host + at, src, bytes, cudaMemcpyDeviceToHost, stream),
+                                  "save", __FILE__, __LINE__));
+        at += bytes;
+      }
     }
     if (is_gptq) BENCH_CHECK_OK(timer.End());
+    if (f.stream_from_host) {
+      BENCH_CHECK_OK(CudaStatus(cudaEventRecord(consumed[layer % 2], stream), "consumed", __FILE__, __LINE__));
+    }
     BENCH_CHECK_OK(timer.Collect(ms));
     if (f.profile_ops) BENCH_CHECK_OK(ops.Collect(op_ms));
 

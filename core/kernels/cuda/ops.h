@@ -77,10 +77,12 @@ absl::Status rope_forward(__nv_bfloat16* out, const __nv_bfloat16* inp, const fl
 // Causal GQA attention, same layout and semantics as the CPU op (q, out:
 // [B, T, NH, HD]; k, v: [B, T, NKV, HD]; window > 0: sliding window). Never
 // materialises the T x T scores: a tiled online-softmax (flash-attention)
-// kernel. bf16 with HD in {64, 128} and 16-byte aligned pointers runs on
-// tensor cores (bf16 QK^T and PV, fp32 accumulation and softmax, P rounded
-// to bf16 before PV as flash-attention does); any other case (and fp32) runs
-// a SIMT kernel in fp32 (HD <= 256). out must not alias q, k or v.
+// kernel. bf16 with HD in {64, 128} and 16-byte aligned pointers runs the
+// flash-attention-2 tensor-core kernel (mma.sync bf16 QK^T and PV, fp32
+// accumulation, online softmax in registers, P rounded to bf16 before PV as
+// flash-attention does); any other case (and fp32) runs a SIMT kernel in fp32
+// (HD <= 256). out must not alias q, k or v. train_ops.h has the variant that
+// also writes the log-sum-exp for the backward (same kernels).
 absl::Status attention_forward(float* out, const float* q, const float* k, const float* v, int B,
                                int T, int NH, int NKV, int HD, int window, cudaStream_t stream);
 absl::Status attention_forward(__nv_bfloat16* out, const __nv_bfloat16* q,

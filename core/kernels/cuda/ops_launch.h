@@ -34,15 +34,30 @@ template <typename T>
 cudaError_t LaunchAddBias(T* out, const float* bias, int N, int C, cudaStream_t stream);
 
 // attention.cu. Tensor-core path: bf16, HD in {64, 128}, aligned pointers
-// (checked by the caller via AttentionTensorCoreOk).
+// (checked by the caller via AttentionTensorCoreOk): the mma.sync
+// flash-attention-2 forward. lse (fp32 [B, NH, T], natural log of each query
+// row's sum of exp(scaled scores)) may be null (not wanted); the SIMT kernel
+// writes it too.
 bool AttentionTensorCoreOk(const void* out, const void* q, const void* k, const void* v, int NH,
                            int NKV, int HD);
-cudaError_t LaunchAttentionTensorCore(__nv_bfloat16* out, const __nv_bfloat16* q,
+cudaError_t LaunchAttentionTensorCore(__nv_bfloat16* out, float* lse, const __nv_bfloat16* q,
                                       const __nv_bfloat16* k, const __nv_bfloat16* v, int B,
                                       int T, int NH, int NKV, int HD, int window,
                                       cudaStream_t stream);
 template <typename T>
-cudaError_t LaunchAttentionSimt(T* out, const T* q, const T* k, const T* v, int B, int T_, int NH,
-                                int NKV, int HD, int window, cudaStream_t stream);
+cudaError_t LaunchAttentionSimt(T* out, float* lse, const T* q, const T* k, const T* v, int B,
+                                int T_, int NH, int NKV, int HD, int window, cudaStream_t stream);
+
+// attention_backward.cu: the flash-attention-2 backward (bf16, HD in {64, 128},
+// 16-byte aligned pointers, T >= 1). Workspaces, owned by the caller:
+// dq_acc fp32 [B, T, NH, HD] and delta fp32 [B, NH, T]. Enqueues, in order:
+// delta = rowsum(dout * out) and dq_acc = 0; the main kernel (dk, dv written,
+// dq_acc accumulated with fp32 atomics); dq = bf16(dq_acc).
+cudaError_t LaunchAttentionBackward(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv,
+                                    const __nv_bfloat16* dout, const __nv_bfloat16* out,
+                                    const float* lse, const __nv_bfloat16* q,
+                                    const __nv_bfloat16* k, const __nv_bfloat16* v,
+                                    float* dq_acc, float* delta, int B, int T, int NH, int NKV,
+                                    int HD, int window, cudaStream_t stream);
 
 }  // namespace shrinkray::kernels

@@ -169,7 +169,8 @@ absl::Status attention_forward(float* out, const float* q, const float* k, const
                                int T, int NH, int NKV, int HD, int window, cudaStream_t stream) {
   SR_STATUS_RETURN_IF_ERROR(CheckAttention(out, q, k, v, B, T, NH, NKV, HD));
   SR_CUDA_RETURN_IF_ERROR(
-      kernels::LaunchAttentionSimt<float>(out, q, k, v, B, T, NH, NKV, HD, window, stream));
+      kernels::LaunchAttentionSimt<float>(out, nullptr, q, k, v, B, T, NH, NKV, HD, window,
+                                          stream));
   return absl::OkStatus();
 }
 
@@ -178,10 +179,12 @@ absl::Status attention_forward(bf16* out, const bf16* q, const bf16* k, const bf
   SR_STATUS_RETURN_IF_ERROR(CheckAttention(out, q, k, v, B, T, NH, NKV, HD));
   if (kernels::AttentionTensorCoreOk(out, q, k, v, NH, NKV, HD)) {
     SR_CUDA_RETURN_IF_ERROR(
-        kernels::LaunchAttentionTensorCore(out, q, k, v, B, T, NH, NKV, HD, window, stream));
+        kernels::LaunchAttentionTensorCore(out, nullptr, q, k, v, B, T, NH, NKV, HD, window,
+                                           stream));
   } else {
     SR_CUDA_RETURN_IF_ERROR(
-        kernels::LaunchAttentionSimt<bf16>(out, q, k, v, B, T, NH, NKV, HD, window, stream));
+        kernels::LaunchAttentionSimt<bf16>(out, nullptr, q, k, v, B, T, NH, NKV, HD, window,
+                                           stream));
   }
   return absl::OkStatus();
 }
@@ -191,7 +194,8 @@ absl::Status attention_forward_simt(bf16* out, const bf16* q, const bf16* k, con
                                     cudaStream_t stream) {
   SR_STATUS_RETURN_IF_ERROR(CheckAttention(out, q, k, v, B, T, NH, NKV, HD));
   SR_CUDA_RETURN_IF_ERROR(
-      kernels::LaunchAttentionSimt<bf16>(out, q, k, v, B, T, NH, NKV, HD, window, stream));
+      kernels::LaunchAttentionSimt<bf16>(out, nullptr, q, k, v, B, T, NH, NKV, HD, window,
+                                         stream));
   return absl::OkStatus();
 }
 
