@@ -794,9 +794,10 @@ int Run(const Flags& f) {
   const double params_layer = static_cast<double>(w_total);
   const double fwd_linear = 2.0 * params_layer * NT * L;
   const double fwd_attn = 4.0 * T * static_cast<double>(T) * HD * NH / 2.0 * S * L;
-  const double hess = 2.0 * NT *
-                      (2.0 * C * static_cast<double>(C) + static_cast<double>(QD) * QD +
-                       static_cast<double>(I) * I) * L;
+  // What hessian_accumulate computes (block-triangular for large H): inputs
+  // of q/k/v and gate/up (C), o (QD), down (I).
+  const double hess = (2.0 * hessian_accumulate_flops(C, NT) + hessian_accumulate_flops(QD, NT) +
+                       hessian_accumulate_flops(I, NT)) * L;
   double sweep = 0.0;
   for (const Linear& l : lin) sweep += static_cast<double>(l.rows) * l.cols * l.cols;
   sweep *= L;

@@ -1,0 +1,14 @@
+// Internal: raw launcher behind hessian_cuda.cc (no abseil in .cu files).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+namespace shrinkray::kernels {
+
+// h [cols, cols] holds valid values in every block (i, j) of block x block
+// tiles with i >= j (block row >= block column); copies their transposes into
+// the blocks with i < j, so that h is symmetric. block is a multiple of 32
+// dividing cols.
+cudaError_t LaunchMirrorLowerBlocks(float* h, int cols, int block, cudaStream_t stream);
+
+}  // namespace shrinkray::kernels
