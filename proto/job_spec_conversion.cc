@@ -48,6 +48,12 @@ v1::JobResult JobResultFromRun(const CompressionJobResult& run, const std::strin
     r->set_scored_tokens(row.scored_tokens);
     r->set_mean_kl(row.mean_kl);
     r->set_top1_agreement(row.top1_agreement);
+    r->set_bytes(row.bytes);
+    r->set_parameters(row.parameters);
+    r->set_bits_per_parameter(row.bits_per_parameter);
+    r->set_compression_ratio(row.compression_ratio);
+    r->set_retention(row.retention);
+    r->set_seconds(row.seconds);
   }
   for (const auto& [stage, seconds] : run.stage_seconds) (*result.mutable_stage_seconds())[stage] = seconds;
   result.set_report_json(report_json);

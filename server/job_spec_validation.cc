@@ -86,7 +86,17 @@ absl::StatusOr<v1::JobSpec> ValidateJobSpec(const v1::JobSpec& spec, const PathP
                                                    " bytes, at most ", kMaxRecipeBytes));
   }
   // The parser's message already names the source, the stage and the field.
-  SR_RETURN_IF_ERROR(ParseRecipe(out.recipe_yaml(), "spec.recipe_yaml").status());
+  SR_ASSIGN_OR_RETURN(Recipe recipe, ParseRecipe(out.recipe_yaml(), "spec.recipe_yaml"));
+  if (recipe.distill.has_value()) {
+    // Paths inside the recipe obey the same roots as the spec's.
+    if (!recipe.distill->data.empty()) {
+      SR_RETURN_IF_ERROR(paths.Check("spec.recipe_yaml: stage 0 (distill): data", recipe.distill->data));
+    }
+    if (!recipe.distill->student_config.empty()) {
+      SR_RETURN_IF_ERROR(
+          paths.Check("spec.recipe_yaml: stage 0 (distill): student.config", recipe.distill->student_config));
+    }
+  }
 
   v1::CalibrationData* calib = out.mutable_calibration();
   SR_RETURN_IF_ERROR(Required("spec.calibration.path", calib->path()));

@@ -272,6 +272,24 @@ class Worker::Session {
       event.mutable_log()->set_text(line);
       SendEvent(a, std::move(event));
     };
+    observer.on_train_step = [&](const distill::StepMetrics& m) {
+      if (metrics_ != nullptr) {
+        metrics_->TrainStep(m.loss, m.divergence, m.cross_entropy, m.lr, m.grad_norm, m.tokens_per_s);
+      }
+      if (!speaks) return;
+      const std::pair<const char*, double> points[] = {
+          {"train_loss", m.loss},           {"train_kl", m.divergence}, {"train_ce", m.cross_entropy},
+          {"train_lr", m.lr},               {"train_grad_norm", m.grad_norm},
+          {"train_tokens_per_s", m.tokens_per_s}};
+      for (const auto& [name, value] : points) {
+        v1::JobEvent event;
+        v1::MetricPoint* point = event.mutable_metric();
+        point->set_name(name);
+        point->set_value(value);
+        point->set_step(m.step);
+        SendEvent(a, std::move(event));
+      }
+    };
     absl::StatusOr<CompressionJobResult> run = RunCompressionJob(*job, observer);
     if (!run.ok()) return run.status();
     if (!speaks) return v1::JobResult();

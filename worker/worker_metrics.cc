@@ -55,7 +55,36 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry)
                            .Name("shrinkray_worker_resident_memory_bytes")
                            .Help("Resident memory (RSS) of the worker process.")
                            .Register(registry)
-                           .Add({})) {
+                           .Add({})),
+      train_loss_(prometheus::BuildGauge()
+                      .Name("shrinkray_worker_train_loss")
+                      .Help("Distillation: the mixed loss of the last optimizer step (global batch).")
+                      .Register(registry)),
+      train_kl_(prometheus::BuildGauge()
+                    .Name("shrinkray_worker_train_kl")
+                    .Help("Distillation: the divergence of the last step, KL(teacher || student) for loss kl.")
+                    .Register(registry)),
+      train_ce_(prometheus::BuildGauge()
+                    .Name("shrinkray_worker_train_cross_entropy")
+                    .Help("Distillation: the student's cross-entropy on the labels at the last step.")
+                    .Register(registry)),
+      train_lr_(prometheus::BuildGauge()
+                    .Name("shrinkray_worker_train_learning_rate")
+                    .Help("Distillation: the learning rate of the last step.")
+                    .Register(registry)),
+      train_grad_norm_(prometheus::BuildGauge()
+                           .Name("shrinkray_worker_train_grad_norm")
+                           .Help("Distillation: the global gradient norm of the last step, before clipping.")
+                           .Register(registry)),
+      train_tokens_per_s_(prometheus::BuildGauge()
+                              .Name("shrinkray_worker_train_tokens_per_second")
+                              .Help("Distillation: training tokens per second of the last step (global batch).")
+                              .Register(registry)),
+      train_steps_(prometheus::BuildCounter()
+                       .Name("shrinkray_worker_train_steps_total")
+                       .Help("Distillation optimizer steps this worker took part in.")
+                       .Register(registry)
+                       .Add({})) {
   UpdateResidentMemory();
 }
 
@@ -84,6 +113,18 @@ void WorkerMetrics::SetBusy(bool busy) {
 void WorkerMetrics::JobResumed(int first_layer) {
   resumes_.Increment();
   resumed_at_layer_.Set(static_cast<double>(std::max(0, first_layer)));
+}
+
+void WorkerMetrics::TrainStep(double loss, double kl, double cross_entropy, double lr, double grad_norm,
+                              double tokens_per_s) {
+  // Family::Add returns the one unlabelled series (created on the first step).
+  train_loss_.Add({}).Set(loss);
+  train_kl_.Add({}).Set(kl);
+  train_ce_.Add({}).Set(cross_entropy);
+  train_lr_.Add({}).Set(lr);
+  train_grad_norm_.Add({}).Set(grad_norm);
+  train_tokens_per_s_.Add({}).Set(tokens_per_s);
+  train_steps_.Increment();
 }
 
 void WorkerMetrics::UpdateResidentMemory() {

@@ -32,6 +32,13 @@ class WorkerMetrics {
   // shrinkray_worker_job_resumes_total and shrinkray_worker_resumed_at_layer
   // (the first layer the current job had to compress itself; 0 otherwise).
   void JobResumed(int first_layer);
+  // After each optimizer step of a distill stage: the gauges
+  // shrinkray_worker_train_loss, _train_kl (the distillation divergence,
+  // KL(teacher || student) for loss kl), _train_cross_entropy,
+  // _train_learning_rate, _train_grad_norm, _train_tokens_per_second (their
+  // series appear with the first step and keep the last step's values), and
+  // the counter shrinkray_worker_train_steps_total.
+  void TrainStep(double loss, double kl, double cross_entropy, double lr, double grad_norm, double tokens_per_s);
   // shrinkray_worker_resident_memory_bytes from /proc; call it periodically
   // (e.g. with each heartbeat). Left unchanged if /proc cannot be read.
   void UpdateResidentMemory();
@@ -45,6 +52,13 @@ class WorkerMetrics {
   prometheus::Counter& resumes_;
   prometheus::Gauge& resumed_at_layer_;
   prometheus::Gauge& resident_memory_;
+  prometheus::Family<prometheus::Gauge>& train_loss_;
+  prometheus::Family<prometheus::Gauge>& train_kl_;
+  prometheus::Family<prometheus::Gauge>& train_ce_;
+  prometheus::Family<prometheus::Gauge>& train_lr_;
+  prometheus::Family<prometheus::Gauge>& train_grad_norm_;
+  prometheus::Family<prometheus::Gauge>& train_tokens_per_s_;
+  prometheus::Counter& train_steps_;
 };
 
 }  // namespace shrinkray

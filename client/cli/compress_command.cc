@@ -82,7 +82,7 @@ absl::Status RunCompress(const Args& args) {
     std::fflush(stdout);
   };
   std::printf("compress        %s with %s (%zu stages) -> %s [%s]\n", model_dir.c_str(), recipe_path.c_str(),
-              recipe.stages.size(), out_dir.c_str(), std::string(OutputFormatName(format)).c_str());
+              recipe.stages.size() + (recipe.distill.has_value() ? 1 : 0), out_dir.c_str(), std::string(OutputFormatName(format)).c_str());
   std::fflush(stdout);
   CompressionJob job;
   SR_ASSIGN_OR_RETURN(job.recipe_yaml, ReadTextFile(recipe_path));
@@ -128,7 +128,13 @@ absl::Status RunCompress(const Args& args) {
   std::printf("seconds         %.2f (load %.2f, calibration %.2f, write %.2f)\n", report.total_seconds,
               report.load_seconds, report.calibration_seconds, report.write_seconds);
   std::printf("output          %s (report.json inside)\n", out_dir.c_str());
-  if (job.evaluation.has_value()) PrintEval(result, *job.evaluation);
+  if (recipe.distill.has_value()) {
+    // A distill chain: one row per stage (also OUT/results.md and results.json).
+    std::printf("results         one row per stage (%s/results.md)\n%s", out_dir.c_str(),
+                FormatResultsTable(result.eval).c_str());
+  } else if (job.evaluation.has_value()) {
+    PrintEval(result, *job.evaluation);
+  }
   return absl::OkStatus();
 }
 

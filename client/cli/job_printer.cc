@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "core/pipeline/job_runner.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace shrinkray::cli {
@@ -92,7 +93,9 @@ std::string FormatProgress(const v1::JobProgress& progress) {
   const std::string stage = progress.stage().empty() ? "job" : progress.stage();
   if (progress.num_layers() > 0) {
     const double fraction = static_cast<double>(progress.layer()) / progress.num_layers();
-    return absl::StrFormat("[%s] layer %d/%d %s %d%%", stage, progress.layer(), progress.num_layers(),
+    // A distill stage counts optimizer steps; the others decoder layers.
+    return absl::StrFormat("[%s] %s %d/%d %s %d%%", stage, stage == "distill" ? "step" : "layer", progress.layer(),
+                           progress.num_layers(),
                            ProgressBar(fraction), Percent(fraction));
   }
   return absl::StrFormat("[%s] %s %d%% of job", stage, ProgressBar(progress.fraction()),
@@ -117,6 +120,29 @@ std::string FormatTimestamp(const google::protobuf::Timestamp& time) {
 }
 
 std::string FormatEvalTable(const google::protobuf::RepeatedPtrField<v1::EvalRow>& rows) {
+  // With sizes (servers that report them): the results table of core, one
+  // row per stage, as the job's output folder has it.
+  const bool sized = std::any_of(rows.begin(), rows.end(), [](const v1::EvalRow& r) { return r.bytes() > 0; });
+  if (sized) {
+    std::vector<JobEvalRow> table;
+    for (const v1::EvalRow& r : rows) {
+      JobEvalRow row;
+      row.model = r.model();
+      row.ppl = r.perplexity();
+      row.change_percent = r.perplexity_change_percent();
+      row.scored_tokens = r.scored_tokens();
+      row.mean_kl = r.mean_kl();
+      row.top1_agreement = r.top1_agreement();
+      row.bytes = r.bytes();
+      row.parameters = r.parameters();
+      row.bits_per_parameter = r.bits_per_parameter();
+      row.compression_ratio = r.compression_ratio();
+      row.retention = r.retention();
+      row.seconds = r.seconds();
+      table.push_back(std::move(row));
+    }
+    return FormatResultsTable(table);
+  }
   std::string out = absl::StrFormat("%-10s %10s %9s %10s %7s\n", "model", "ppl", "change", "KL", "top-1");
   for (const v1::EvalRow& row : rows) {
     const bool original = row.model() == "original";
@@ -129,7 +155,7 @@ std::string FormatEvalTable(const google::protobuf::RepeatedPtrField<v1::EvalRow
 }
 
 std::string FormatStageSeconds(const google::protobuf::Map<std::string, double>& seconds) {
-  static const std::vector<std::string> kOrder = {"load", "calibrate", "write", "evaluate"};
+  static const std::vector<std::string> kOrder = {"load", "calibrate", "distill", "write", "evaluate"};
   std::vector<std::string> parts;
   for (const std::string& stage : kOrder) {
     if (auto it = seconds.find(stage); it != seconds.end()) parts.push_back(absl::StrFormat("%s %.2f", stage, it->second));
@@ -293,7 +319,15 @@ std::string WatchPrinter::Progress(const v1::JobProgress& progress) {
   const std::string line = FormatProgress(progress);
   if (line == progress_line_) return "";  // nothing new to show
   if (!tty_) {
+    // A training stage counts hundreds of steps: through a pipe, a line per
+    // tenth of the stage (and its last step) rather than one per step.
+    if (progress.stage() == "distill" && progress.num_layers() > 0) {
+      const int tenth = static_cast<int>(10L * progress.layer() / progress.num_layers());
+      if (progress.stage() == progress_stage_ && tenth == progress_tenth_) return "";
+      progress_tenth_ = tenth;
+    }
     progress_line_ = line;
+    progress_stage_ = progress.stage();
     return absl::StrCat(line, "\n");
   }
   // Keep the finished stage's line on screen; redraw within a stage.

@@ -36,6 +36,9 @@ std::string FormatTimestamp(const google::protobuf::Timestamp& time);
 
 // The evaluation table: one row per EvalRow, columns model, ppl, change %, KL,
 // top-1. The original's change/KL/top-1 are by definition 0/0/1 and print "-".
+// Rows with sizes (bytes > 0) print as core's results table instead
+// (FormatResultsTable: stage, bytes, bits/param, ratio, ppl, retention, KL,
+// top-1, seconds), one row per stage of a distill chain.
 std::string FormatEvalTable(const google::protobuf::RepeatedPtrField<v1::EvalRow>& rows);
 
 // Stage seconds in pipeline order (load, calibrate, write, evaluate, then the
@@ -65,7 +68,8 @@ absl::Status JobOutcome(const v1::Job& job);
 // `shrinkray watch` output, one message at a time. On a terminal the progress
 // line is redrawn in place (\r, erase to end of line) and a new line is started
 // for each stage; elsewhere (a pipe, a log file) each progress event is one
-// plain line. Every method returns the text to write, in order.
+// plain line, except in a distill stage (hundreds of steps): a line per tenth
+// of the steps and the last. Every method returns the text to write, in order.
 class WatchPrinter {
  public:
   explicit WatchPrinter(bool tty, bool show_metrics = false) : tty_(tty), show_metrics_(show_metrics) {}
@@ -93,8 +97,9 @@ class WatchPrinter {
   bool show_metrics_;
   std::string job_id_;
   v1::JobState shown_state_ = v1::JOB_STATE_UNSPECIFIED;
-  std::string progress_stage_;  // the stage of the progress line on screen (tty)
+  std::string progress_stage_;  // the stage of the progress line last shown
   std::string progress_line_;   // the progress line last shown; "" when none is open
+  int progress_tenth_ = -1;     // pipe: the tenth of the training stage last shown
 };
 
 }  // namespace shrinkray::cli

@@ -116,6 +116,11 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       o.damp_auto_increment = stage.damp_auto_increment;
       o.block_size = stage.block_size;
       o.precision = precision;
+      if (state->keep.empty() && stage.keep_input_zeros) {
+        // A pass after the pruning one: its zeros are the keep mask.
+        state->keep.resize(w.size());
+        for (size_t i = 0; i < w.size(); ++i) state->keep[i] = w[i] != 0.0f ? 1 : 0;
+      }
       if (!state->keep.empty()) o.keep_mask = absl::Span<const uint8_t>(state->keep);
       auto r = Solve<GptqResult>(
           solvers, f64, [&] { return solvers->Gptq(w, rows, cols, stats.h32, o); },

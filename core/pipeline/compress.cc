@@ -58,22 +58,27 @@ std::vector<LinearSlot> LayerLinears(const ModelConfig& c, int layer) {
 absl::StatusOr<std::vector<std::vector<LinearSlot>>> PlanLinears(const ModelConfig& config,
                                                                  const Recipe& recipe) {
   std::vector<std::vector<LinearSlot>> plan;
+  // Counted by position: a stage's `index` is its place in the recipe file,
+  // which after a distill stage (or in a one-stage pass of a distill chain)
+  // is not its place in `stages`.
   std::vector<int> matched(recipe.stages.size(), 0);
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     std::vector<LinearSlot> slots = LayerLinears(config, l);
     for (LinearSlot& slot : slots) {
-      for (const RecipeStage& stage : recipe.stages) {
+      for (size_t i = 0; i < recipe.stages.size(); ++i) {
+        const RecipeStage& stage = recipe.stages[i];
         if (stage.Applies(slot.module)) {
           slot.stages.push_back(&stage);
-          ++matched[stage.index];
+          ++matched[i];
         }
       }
       SR_RETURN_IF_ERROR(CheckStageChain(slot.module, slot.stages));
     }
     plan.push_back(std::move(slots));
   }
-  for (const RecipeStage& stage : recipe.stages) {
-    if (matched[stage.index] == 0) {
+  for (size_t i = 0; i < recipe.stages.size(); ++i) {
+    const RecipeStage& stage = recipe.stages[i];
+    if (matched[i] == 0) {
       return absl::InvalidArgumentError(absl::StrCat("recipe ", recipe.source, ": ", stage.Label(),
                                                      ": targets/ignore select no decoder-layer Linear"));
     }

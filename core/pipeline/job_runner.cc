@@ -82,7 +82,12 @@ absl::Status ValidateCompressionJob(const CompressionJob& job) {
   SR_ASSIGN_OR_RETURN(Recipe recipe, ParseRecipe(job.recipe_yaml, job.recipe_source));
   SR_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(c.model_dir));
   SR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(c.model_dir));
-  SR_RETURN_IF_ERROR(CheckRecipeTargets(config, recipe));
+  if (recipe.distill.has_value()) {
+    // The later stages target the student; the teacher must load whole.
+    SR_RETURN_IF_ERROR(ValidateStagedJob(job, recipe));
+  } else {
+    SR_RETURN_IF_ERROR(CheckRecipeTargets(config, recipe));
+  }
   for (const std::string& name : {std::string("model.embed_tokens.weight"), std::string("model.norm.weight")}) {
     SR_RETURN_IF_ERROR(checkpoint->Find(name).status());
   }
@@ -99,6 +104,7 @@ absl::Status ValidateCompressionJob(const CompressionJob& job) {
 
 absl::StatusOr<CompressionJobResult> RunCompressionJob(const CompressionJob& job, const JobObserver& observer) {
   SR_ASSIGN_OR_RETURN(Recipe recipe, ParseRecipe(job.recipe_yaml, job.recipe_source));
+  if (recipe.distill.has_value()) return RunStagedJob(job, recipe, observer);
   if (observer.progress) observer.progress("load", 0, 0, 0.0);
   CompressOptions options = job.compress;
   options.layerwise.cancel = observer.cancel;
@@ -138,6 +144,20 @@ absl::StatusOr<CompressionJobResult> RunCompressionJob(const CompressionJob& job
   }
   result.input_bytes = SafetensorsBytes(job.compress.model_dir);
   result.output_bytes = SafetensorsBytes(job.compress.out_dir);
+  if (result.eval.size() == 2) {  // the results table's size columns
+    const std::filesystem::path dirs[2] = {job.compress.model_dir, job.compress.out_dir};
+    const int64_t bytes[2] = {result.input_bytes, result.output_bytes};
+    for (int i = 0; i < 2; ++i) {
+      JobEvalRow& row = result.eval[i];
+      row.bytes = bytes[i];
+      auto params = ModelParameters(dirs[i]);
+      row.parameters = params.ok() ? *params : 0;
+      row.bits_per_parameter = row.parameters > 0 ? 8.0 * row.bytes / row.parameters : 0.0;
+      row.compression_ratio = row.bytes > 0 ? static_cast<double>(bytes[0]) / row.bytes : 0.0;
+      row.retention = row.ppl > 0 ? result.eval[0].ppl / row.ppl : 0.0;
+    }
+    result.eval[1].seconds = r.total_seconds;
+  }
   if (observer.progress) observer.progress("done", 0, 0, 1.0);
   return result;
 }

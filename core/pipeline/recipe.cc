@@ -178,11 +178,223 @@ absl::Status ParsePattern(const ErrorContext& ctx, const YAML::Node& node, Recip
   return absl::OkStatus();
 }
 
-absl::StatusOr<RecipeStage> ParseStage(ErrorContext& ctx, const YAML::Node& item, int index) {
+const std::set<std::string>& DistillFields() {
+  static const auto* fields = new std::set<std::string>{
+      "student", "data", "steps", "batch", "micro_batch", "seqlen", "alpha", "temperature", "loss", "beta",
+      "top_k", "lr", "min_lr", "warmup", "weight_decay", "clip", "checkpoint_every", "seed"};
+  return *fields;
+}
+
+const std::set<std::string>& StudentFields() {
+  static const auto* fields = new std::set<std::string>{"keep_layers", "mlp_fraction", "mlp_width", "heads",
+                                                        "importance_windows", "config"};
+  return *fields;
+}
+
+absl::StatusOr<std::vector<int>> ReadIntList(const ErrorContext& ctx, const std::string& field,
+                                             const YAML::Node& node) {
+  if (!node.IsSequence()) {
+    return ctx.Field(field, absl::StrCat("expected a list of integers (e.g. [0, 2, 4]), got ", Show(node)), node);
+  }
+  std::vector<int> out;
+  for (const YAML::Node& item : node) {
+    SR_ASSIGN_OR_RETURN(int v, ReadInt(ctx, field, item));
+    out.push_back(v);
+  }
+  return out;
+}
+
+absl::Status ParseStudent(const ErrorContext& ctx, const YAML::Node& node, DistillStage& d) {
+  if (!node.IsMap()) {
+    return ctx.Field("student",
+                     absl::StrCat("expected a mapping: {keep_layers: [...]}, {mlp_fraction: F, heads: H} or "
+                                  "{config: FILE}, got ",
+                                  Show(node)),
+                     node);
+  }
+  bool depth = false, width = false, config = false;
+  for (const auto& kv : node) {
+    if (!kv.first.IsScalar()) return ctx.Field("student", "field names must be strings", kv.first);
+    const std::string name = kv.first.Scalar();
+    const std::string field = absl::StrCat("student.", name);
+    const YAML::Node& v = kv.second;
+    if (StudentFields().count(name) == 0) {
+      return ctx.Field("student", absl::StrCat("unknown field '", name, "'; allowed: ",
+                                               absl::StrJoin(StudentFields(), ", ")),
+                       kv.first);
+    }
+    if (name == "keep_layers") {
+      SR_ASSIGN_OR_RETURN(d.keep_layers, ReadIntList(ctx, field, v));
+      if (d.keep_layers.empty()) return ctx.Field(field, "must keep at least one layer", v);
+      for (size_t i = 0; i < d.keep_layers.size(); ++i) {
+        if (d.keep_layers[i] < 0) {
+          return ctx.Field(field, absl::StrCat("layer indices must be >= 0, got ", d.keep_layers[i]), v);
+        }
+        if (i > 0 && d.keep_layers[i] <= d.keep_layers[i - 1]) {
+          return ctx.Field(field, absl::StrCat("layers must be strictly increasing (", d.keep_layers[i - 1],
+                                               " then ", d.keep_layers[i], ")"),
+                           v);
+        }
+      }
+      depth = true;
+    } else if (name == "mlp_fraction") {
+      SR_ASSIGN_OR_RETURN(double f, ReadNumber(ctx, field, v));
+      if (!(f > 0 && f <= 1)) {
+        return ctx.Field(field, absl::StrCat("must be in (0, 1] (a pruned student cannot be wider), got ", f), v);
+      }
+      d.mlp_fraction = f;
+      width = true;
+    } else if (name == "mlp_width") {
+      SR_ASSIGN_OR_RETURN(int n, ReadInt(ctx, field, v));
+      if (n <= 0) return ctx.Field(field, absl::StrCat("must be positive, got ", n), v);
+      d.intermediate_size = n;
+      width = true;
+    } else if (name == "heads") {
+      SR_ASSIGN_OR_RETURN(int n, ReadInt(ctx, field, v));
+      if (n <= 0) return ctx.Field(field, absl::StrCat("must be positive, got ", n), v);
+      d.num_attention_heads = n;
+      width = true;
+    } else if (name == "importance_windows") {
+      SR_ASSIGN_OR_RETURN(int n, ReadInt(ctx, field, v));
+      if (n <= 0) return ctx.Field(field, absl::StrCat("must be positive, got ", n), v);
+      d.importance_windows = n;
+    } else if (name == "config") {
+      SR_ASSIGN_OR_RETURN(d.student_config, ReadString(ctx, field, v));
+      if (d.student_config.empty()) return ctx.Field(field, "must name a config.json", v);
+      config = true;
+    }
+  }
+  if (depth + width + config != 1) {
+    return ctx.Field("student",
+                     depth + width + config == 0
+                         ? "needs one of keep_layers (depth), mlp_fraction / mlp_width / heads (width) or config"
+                         : "keep_layers, mlp_fraction/mlp_width/heads and config are exclusive; give one kind",
+                     node);
+  }
+  if (d.mlp_fraction.has_value() && d.intermediate_size.has_value()) {
+    return ctx.Field("student.mlp_width", "give either mlp_fraction or mlp_width, not both", node);
+  }
+  if (node["importance_windows"] && !width) {
+    return ctx.Field("student.importance_windows", "applies to width pruning (mlp_fraction, mlp_width, heads) only",
+                     node["importance_windows"]);
+  }
+  d.student = depth ? DistillStudentKind::kDepth : width ? DistillStudentKind::kWidth : DistillStudentKind::kConfig;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DistillStage> ParseDistill(const ErrorContext& ctx, const YAML::Node& key, const YAML::Node& body) {
+  DistillStage d;
+  if (!body.IsMap()) {
+    return ctx.Stage(absl::StrCat("expected a mapping of fields with at least 'student', got ", Show(body)),
+                     body.IsNull() ? key.Mark() : body.Mark());
+  }
+  YAML::Node min_lr_node, beta_node, warmup_node, micro_node;
+  for (const auto& kv : body) {
+    if (!kv.first.IsScalar()) return ctx.Stage("field names must be strings", kv.first.Mark());
+    const std::string field = kv.first.Scalar();
+    const YAML::Node& v = kv.second;
+    if (DistillFields().count(field) == 0) {
+      return ctx.Stage(absl::StrCat("unknown field '", field, "'; allowed: ", absl::StrJoin(DistillFields(), ", ")),
+                       kv.first.Mark());
+    }
+    auto positive = [&](int* out) -> absl::Status {
+      SR_ASSIGN_OR_RETURN(int n, ReadInt(ctx, field, v));
+      if (n <= 0) return ctx.Field(field, absl::StrCat("must be positive, got ", n), v);
+      *out = n;
+      return absl::OkStatus();
+    };
+    auto non_negative = [&](int* out) -> absl::Status {
+      SR_ASSIGN_OR_RETURN(int n, ReadInt(ctx, field, v));
+      if (n < 0) return ctx.Field(field, absl::StrCat("must be >= 0, got ", n), v);
+      *out = n;
+      return absl::OkStatus();
+    };
+    if (field == "student") {
+      SR_RETURN_IF_ERROR(ParseStudent(ctx, v, d));
+    } else if (field == "data") {
+      SR_ASSIGN_OR_RETURN(d.data, ReadString(ctx, field, v));
+    } else if (field == "steps") {
+      SR_RETURN_IF_ERROR(positive(&d.steps));
+    } else if (field == "batch") {
+      SR_RETURN_IF_ERROR(positive(&d.batch));
+    } else if (field == "micro_batch") {
+      SR_RETURN_IF_ERROR(positive(&d.micro_batch));
+      micro_node = v;
+    } else if (field == "seqlen") {
+      SR_ASSIGN_OR_RETURN(int n, ReadInt(ctx, field, v));
+      if (n < 2) return ctx.Field(field, absl::StrCat("must be >= 2, got ", n), v);
+      d.seqlen = n;
+    } else if (field == "alpha") {
+      SR_ASSIGN_OR_RETURN(double a, ReadNumber(ctx, field, v));
+      if (a < 0 || a > 1) return ctx.Field(field, absl::StrCat("must be in [0, 1], got ", a), v);
+      d.alpha = a;
+    } else if (field == "temperature") {
+      SR_ASSIGN_OR_RETURN(double t, ReadNumber(ctx, field, v));
+      if (t <= 0) return ctx.Field(field, absl::StrCat("must be positive, got ", t), v);
+      d.temperature = t;
+    } else if (field == "loss") {
+      SR_ASSIGN_OR_RETURN(d.loss, ReadString(ctx, field, v));
+      if (d.loss != "kl" && d.loss != "reverse_kl" && d.loss != "jsd") {
+        return ctx.Field(field, absl::StrCat("expected kl, reverse_kl or jsd, got '", d.loss, "'"), v);
+      }
+    } else if (field == "beta") {
+      SR_ASSIGN_OR_RETURN(double b, ReadNumber(ctx, field, v));
+      if (!(b > 0 && b < 1)) return ctx.Field(field, absl::StrCat("must be in (0, 1), got ", b), v);
+      d.beta = b;
+      beta_node = v;
+    } else if (field == "top_k") {
+      SR_RETURN_IF_ERROR(non_negative(&d.top_k));
+    } else if (field == "lr") {
+      SR_ASSIGN_OR_RETURN(double x, ReadNumber(ctx, field, v));
+      if (x <= 0) return ctx.Field(field, absl::StrCat("must be positive, got ", x), v);
+      d.lr = x;
+    } else if (field == "min_lr") {
+      SR_ASSIGN_OR_RETURN(double x, ReadNumber(ctx, field, v));
+      if (x < 0) return ctx.Field(field, absl::StrCat("must be >= 0, got ", x), v);
+      d.min_lr = x;
+      min_lr_node = v;
+    } else if (field == "warmup") {
+      SR_RETURN_IF_ERROR(non_negative(&d.warmup));
+      warmup_node = v;
+    } else if (field == "weight_decay") {
+      SR_ASSIGN_OR_RETURN(double x, ReadNumber(ctx, field, v));
+      if (x < 0) return ctx.Field(field, absl::StrCat("must be >= 0, got ", x), v);
+      d.weight_decay = x;
+    } else if (field == "clip") {
+      SR_ASSIGN_OR_RETURN(double x, ReadNumber(ctx, field, v));
+      if (x < 0) return ctx.Field(field, absl::StrCat("must be >= 0 (0: no clipping), got ", x), v);
+      d.clip = x;
+    } else if (field == "checkpoint_every") {
+      SR_RETURN_IF_ERROR(non_negative(&d.checkpoint_every));
+    } else if (field == "seed") {
+      int seed = 0;
+      SR_RETURN_IF_ERROR(non_negative(&seed));
+      d.seed = static_cast<uint64_t>(seed);
+    }
+  }
+  if (!body["student"]) {
+    return ctx.Stage("needs 'student': {keep_layers: [...]}, {mlp_fraction: F, heads: H} or {config: FILE}",
+                     body.Mark());
+  }
+  if (!micro_node.IsNull() && d.micro_batch > d.batch) {
+    return ctx.Field("micro_batch", absl::StrCat("must be <= batch (", d.batch, "), got ", d.micro_batch), micro_node);
+  }
+  if (!min_lr_node.IsNull() && *d.min_lr > d.lr) {
+    return ctx.Field("min_lr", absl::StrCat("must be <= lr (", d.lr, "), got ", *d.min_lr), min_lr_node);
+  }
+  if (!warmup_node.IsNull() && d.warmup >= d.steps) {
+    return ctx.Field("warmup", absl::StrCat("must be less than steps (", d.steps, "), got ", d.warmup), warmup_node);
+  }
+  if (!beta_node.IsNull() && d.loss != "jsd") return ctx.Field("beta", "applies to loss: jsd only", beta_node);
+  return d;
+}
+
+absl::StatusOr<RecipeStage> ParseStage(ErrorContext& ctx, const YAML::Node& item, int index,
+                                       std::optional<DistillStage>* distill) {
   if (!item.IsMap() || item.size() != 1) {
     ctx.SetStage(absl::StrCat("stage ", index));
     return ctx.Stage(absl::StrCat("expected a mapping with one key (the method: ",
-                                  "rtn, gptq, sparsegpt, wanda or magnitude), got ", Show(item),
+                                  "distill, rtn, gptq, sparsegpt, wanda or magnitude), got ", Show(item),
                                   item.IsMap() ? absl::StrCat(" with ", item.size(), " keys") : ""),
                      item.Mark());
   }
@@ -191,10 +403,19 @@ absl::StatusOr<RecipeStage> ParseStage(ErrorContext& ctx, const YAML::Node& item
   const YAML::Node body = entry.second;
   const std::string name = key.IsScalar() ? key.Scalar() : Show(key);
   ctx.SetStage(absl::StrCat("stage ", index, " (", name, ")"));
+  if (name == "distill") {
+    if (index != 0) {
+      return ctx.Stage("a distill stage must come first (the later stages run on its student)", key.Mark());
+    }
+    SR_ASSIGN_OR_RETURN(DistillStage d, ParseDistill(ctx, key, body));
+    *distill = std::move(d);
+    return RecipeStage{};  // the caller keeps the distill stage apart
+  }
   auto it = Methods().find(name);
   if (it == Methods().end()) {
-    return ctx.Stage(absl::StrCat("unknown stage '", name, "'; expected rtn, gptq, sparsegpt, wanda or magnitude"),
-                     key.Mark());
+    return ctx.Stage(
+        absl::StrCat("unknown stage '", name, "'; expected distill, rtn, gptq, sparsegpt, wanda or magnitude"),
+        key.Mark());
   }
   RecipeStage stage;
   stage.index = index;
@@ -368,6 +589,7 @@ nlohmann::json RecipeStage::ToJson() const {
     }
   }
   j["true_sequential"] = true_sequential;
+  if (keep_input_zeros) j["keep_input_zeros"] = true;
   j["targets"] = PatternsJson(targets);
   j["ignore"] = PatternsJson(ignore);
   return j;
@@ -382,8 +604,43 @@ HessianPrecision Recipe::hessian_dtype() const {
   return HessianPrecision::kFloat32;
 }
 
+nlohmann::json DistillStage::ToJson() const {
+  nlohmann::json student_json;
+  switch (student) {
+    case DistillStudentKind::kDepth: student_json = {{"keep_layers", keep_layers}}; break;
+    case DistillStudentKind::kWidth:
+      if (mlp_fraction.has_value()) student_json["mlp_fraction"] = *mlp_fraction;
+      if (intermediate_size.has_value()) student_json["mlp_width"] = *intermediate_size;
+      if (num_attention_heads.has_value()) student_json["heads"] = *num_attention_heads;
+      student_json["importance_windows"] = importance_windows;
+      break;
+    case DistillStudentKind::kConfig: student_json = {{"config", student_config}}; break;
+  }
+  nlohmann::json j = {{"method", "distill"},
+                      {"student", student_json},
+                      {"data", data},
+                      {"steps", steps},
+                      {"batch", batch},
+                      {"micro_batch", micro_batch},
+                      {"seqlen", seqlen},
+                      {"alpha", alpha},
+                      {"temperature", temperature},
+                      {"loss", loss},
+                      {"top_k", top_k},
+                      {"lr", lr},
+                      {"min_lr", min_lr.value_or(lr / 10)},
+                      {"warmup", warmup},
+                      {"weight_decay", weight_decay},
+                      {"clip", clip},
+                      {"checkpoint_every", checkpoint_every},
+                      {"seed", seed}};
+  if (loss == "jsd") j["beta"] = beta;
+  return j;
+}
+
 nlohmann::json Recipe::ToJson() const {
   nlohmann::json j = nlohmann::json::array();
+  if (distill.has_value()) j.push_back(distill->ToJson());
   for (const RecipeStage& s : stages) j.push_back(s.ToJson());
   return j;
 }
@@ -408,13 +665,19 @@ absl::StatusOr<Recipe> ParseRecipe(std::string_view yaml_text, std::string_view 
     if (root.size() == 0) return ctx.Recipe("has no stages", root.Mark());
     int index = 0;
     for (const YAML::Node& item : root) {
-      SR_ASSIGN_OR_RETURN(RecipeStage stage, ParseStage(ctx, item, index));
+      const bool had_distill = recipe.distill.has_value();
+      SR_ASSIGN_OR_RETURN(RecipeStage stage, ParseStage(ctx, item, index, &recipe.distill));
+      if (recipe.distill.has_value() && !had_distill) {
+        ++index;
+        continue;
+      }
       recipe.stages.push_back(std::move(stage));
       ++index;
     }
   } catch (const YAML::Exception& e) {
     return ctx.Recipe(absl::StrCat("invalid recipe: ", e.msg), e.mark);
   }
+  if (recipe.stages.empty()) return recipe;  // distill alone: the output is the student
   // Stages share one pass through the layers, so they must agree on its order.
   const RecipeStage& first = recipe.stages.front();
   for (const RecipeStage& s : recipe.stages) {

@@ -33,6 +33,24 @@ expect_error "distill negative top-k" "--top-k must be >= 1" "$CLI" distill --te
 expect_error "distill micro > batch" "--micro-batch 8 is larger than --batch 4" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --batch 4 --micro-batch 8
 expect_error "distill checkpoint-every alone" "--checkpoint-every needs --checkpoint-dir" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --checkpoint-every 5
 expect_error "distill missing teacher" "--teacher: " "$CLI" distill --teacher "$tmp/none" --data y --out "$tmp/s" --keep-layers 0
+# A distill stage in a recipe (shrinkray compress): the recipe's errors name the
+# file, the stage and the field, before anything is loaded; the student's size
+# against the teacher once the model's config is read (the demo model: 2 layers,
+# MLP 172, 8 heads in 4 KV groups).
+"$CLI" demo --workdir "$tmp/demo" --prepare-only >/dev/null 2>&1
+DM=$tmp/demo/demo-model-f32; DT=$tmp/demo/demo-text.txt
+r() { printf '%s\n' "$1" > "$tmp/r.yaml"; shift; "$CLI" compress --model "$DM" --recipe "$tmp/r.yaml" --calib "$DT" --num-samples 4 --seqlen 32 --out "$tmp/rc" "$@"; }
+expect_error "recipe distill alpha" "recipe $tmp/r.yaml: stage 0 (distill): field 'alpha': must be in [0, 1], got 1.5" r "- distill: {student: {keep_layers: [0]}, alpha: 1.5}"
+expect_error "recipe distill T" "stage 0 (distill): field 'temperature': must be positive, got 0" r "- distill: {student: {keep_layers: [0]}, temperature: 0}"
+expect_error "recipe distill loss" "stage 0 (distill): field 'loss': expected kl, reverse_kl or jsd, got 'mse'" r "- distill: {student: {keep_layers: [0]}, loss: mse}"
+expect_error "recipe distill not first" "stage 1 (distill): a distill stage must come first" r "[{gptq: {}}, {distill: {student: {keep_layers: [0]}}}]"
+expect_error "recipe distill no student" "stage 0 (distill): needs 'student'" r "- distill: {steps: 3}"
+expect_error "recipe distill deeper student" "stage 0 (distill): field 'student.keep_layers': keeps 3 layers but the teacher has 2; a pruned student cannot be deeper" r "[{distill: {student: {keep_layers: [0, 1, 2]}}}, {gptq: {}}]"
+expect_error "recipe distill layer out of range" "field 'student.keep_layers': layer 5 is outside the teacher's 2 layers" r "- distill: {student: {keep_layers: [0, 5]}}"
+expect_error "recipe distill wider MLP" "field 'student.mlp_width': intermediate size 400 is larger than the teacher's 172; pruning cannot widen" r "- distill: {student: {mlp_width: 400}}"
+expect_error "recipe distill more heads" "field 'student.heads': 16 heads is more than the teacher's 8" r "- distill: {student: {heads: 16}}"
+expect_error "recipe distill top-k > vocab" "field 'top_k': top_k 100000 is larger than the teacher's vocabulary" r "- distill: {student: {keep_layers: [0]}, top_k: 100000}"
+expect_error "recipe distill missing data" "stage 0 (distill): field 'data': training data $tmp/none.txt does not exist" r "- distill: {student: {keep_layers: [0]}, data: $tmp/none.txt}"
 if [ -d "$DATA/stories260K" ]; then
   # distill: errors the library finds (InvalidArgument naming the field), with the flag in front.
 T260=$DATA/stories260K; TR=$DATA/text/tinystories_train_prefix.txt

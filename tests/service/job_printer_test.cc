@@ -2,7 +2,10 @@
 // job and list views, the watch output on a terminal and in a pipe.
 #include "client/cli/job_printer.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 namespace shrinkray::cli {
 namespace {
@@ -106,6 +109,8 @@ TEST(JobPrinterTest, ProgressLines) {
   EXPECT_EQ(FormatProgress(Progress("calibrate", 3, 5, 0.45)), "[calibrate] layer 3/5 ██████░░░░ 60%");
   EXPECT_EQ(FormatProgress(Progress("calibrate", 5, 5, 0.8)), "[calibrate] layer 5/5 ██████████ 100%");
   EXPECT_EQ(FormatProgress(Progress("load", 0, 0, 0.29)), "[load] ██░░░░░░░░ 29% of job");
+  // A distill stage counts optimizer steps.
+  EXPECT_EQ(FormatProgress(Progress("distill", 3, 6, 0.3)), "[distill] step 3/6 █████░░░░░ 50%");
   EXPECT_EQ(FormatProgress(Progress("", 0, 0, 0.0)), "[job] ░░░░░░░░░░ 0% of job");
 }
 
@@ -122,6 +127,31 @@ TEST(JobPrinterTest, Timestamp) {
   EXPECT_EQ(FormatTimestamp(time), "-");
   time.set_seconds(1714566896);
   EXPECT_EQ(FormatTimestamp(time), "2024-05-01 12:34:56 UTC");
+}
+
+TEST(JobPrinterTest, ResultsTableWhenRowsHaveSizes) {
+  google::protobuf::RepeatedPtrField<v1::EvalRow> rows;
+  const char* names[] = {"original", "distill", "gptq"};
+  const int64_t bytes[] = {1000, 600, 150};
+  for (int i = 0; i < 3; ++i) {
+    v1::EvalRow* r = rows.Add();
+    r->set_model(names[i]);
+    r->set_bytes(bytes[i]);
+    r->set_parameters(250);
+    r->set_bits_per_parameter(8.0 * bytes[i] / 250);
+    r->set_compression_ratio(1000.0 / bytes[i]);
+    r->set_perplexity(4.0 + i);
+    r->set_retention(4.0 / (4.0 + i));
+    r->set_mean_kl(i == 0 ? 0.0 : 0.1 * i);
+    r->set_top1_agreement(i == 0 ? 1.0 : 0.9);
+    r->set_seconds(i == 0 ? 0.0 : 2.5);
+  }
+  const std::string table = FormatEvalTable(rows);
+  EXPECT_THAT(table, ::testing::HasSubstr("stage"));
+  EXPECT_THAT(table, ::testing::HasSubstr("retention"));
+  EXPECT_THAT(table, ::testing::HasSubstr("6.67x"));
+  EXPECT_THAT(table, ::testing::HasSubstr("0.6667"));
+  EXPECT_EQ(std::count(table.begin(), table.end(), '\n'), 4);
 }
 
 TEST(JobPrinterTest, EvalTable) {
@@ -258,6 +288,23 @@ TEST(WatchPrinterTest, PipeGetsOnePlainLinePerUpdate) {
             "[calibrate] layer 2/2 ██████████ 100%\n"
             "info: writing\n"
             "job j-1 succeeded\n");
+}
+
+TEST(WatchPrinterTest, PipeShowsTrainingStepsByTenths) {
+  WatchPrinter printer(/*tty=*/false);
+  printer.SetShownState("j-1", v1::JOB_STATE_RUNNING);
+  std::string out;
+  for (int step = 0; step <= 40; ++step) {
+    out += printer.OnEvent(ProgressEvent(step + 1, Progress("distill", step, 40, 0.6 * step / 40)));
+  }
+  out += printer.OnEvent(ProgressEvent(50, Progress("gptq", 1, 2, 0.8)));
+  out += printer.OnEvent(ProgressEvent(51, Progress("gptq", 2, 2, 0.9)));
+  // Steps 0, 4, 8, ... 36 open a tenth each; 40 is the last.
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 11 + 2) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("[distill] step 0/40 "));
+  EXPECT_THAT(out, ::testing::HasSubstr("[distill] step 4/40 "));
+  EXPECT_THAT(out, ::testing::Not(::testing::HasSubstr("[distill] step 5/40 ")));
+  EXPECT_THAT(out, ::testing::HasSubstr("[distill] step 40/40 ██████████ 100%\n[gptq] layer 1/2"));
 }
 
 TEST(WatchPrinterTest, TerminalRedrawsTheProgressLine) {

@@ -143,6 +143,31 @@ TEST_F(CompressSyntheticTest, PlanErrorsComeBeforeAnyWork) {
   EXPECT_FALSE(fs::exists(dir_ / "a"));
 }
 
+// After a distill stage a stage's index (its place in the file) is not its
+// place in `stages`; a distill chain also runs a stage alone (one-stage
+// recipes of index 1, 2, ...). Planning counts the matches by position
+// (indexing by `index` read past the end: ASan in DistillJobTest).
+TEST_F(CompressSyntheticTest, PlanOfStagesAfterADistillStage) {
+  const Recipe chain = MustParse(
+      "[{distill: {student: {keep_layers: [0]}}}, {sparsegpt: {sparsity: 0.3}},"
+      " {gptq: {bits: 4, group_size: 32, targets: ['lm_head']}}]");
+  ASSERT_EQ(chain.stages.size(), 2u);
+  ASSERT_EQ(chain.stages[1].index, 2);
+  Recipe later = chain;
+  later.distill.reset();
+  EXPECT_THAT(CheckRecipeTargets(config_, later).message(),
+              HasSubstr("stage 2 (gptq): targets/ignore select no decoder-layer Linear"));
+  Recipe one;
+  one.source = chain.source;
+  one.stages = {chain.stages[1]};
+  EXPECT_THAT(CheckRecipeTargets(config_, one).message(), HasSubstr("stage 2 (gptq): targets/ignore select no"));
+  one.stages[0].targets.clear();
+  EXPECT_TRUE(CheckRecipeTargets(config_, one).ok());
+  auto report = RunCompression(one, Options("one"));
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->matrices.size(), 14u);
+}
+
 // Statistics of a group must see the earlier groups already compressed: with
 // true_sequential the o/gate_up/down inputs differ from the one-pass ones, so
 // the errors differ; the qkv rows (inputs untouched by this layer) agree.

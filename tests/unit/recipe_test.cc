@@ -103,6 +103,96 @@ TEST(RecipeTest, TrueSequentialMustAgree) {
               AllOf(HasSubstr("stage 1 (rtn)"), HasSubstr("'true_sequential'"), HasSubstr("stage 0 (wanda)")));
 }
 
+TEST(RecipeTest, DistillStageLeadsAndTheRestKeepTheirIndex) {
+  auto r = ParseRecipe(R"(
+- distill:
+    student: {keep_layers: [0, 2, 4]}
+    data: /data/train.txt
+    steps: 300
+    batch: 16
+    micro_batch: 4
+    seqlen: 128
+    alpha: 1
+    temperature: 2
+    loss: jsd
+    beta: 0.3
+    top_k: 32
+    lr: 3e-3
+    min_lr: 3e-4
+    warmup: 20
+    weight_decay: 0.01
+    clip: 0.5
+    checkpoint_every: 25
+    seed: 7
+- sparsegpt: {sparsity: 0.3}
+- gptq: {bits: 4, group_size: 32}
+)",
+                       "chain.yaml");
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(r->distill.has_value());
+  const DistillStage& d = *r->distill;
+  EXPECT_EQ(d.student, DistillStudentKind::kDepth);
+  EXPECT_EQ(d.keep_layers, (std::vector<int>{0, 2, 4}));
+  EXPECT_EQ(d.data, "/data/train.txt");
+  EXPECT_EQ(d.steps, 300);
+  EXPECT_EQ(d.batch, 16);
+  EXPECT_EQ(d.micro_batch, 4);
+  EXPECT_EQ(d.seqlen, 128);
+  EXPECT_DOUBLE_EQ(d.alpha, 1.0);
+  EXPECT_DOUBLE_EQ(d.temperature, 2.0);
+  EXPECT_EQ(d.loss, "jsd");
+  EXPECT_DOUBLE_EQ(d.beta, 0.3);
+  EXPECT_EQ(d.top_k, 32);
+  EXPECT_DOUBLE_EQ(d.lr, 3e-3);
+  EXPECT_DOUBLE_EQ(d.min_lr.value(), 3e-4);
+  EXPECT_EQ(d.warmup, 20);
+  EXPECT_DOUBLE_EQ(d.weight_decay, 0.01);
+  EXPECT_DOUBLE_EQ(d.clip, 0.5);
+  EXPECT_EQ(d.checkpoint_every, 25);
+  EXPECT_EQ(d.seed, 7u);
+  // The later stages are the compression stages, numbered as in the file.
+  ASSERT_EQ(r->stages.size(), 2u);
+  EXPECT_EQ(r->stages[0].method, StageMethod::kSparseGpt);
+  EXPECT_EQ(r->stages[0].Label(), "stage 1 (sparsegpt)");
+  EXPECT_EQ(r->stages[1].Label(), "stage 2 (gptq)");
+  const nlohmann::json j = r->ToJson();
+  ASSERT_EQ(j.size(), 3u);
+  EXPECT_EQ(j[0]["method"], "distill");
+  EXPECT_EQ(j[0]["student"]["keep_layers"], nlohmann::json({0, 2, 4}));
+  EXPECT_EQ(j[1]["method"], "sparsegpt");
+}
+
+TEST(RecipeTest, DistillDefaultsAndStudentKinds) {
+  auto depth = ParseRecipe("[{distill: {student: {keep_layers: [1]}}}]");
+  ASSERT_TRUE(depth.ok()) << depth.status();
+  EXPECT_TRUE(depth->stages.empty());  // distill alone: the output is the student
+  const DistillStage& d = *depth->distill;
+  EXPECT_EQ(d.steps, 100);
+  EXPECT_EQ(d.batch, 8);
+  EXPECT_EQ(d.micro_batch, 0);
+  EXPECT_EQ(d.seqlen, 256);
+  EXPECT_DOUBLE_EQ(d.alpha, 0.5);
+  EXPECT_DOUBLE_EQ(d.temperature, 1.0);
+  EXPECT_EQ(d.loss, "kl");
+  EXPECT_DOUBLE_EQ(d.lr, 1e-3);
+  EXPECT_FALSE(d.min_lr.has_value());
+  EXPECT_EQ(d.ToJson()["min_lr"], 1e-4);
+  EXPECT_TRUE(d.data.empty());
+
+  auto width = ParseRecipe("[{distill: {student: {mlp_fraction: 0.5, heads: 4, importance_windows: 8}}}, {rtn: {}}]");
+  ASSERT_TRUE(width.ok()) << width.status();
+  EXPECT_EQ(width->distill->student, DistillStudentKind::kWidth);
+  EXPECT_DOUBLE_EQ(width->distill->mlp_fraction.value(), 0.5);
+  EXPECT_EQ(width->distill->num_attention_heads.value(), 4);
+  EXPECT_EQ(width->distill->importance_windows, 8);
+  EXPECT_FALSE(width->distill->intermediate_size.has_value());
+
+  auto config = ParseRecipe("[{distill: {student: {config: /m/student.json}}}]");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->distill->student, DistillStudentKind::kConfig);
+  EXPECT_EQ(config->distill->student_config, "/m/student.json");
+}
+
 struct BadCase {
   const char* yaml;
   std::vector<const char*> fragments;
@@ -158,7 +248,47 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"{gptq: {bits: 4}}", {"expected a list of stages"}},
         BadCase{"[]", {"has no stages"}},
         BadCase{"[{gptq: {bits: 4}", {"invalid YAML", "line"}},
-        BadCase{"- gptq:\n    bits: 4\n   group_size: 32\n", {"invalid YAML", "line 3"}}),
+        BadCase{"- gptq:\n    bits: 4\n   group_size: 32\n", {"invalid YAML", "line 3"}},
+        // distill
+        BadCase{"[{gptq: {}}, {distill: {student: {keep_layers: [0]}}}]",
+                {"stage 1 (distill)", "must come first"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}}}, {distill: {student: {keep_layers: [0]}}}]",
+                {"stage 1 (distill)", "must come first"}},
+        BadCase{"[{distill: {steps: 10}}]", {"stage 0 (distill)", "needs 'student'"}},
+        BadCase{"[{distill: {}}]", {"stage 0 (distill)", "needs 'student'"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, alpha: 1.5}}]",
+                {"stage 0 (distill)", "field 'alpha'", "[0, 1], got 1.5", "line 1"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, alpha: -0.1}}]", {"field 'alpha'"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, temperature: 0}}]",
+                {"field 'temperature'", "positive, got 0"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, loss: mse}}]",
+                {"field 'loss'", "kl, reverse_kl or jsd, got 'mse'"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, beta: 0.5}}]", {"field 'beta'", "jsd only"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, loss: jsd, beta: 1}}]", {"field 'beta'", "(0, 1)"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, steps: 0}}]", {"field 'steps'", "positive"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, batch: 4, micro_batch: 8}}]",
+                {"field 'micro_batch'", "<= batch"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, seqlen: 1}}]", {"field 'seqlen'", ">= 2"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, lr: 0}}]", {"field 'lr'", "positive"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, lr: 1e-3, min_lr: 1e-2}}]", {"field 'min_lr'", "<= lr"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, steps: 10, warmup: 10}}]",
+                {"field 'warmup'", "less than steps"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, top_k: -1}}]", {"field 'top_k'", ">= 0"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, seed: -3}}]", {"field 'seed'"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, epochs: 3}}]", {"unknown field 'epochs'", "allowed:"}},
+        BadCase{"[{distill: {student: {keep_layers: [2, 1]}}}]",
+                {"field 'student.keep_layers'", "strictly increasing"}},
+        BadCase{"[{distill: {student: {keep_layers: []}}}]", {"field 'student.keep_layers'", "at least one"}},
+        BadCase{"[{distill: {student: {keep_layers: [-1]}}}]", {"field 'student.keep_layers'", ">= 0"}},
+        BadCase{"[{distill: {student: {mlp_fraction: 1.5}}}]",
+                {"field 'student.mlp_fraction'", "(0, 1]", "cannot be wider"}},
+        BadCase{"[{distill: {student: {keep_layers: [0], heads: 2}}}]", {"field 'student'", "exclusive"}},
+        BadCase{"[{distill: {student: {}}}]", {"field 'student'", "needs one of"}},
+        BadCase{"[{distill: {student: {depth: 3}}}]", {"field 'student'", "unknown field 'depth'"}},
+        BadCase{"[{distill: {student: 3}}]", {"field 'student'", "expected a mapping"}},
+        BadCase{"[{distill: {student: {keep_layers: [0], importance_windows: 4}}}]",
+                {"field 'student.importance_windows'", "width pruning"}},
+        BadCase{"[{distill: {student: {mlp_fraction: 0.5, mlp_width: 10}}}]", {"not both"}}),
     // Stable test names (the default prints the case's raw bytes, pointers included).
     [](const ::testing::TestParamInfo<BadCase>& info) { return "case" + std::to_string(info.index); });
 
