@@ -6,6 +6,9 @@
 // distill_report.json beside the weights. With --eval, the teacher's and the
 // student's perplexity and the student's KL to the teacher and top-1
 // agreement are measured before and after training (docs/eval.md protocol).
+// --device cuda runs the same training on one GPU (core/distill/
+// distill_device.h: online teacher with full logits, forward KL, no
+// checkpoints); the evaluation stays on the CPU.
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,6 +29,7 @@
 #include "absl/strings/str_split.h"
 #include "client/cli/commands.h"
 #include "core/calib/calibration_set.h"
+#include "core/distill/distill_device.h"
 #include "core/distill/distill_trainer.h"
 #include "core/distill/student_init.h"
 #include "core/distill/teacher_cache.h"
@@ -70,6 +74,7 @@ absl::Status NameFlag(const absl::Status& status) {
       {"vocab_size", "--student-config"},
       {"training", "--data"},
       {"teacher_cache", "--teacher-cache"},
+      {"divergence", "--loss"},
   };
   const std::string full(status.message());
   std::string_view m = full;
@@ -162,7 +167,7 @@ absl::Status RunDistill(const Args& args) {
                     "student-config", "seed", "steps", "batch", "micro-batch", "seqlen", "lr", "min-lr",
                     "warmup", "weight-decay", "clip", "alpha", "temperature", "loss", "beta", "top-k",
                     "top-k-mode", "teacher-cache", "checkpoint-dir", "checkpoint-every", "eval",
-                    "eval-max-chars", "eval-seqlen", "log-every"},
+                    "eval-max-chars", "eval-seqlen", "log-every", "device"},
                    {"overwrite", "no-resume"}));
   SR_ASSIGN_OR_RETURN(std::string teacher_dir, flags.Required("teacher"));
   SR_ASSIGN_OR_RETURN(std::string data_path, flags.Required("data"));
@@ -240,6 +245,24 @@ absl::Status RunDistill(const Args& args) {
   }
   if (fs::exists(out_dir) && !flags.Has("overwrite")) {
     return Invalid(absl::StrCat("--out ", out_dir, " exists; pass --overwrite to replace it"));
+  }
+  const std::string device = flags.Get("device", "cpu");
+  if (device != "cpu" && device != "cuda") {
+    return Invalid(absl::StrCat("--device must be cpu or cuda, got '", device, "'"));
+  }
+  if (device == "cuda") {
+    // What the GPU path does not do, named by flag before anything is loaded.
+    for (const char* flag : {"top-k", "top-k-mode", "teacher-cache", "checkpoint-dir", "checkpoint-every"}) {
+      if (flags.Has(flag)) {
+        return Invalid(absl::StrCat("--", flag, " is not supported with --device cuda (online teacher "
+                                    "with full logits, forward KL, no checkpoints); use --device cpu"));
+      }
+    }
+    if (divergence != train::Divergence::kForwardKL) {
+      return Invalid(absl::StrCat("--loss ", flags.Get("loss", "kl"),
+                                  " is not supported with --device cuda (kl only); use --device cpu"));
+    }
+    SR_RETURN_IF_ERROR(distill::CheckCudaDistillDevice());
   }
 
   // Teacher, tokenizer, data.
@@ -368,12 +391,12 @@ absl::Status RunDistill(const Args& args) {
     SR_RETURN_IF_ERROR(distill::WriteStudentFolder(init_dir, student, teacher_dir, /*overwrite=*/true));
   }
 
-  auto trainer_or = distill::DistillTrainer::Create(options, *teacher, data, std::move(student.weights));
+  auto trainer_or = distill::MakeDistillRunner(device, options, *teacher, data, std::move(student.weights));
   if (!trainer_or.ok()) {
     if (!init_dir.empty()) fs::remove_all(init_dir);
     return NameFlag(trainer_or.status());
   }
-  distill::DistillTrainer& trainer = **trainer_or;
+  distill::DistillRunner& trainer = **trainer_or;
   if (!trainer.resume_note().empty()) std::printf("resume          %s\n", trainer.resume_note().c_str());
 
   json eval_json;
@@ -398,11 +421,12 @@ absl::Status RunDistill(const Args& args) {
 
   const std::string d_name = flags.Get("loss", "kl");
   std::printf("train           %ld steps x %ld windows x %ld tokens (micro-batch %ld), lr %g -> %g, "
-              "warmup %ld, alpha %g, T %g, loss %s%s\n",
+              "warmup %ld, alpha %g, T %g, loss %s%s%s\n",
               steps, batch, seqlen, micro_batch, lr, min_lr, warmup, alpha, temperature, d_name.c_str(),
               options.teacher_mode == distill::TeacherMode::kOnlineLogits
                   ? ""
-                  : absl::StrFormat(", top-%d %s", options.top_k, flags.Get("top-k-mode", "renormalize")).c_str());
+                  : absl::StrFormat(", top-%d %s", options.top_k, flags.Get("top-k-mode", "renormalize")).c_str(),
+              device == "cpu" ? "" : absl::StrCat(", on ", device).c_str());
   std::fflush(stdout);
   json metrics = json::array();
   const int64_t first_step = trainer.step();
@@ -443,7 +467,7 @@ absl::Status RunDistill(const Args& args) {
         {"top_k_mode", flags.Get("top-k-mode", "renormalize")},
         {"teacher_cache", flags.Get("teacher-cache", "")}, {"seed", seed},
         {"checkpoint_dir", flags.Get("checkpoint-dir", "")}, {"checkpoint_every", checkpoint_every},
-        {"log_every", log_every}}},
+        {"log_every", log_every}, {"device", device}}},
       {"resume_note", trainer.resume_note()},
       {"fingerprint", trainer.fingerprint()},
       {"trained_steps", trained_steps},

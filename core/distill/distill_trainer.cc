@@ -23,46 +23,6 @@ namespace {
 
 constexpr int kCheckpointVersion = 1;
 
-absl::Status CheckOptions(const DistillTrainerOptions& o, const ModelConfig& student,
-                          const ModelConfig& teacher, const TrainData& data) {
-  auto invalid = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
-  if (teacher.vocab_size != student.vocab_size) {
-    return invalid("vocab_size differs: the teacher has ", teacher.vocab_size,
-                   ", the student ", student.vocab_size);
-  }
-  const int V = student.vocab_size;
-  const train::DistillLossOptions& l = o.loss;
-  if (!(l.alpha >= 0.0 && l.alpha <= 1.0)) return invalid("alpha ", l.alpha, " must be in [0, 1]");
-  if (!(l.temperature > 0.0) || !std::isfinite(l.temperature)) {
-    return invalid("temperature ", l.temperature, " must be positive");
-  }
-  if (l.divergence == train::Divergence::kJSD && !(l.beta > 0.0 && l.beta < 1.0)) {
-    return invalid("beta ", l.beta, " must be in (0, 1) for JSD");
-  }
-  if (o.teacher_mode != TeacherMode::kOnlineLogits && (o.top_k <= 0 || o.top_k > V)) {
-    return invalid("top_k ", o.top_k, " must be in [1, vocab_size = ", V, "]");
-  }
-  if (o.steps < 0) return invalid("steps ", o.steps, " must be >= 0");
-  if (o.micro_batch <= 0) return invalid("micro_batch ", o.micro_batch, " must be positive");
-  if (o.bucket_floats == 0) return invalid("bucket_floats must be positive");
-  if (o.checkpoint_every < 0) return invalid("checkpoint_every ", o.checkpoint_every, " must be >= 0");
-  if (o.checkpoint_every > 0 && o.checkpoint_dir.empty()) {
-    return invalid("checkpoint_every ", o.checkpoint_every, " needs a checkpoint_dir");
-  }
-  if (o.teacher_mode == TeacherMode::kCache && o.teacher_cache.empty()) {
-    return invalid("teacher_cache: the cache teacher mode needs the cache folder");
-  }
-  const int max_positions = std::min(student.max_position_embeddings, teacher.max_position_embeddings);
-  if (data.seqlen() > max_positions) {
-    return invalid("seqlen ", data.seqlen(), " exceeds max_position_embeddings ", max_positions);
-  }
-  if (data.max_token() >= V) {
-    return invalid("training data ", data.source(), " holds token ", data.max_token(),
-                   ", outside vocab_size ", V);
-  }
-  return absl::OkStatus();
-}
-
 // What must be equal for a checkpoint to continue this run. The rank count and
 // micro-batch are left out: they change only the summation order.
 std::string RunFingerprint(const DistillTrainerOptions& o, const train::ParameterStore& student,
@@ -132,6 +92,54 @@ absl::Status BroadcastFloats(Communicator& comm, std::span<float> data, size_t b
 
 }  // namespace
 
+absl::Status ValidateDistillOptions(const DistillTrainerOptions& o, const ModelConfig& student,
+                                    const ModelConfig& teacher, const TrainData& data) {
+  auto invalid = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (teacher.vocab_size != student.vocab_size) {
+    return invalid("vocab_size differs: the teacher has ", teacher.vocab_size,
+                   ", the student ", student.vocab_size);
+  }
+  const int V = student.vocab_size;
+  const train::DistillLossOptions& l = o.loss;
+  if (!(l.alpha >= 0.0 && l.alpha <= 1.0)) return invalid("alpha ", l.alpha, " must be in [0, 1]");
+  if (!(l.temperature > 0.0) || !std::isfinite(l.temperature)) {
+    return invalid("temperature ", l.temperature, " must be positive");
+  }
+  if (l.divergence == train::Divergence::kJSD && !(l.beta > 0.0 && l.beta < 1.0)) {
+    return invalid("beta ", l.beta, " must be in (0, 1) for JSD");
+  }
+  if (o.teacher_mode != TeacherMode::kOnlineLogits && (o.top_k <= 0 || o.top_k > V)) {
+    return invalid("top_k ", o.top_k, " must be in [1, vocab_size = ", V, "]");
+  }
+  if (o.steps < 0) return invalid("steps ", o.steps, " must be >= 0");
+  if (o.micro_batch <= 0) return invalid("micro_batch ", o.micro_batch, " must be positive");
+  if (o.bucket_floats == 0) return invalid("bucket_floats must be positive");
+  if (o.checkpoint_every < 0) return invalid("checkpoint_every ", o.checkpoint_every, " must be >= 0");
+  if (o.checkpoint_every > 0 && o.checkpoint_dir.empty()) {
+    return invalid("checkpoint_every ", o.checkpoint_every, " needs a checkpoint_dir");
+  }
+  if (o.teacher_mode == TeacherMode::kCache && o.teacher_cache.empty()) {
+    return invalid("teacher_cache: the cache teacher mode needs the cache folder");
+  }
+  const int max_positions = std::min(student.max_position_embeddings, teacher.max_position_embeddings);
+  if (data.seqlen() > max_positions) {
+    return invalid("seqlen ", data.seqlen(), " exceeds max_position_embeddings ", max_positions);
+  }
+  if (data.max_token() >= V) {
+    return invalid("training data ", data.source(), " holds token ", data.max_token(),
+                   ", outside vocab_size ", V);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> DistillRunFingerprint(const DistillTrainerOptions& options,
+                                                  const train::ParameterStore& student,
+                                                  const LlamaModel& teacher,
+                                                  const TrainData& data) {
+  SR_ASSIGN_OR_RETURN(const std::string teacher_fp, TeacherFingerprint(teacher));
+  return RunFingerprint(options, student, teacher_fp, data);
+}
+
 DistillTrainer::DistillTrainer(const DistillTrainerOptions& options, const LlamaModel& teacher,
                                const TrainData& data, train::ParameterStore store,
                                train::LlamaTrainerModel<float> model, train::AdamW optimizer,
@@ -148,7 +156,7 @@ absl::StatusOr<std::unique_ptr<DistillTrainer>> DistillTrainer::Create(
     const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
     train::ParameterStore student) {
   SR_RETURN_IF_ERROR(train::ValidateTrainConfig(student.config()));
-  SR_RETURN_IF_ERROR(CheckOptions(options, student.config(), teacher.config(), data));
+  SR_RETURN_IF_ERROR(ValidateDistillOptions(options, student.config(), teacher.config(), data));
   const int size = options.comm == nullptr ? 1 : options.comm->size();
   SR_RETURN_IF_ERROR(RankSlice(options.global_batch, 0, size).status());
   SR_ASSIGN_OR_RETURN(train::LlamaTrainerModel<float> model,
@@ -389,16 +397,24 @@ absl::Status DistillTrainer::Run(const MetricsCallback& on_step) {
 absl::Status DistillTrainer::SaveStudent(const std::filesystem::path& out_dir,
                                          const std::filesystem::path& tokenizer_dir,
                                          bool overwrite) const {
+  return WriteDistilledStudent(store_, step(), fingerprint_, out_dir, tokenizer_dir, overwrite);
+}
+
+absl::Status WriteDistilledStudent(const train::ParameterStore& student, int64_t steps,
+                                   const std::string& fingerprint,
+                                   const std::filesystem::path& out_dir,
+                                   const std::filesystem::path& tokenizer_dir, bool overwrite) {
   CompressedModelSpec spec;
   spec.source_dir = tokenizer_dir;
   // The student's sizes over whatever else its config carried.
-  nlohmann::json config = store_.config().raw.is_object() ? store_.config().raw : nlohmann::json::object();
-  config.update(ModelConfigToJson(store_.config()));
+  nlohmann::json config =
+      student.config().raw.is_object() ? student.config().raw : nlohmann::json::object();
+  config.update(ModelConfigToJson(student.config()));
   spec.source_config = std::move(config);
   spec.dense_dtype = DType::kF32;
-  spec.recipe_info = {{"distill", {{"steps", step()}, {"fingerprint", fingerprint_}}}};
-  for (const train::ParameterView& v : store_.views()) {
-    const auto values = store_.param(v);
+  spec.recipe_info = {{"distill", {{"steps", steps}, {"fingerprint", fingerprint}}}};
+  for (const train::ParameterView& v : student.views()) {
+    const auto values = student.param(v);
     CompressedTensorEntry entry;
     entry.name = v.name;
     entry.shape = v.shape;

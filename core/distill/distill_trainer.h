@@ -71,6 +71,28 @@ struct StepMetrics {
 };
 using MetricsCallback = std::function<void(const StepMetrics&)>;
 
+// What DistillTrainer::Create checks of a run (InvalidArgument naming the
+// field, see Create), shared with the device trainers (distill_device.h).
+absl::Status ValidateDistillOptions(const DistillTrainerOptions& options,
+                                    const ModelConfig& student, const ModelConfig& teacher,
+                                    const TrainData& data);
+
+// The run's fingerprint (student config and initial weights, teacher, data,
+// batch, lr, AdamW, clipping, loss, teacher mode, seed): what a checkpoint must
+// match, and what SaveStudent records.
+absl::StatusOr<std::string> DistillRunFingerprint(const DistillTrainerOptions& options,
+                                                  const train::ParameterStore& student,
+                                                  const LlamaModel& teacher,
+                                                  const TrainData& data);
+
+// DistillTrainer::SaveStudent for any store: `student` after `steps` steps of
+// the run `fingerprint`, as a Hugging Face folder (F32, the tokenizer files of
+// tokenizer_dir) that LlamaModel::Load reads.
+absl::Status WriteDistilledStudent(const train::ParameterStore& student, int64_t steps,
+                                   const std::string& fingerprint,
+                                   const std::filesystem::path& out_dir,
+                                   const std::filesystem::path& tokenizer_dir, bool overwrite);
+
 class DistillTrainer {
  public:
   // `teacher` and `data` must outlive the trainer; `student` is the starting

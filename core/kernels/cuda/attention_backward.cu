@@ -24,6 +24,19 @@
 //  3. AttnBwdDqConvertKernel: dq = bf16(dq_acc).
 // The PTX helpers (cp.async, ldmatrix, mma.sync) are shared with attention.cu
 // through mma.cuh.
+//
+// SIMT fallback for any even HD <= 256 (LaunchAttentionBackwardSimt; e.g.
+// the head_dim 8 of small models), fp32 math on bf16 inputs, no T x T buffer,
+// no atomics (deterministic), O(T^2 HD) work per head; lane d of a warp owns
+// dims d, d + 32, ... as in the SIMT forward. Two kernels:
+//  A. AttnBwdSimtDqKernel, one warp per (b, query head h, query i):
+//       D_i  = dO_i . O_i                        (written to delta for B)
+//       p_ij = exp(q_i . k_j * scale - lse_i)    over the visible keys j
+//       dQ_i = scale * sum_j p_ij (dO_i . v_j - D_i) k_j
+//  B. AttnBwdSimtDkvKernel, one warp per (b, kv head, key j): over the NH / NKV
+//     query heads of the group and the queries i that see key j,
+//       dV_j += p_ij dO_i,  dK_j += scale * p_ij (dO_i . v_j - D_i) q_i.
+//     p_ij is recomputed (from lse) rather than stored.
 #include <cstdint>
 
 #include "core/kernels/cuda/mma.cuh"
@@ -372,7 +385,170 @@ cudaError_t LaunchFlashBwd(float* dq_acc, bf16* dk, bf16* dv, const bf16* dout, 
   return cudaGetLastError();
 }
 
+// ---- SIMT fallback (any even HD <= 256) -----------------------------------------
+
+constexpr int kSimtBwdMaxHD = 256;
+constexpr int kSimtBwdPerLane = kSimtBwdMaxHD / kWarpSize;
+constexpr int kSimtBwdWarps = 4;
+
+// A: dq and delta. Task = (b, h, i), i fastest (neighbouring warps share keys).
+__global__ void __launch_bounds__(kSimtBwdWarps * kWarpSize)
+    AttnBwdSimtDqKernel(bf16* __restrict__ dq, float* __restrict__ delta,
+                        const bf16* __restrict__ dout, const bf16* __restrict__ out,
+                        const float* __restrict__ lse, const bf16* __restrict__ q,
+                        const bf16* __restrict__ k, const bf16* __restrict__ v, int B, int T,
+                        int NH, int NKV, int HD, int window, float scale) {
+  const long task = static_cast<long>(blockIdx.x) * kSimtBwdWarps + threadIdx.x / kWarpSize;
+  if (task >= static_cast<long>(B) * NH * T) return;  // whole warps leave together
+  const int lane = threadIdx.x % kWarpSize;
+  const int i = static_cast<int>(task % T);
+  const int h = static_cast<int>((task / T) % NH);
+  const int b = static_cast<int>(task / (static_cast<long>(T) * NH));
+  const int kvh = h / (NH / NKV);
+  const long q_stride = static_cast<long>(NH) * HD;
+  const long kv_stride = static_cast<long>(NKV) * HD;
+  const long row = (static_cast<long>(b) * T + i) * q_stride + static_cast<long>(h) * HD;
+  const bf16* kb = k + static_cast<long>(b) * T * kv_stride + static_cast<long>(kvh) * HD;
+  const bf16* vb = v + static_cast<long>(b) * T * kv_stride + static_cast<long>(kvh) * HD;
+
+  float qr[kSimtBwdPerLane], dor[kSimtBwdPerLane], acc[kSimtBwdPerLane];
+  float dsum = 0.0f;
+#pragma unroll
+  for (int e = 0; e < kSimtBwdPerLane; ++e) {
+    const int d = lane + e * kWarpSize;
+    const bool in = d < HD;
+    qr[e] = in ? ToFloat(q[row + d]) : 0.0f;
+    dor[e] = in ? ToFloat(dout[row + d]) : 0.0f;
+    if (in) dsum += dor[e] * ToFloat(out[row + d]);
+    acc[e] = 0.0f;
+  }
+  const float D = WarpSum(dsum);
+  const long stat = (static_cast<long>(b) * NH + h) * T + i;
+  const float lse_i = lse[stat];
+  const int lo = window > 0 ? max(0, i - window + 1) : 0;
+  for (int j = lo; j <= i; ++j) {
+    const bf16* kj = kb + static_cast<long>(j) * kv_stride;
+    const bf16* vj = vb + static_cast<long>(j) * kv_stride;
+    float kr[kSimtBwdPerLane];
+    float sdot = 0.0f, pdot = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kSimtBwdPerLane; ++e) {
+      const int d = lane + e * kWarpSize;
+      kr[e] = 0.0f;
+      if (d < HD) {
+        kr[e] = ToFloat(kj[d]);
+        sdot += qr[e] * kr[e];
+        pdot += dor[e] * ToFloat(vj[d]);
+      }
+    }
+    const float s = WarpSum(sdot) * scale;
+    const float dp = WarpSum(pdot);
+    const float p = expf(s - lse_i);  // lse_i >= s: p in [0, 1]
+    const float ds = p * (dp - D);
+#pragma unroll
+    for (int e = 0; e < kSimtBwdPerLane; ++e) acc[e] += ds * kr[e];
+  }
+#pragma unroll
+  for (int e = 0; e < kSimtBwdPerLane; ++e) {
+    const int d = lane + e * kWarpSize;
+    if (d < HD) dq[row + d] = __float2bfloat16_rn(acc[e] * scale);
+  }
+  if (lane == 0) delta[stat] = D;
+}
+
+// B: dk and dv. Task = (b, kvh, j), j fastest. Reads delta from kernel A.
+__global__ void __launch_bounds__(kSimtBwdWarps * kWarpSize)
+    AttnBwdSimtDkvKernel(bf16* __restrict__ dk, bf16* __restrict__ dv,
+                         const bf16* __restrict__ dout, const float* __restrict__ lse,
+                         const float* __restrict__ delta, const bf16* __restrict__ q,
+                         const bf16* __restrict__ k, const bf16* __restrict__ v, int B, int T,
+                         int NH, int NKV, int HD, int window, float scale) {
+  const long task = static_cast<long>(blockIdx.x) * kSimtBwdWarps + threadIdx.x / kWarpSize;
+  if (task >= static_cast<long>(B) * NKV * T) return;
+  const int lane = threadIdx.x % kWarpSize;
+  const int j = static_cast<int>(task % T);
+  const int kvh = static_cast<int>((task / T) % NKV);
+  const int b = static_cast<int>(task / (static_cast<long>(T) * NKV));
+  const int group = NH / NKV;
+  const long q_stride = static_cast<long>(NH) * HD;
+  const long kv_stride = static_cast<long>(NKV) * HD;
+  const long kv_row = (static_cast<long>(b) * T + j) * kv_stride + static_cast<long>(kvh) * HD;
+
+  float kr[kSimtBwdPerLane], vr[kSimtBwdPerLane], dk_acc[kSimtBwdPerLane],
+      dv_acc[kSimtBwdPerLane];
+#pragma unroll
+  for (int e = 0; e < kSimtBwdPerLane; ++e) {
+    const int d = lane + e * kWarpSize;
+    kr[e] = d < HD ? ToFloat(k[kv_row + d]) : 0.0f;
+    vr[e] = d < HD ? ToFloat(v[kv_row + d]) : 0.0f;
+    dk_acc[e] = dv_acc[e] = 0.0f;
+  }
+  // Queries that see key j: the diagonal up to the window's reach (or T).
+  const int hi = window > 0 ? min(T - 1, j + window - 1) : T - 1;
+  for (int g = 0; g < group; ++g) {
+    const int h = kvh * group + g;
+    const bf16* qh = q + static_cast<long>(b) * T * q_stride + static_cast<long>(h) * HD;
+    const bf16* doh = dout + static_cast<long>(b) * T * q_stride + static_cast<long>(h) * HD;
+    const long stat0 = (static_cast<long>(b) * NH + h) * T;
+    for (int i = j; i <= hi; ++i) {
+      const bf16* qi = qh + static_cast<long>(i) * q_stride;
+      const bf16* doi = doh + static_cast<long>(i) * q_stride;
+      float qv[kSimtBwdPerLane], dov[kSimtBwdPerLane];
+      float sdot = 0.0f, pdot = 0.0f;
+#pragma unroll
+      for (int e = 0; e < kSimtBwdPerLane; ++e) {
+        const int d = lane + e * kWarpSize;
+        qv[e] = dov[e] = 0.0f;
+        if (d < HD) {
+          qv[e] = ToFloat(qi[d]);
+          dov[e] = ToFloat(doi[d]);
+          sdot += qv[e] * kr[e];
+          pdot += dov[e] * vr[e];
+        }
+      }
+      const float s = WarpSum(sdot) * scale;
+      const float dp = WarpSum(pdot);
+      const float p = expf(s - lse[stat0 + i]);
+      const float ds = p * (dp - delta[stat0 + i]);
+#pragma unroll
+      for (int e = 0; e < kSimtBwdPerLane; ++e) {
+        dv_acc[e] += p * dov[e];
+        dk_acc[e] += ds * qv[e];
+      }
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < kSimtBwdPerLane; ++e) {
+    const int d = lane + e * kWarpSize;
+    if (d < HD) {
+      dk[kv_row + d] = __float2bfloat16_rn(dk_acc[e] * scale);
+      dv[kv_row + d] = __float2bfloat16_rn(dv_acc[e]);
+    }
+  }
+}
+
 }  // namespace
+
+cudaError_t LaunchAttentionBackwardSimt(bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
+                                        const bf16* out, const float* lse, const bf16* q,
+                                        const bf16* k, const bf16* v, float* delta, int B, int T,
+                                        int NH, int NKV, int HD, int window,
+                                        cudaStream_t stream) {
+  if (B == 0 || T == 0) return cudaSuccess;
+  if (HD <= 0 || HD > kSimtBwdMaxHD || NKV <= 0 || NH % NKV != 0) return cudaErrorInvalidValue;
+  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
+  const long q_tasks = static_cast<long>(B) * NH * T;
+  AttnBwdSimtDqKernel<<<static_cast<unsigned>((q_tasks + kSimtBwdWarps - 1) / kSimtBwdWarps),
+                        kSimtBwdWarps * kWarpSize, 0, stream>>>(
+      dq, delta, dout, out, lse, q, k, v, B, T, NH, NKV, HD, window, scale);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const long kv_tasks = static_cast<long>(B) * NKV * T;
+  AttnBwdSimtDkvKernel<<<static_cast<unsigned>((kv_tasks + kSimtBwdWarps - 1) / kSimtBwdWarps),
+                         kSimtBwdWarps * kWarpSize, 0, stream>>>(
+      dk, dv, dout, lse, delta, q, k, v, B, T, NH, NKV, HD, window, scale);
+  return cudaGetLastError();
+}
 
 cudaError_t LaunchAttentionBackward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
                                     const bf16* out, const float* lse, const bf16* q,

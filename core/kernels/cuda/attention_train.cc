@@ -1,7 +1,8 @@
 // Host side of the training attention ops declared in train_ops.h: the
 // forward that also keeps lse for the backward, and the flash-attention-2
-// backward. Argument checks, workspaces and launches; the kernels live in
-// attention.cu and attention_backward.cu.
+// backward (tensor cores for HD 64 / 128, SIMT for any other even HD <= 256).
+// Argument checks, workspaces and launches; the kernels live in attention.cu
+// and attention_backward.cu.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -66,10 +67,12 @@ absl::Status attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, 
                                 cudaStream_t stream) {
   constexpr const char* kFn = "attention_backward";
   if (absl::Status st = CheckShape(kFn, B, T, NH, NKV, HD); !st.ok()) return st;
-  if (HD != 64 && HD != 128) {
-    return absl::UnimplementedError(
-        absl::StrFormat("%s: HD=%d (only 64 and 128 are implemented)", kFn, HD));
+  if (HD > 256) {
+    return absl::UnimplementedError(absl::StrFormat("%s: HD=%d > 256", kFn, HD));
   }
+  // HD 64 / 128: the mma.sync flash-attention-2 kernel (16-byte aligned
+  // pointers required); any other even HD: the SIMT kernels.
+  const bool tensor_cores = HD == 64 || HD == 128;
   if (static_cast<long>(B) * T == 0) return absl::OkStatus();
   const struct {
     const void* p;
@@ -80,7 +83,7 @@ absl::Status attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, 
     if (a.p == nullptr) {
       return absl::InvalidArgumentError(absl::StrFormat("%s: null %s", kFn, a.name));
     }
-    if (!Aligned16(a.p)) {
+    if (tensor_cores && !Aligned16(a.p)) {
       return absl::InvalidArgumentError(
           absl::StrFormat("%s: %s is not 16-byte aligned", kFn, a.name));
     }
@@ -103,6 +106,17 @@ absl::Status attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, 
   const size_t n_dq = static_cast<size_t>(B) * T * NH * HD;
   const size_t n_delta = static_cast<size_t>(B) * NH * T;
   void* ws = nullptr;
+  if (!tensor_cores) {
+    // The SIMT kernels need only delta (dq is accumulated in registers).
+    SR_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&ws, n_delta * sizeof(float), stream));
+    const cudaError_t launch = kernels::LaunchAttentionBackwardSimt(
+        dq, dk, dv, dout, out, lse, q, k, v, static_cast<float*>(ws), B, T, NH, NKV, HD, window,
+        stream);
+    const cudaError_t freed = cudaFreeAsync(ws, stream);
+    SR_CUDA_RETURN_IF_ERROR(launch);
+    SR_CUDA_RETURN_IF_ERROR(freed);
+    return absl::OkStatus();
+  }
   // One allocation: dq accumulator, then delta (n_dq * 4 bytes keeps it aligned).
   SR_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&ws, (n_dq + n_delta) * sizeof(float), stream));
   float* dq_acc = static_cast<float*>(ws);

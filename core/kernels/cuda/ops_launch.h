@@ -60,4 +60,16 @@ cudaError_t LaunchAttentionBackward(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_b
                                     float* dq_acc, float* delta, int B, int T, int NH, int NKV,
                                     int HD, int window, cudaStream_t stream);
 
+// attention_backward.cu: the SIMT backward for any even HD <= 256 (fp32 math,
+// bf16 in/out, T >= 0, no alignment needed beyond bf16's). Workspace owned by
+// the caller: delta fp32 [B, NH, T]. Enqueues, in order: dq and delta (one
+// warp per query row), then dk and dv (one warp per key row, looping over its
+// group's query heads). Deterministic (no atomics); dq, dk, dv OVERWRITTEN.
+cudaError_t LaunchAttentionBackwardSimt(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv,
+                                        const __nv_bfloat16* dout, const __nv_bfloat16* out,
+                                        const float* lse, const __nv_bfloat16* q,
+                                        const __nv_bfloat16* k, const __nv_bfloat16* v,
+                                        float* delta, int B, int T, int NH, int NKV, int HD,
+                                        int window, cudaStream_t stream);
+
 }  // namespace shrinkray::kernels

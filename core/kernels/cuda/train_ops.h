@@ -139,12 +139,15 @@ absl::Status attention_forward(__nv_bfloat16* out, float* lse, const __nv_bfloat
 // (OVERWRITTEN; a kv head's gradient sums over the NH/NKV query heads that read
 // it) from dout and out [B, T, NH, HD] and lse of the forward. Never
 // materialises T x T. Causal, with the same sliding window semantics.
-// HD must be 64 or 128 (else Unimplemented) and every pointer 16-byte aligned;
-// dq, dk, dv must not alias the inputs. Takes a temporary fp32 workspace of
-// B*T*NH*HD + B*NH*T floats from the stream-ordered allocator
-// (cudaMallocAsync / cudaFreeAsync on `stream`). dq's fp32 accumulation uses
-// atomics, so dq may differ in the last bits run to run; dk and dv are
-// deterministic. (attention_train.cc, attention_backward.cu)
+// HD 64 and 128 run on tensor cores (mma.sync; every pointer must be 16-byte
+// aligned) with a temporary fp32 workspace of B*T*NH*HD + B*NH*T floats; dq's
+// fp32 accumulation uses atomics, so dq may differ in the last bits run to
+// run; dk and dv are deterministic. Any other even HD <= 256 runs SIMT kernels
+// in fp32 (O(T^2 HD) per head, for small models such as head_dim 8; B*NH*T
+// floats of workspace; deterministic). HD > 256 is Unimplemented. dq, dk, dv
+// must not alias the inputs. Workspaces come from the stream-ordered
+// allocator (cudaMallocAsync / cudaFreeAsync on `stream`).
+// (attention_train.cc, attention_backward.cu)
 absl::Status attention_backward(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv,
                                 const __nv_bfloat16* dout, const __nv_bfloat16* out,
                                 const float* lse, const __nv_bfloat16* q, const __nv_bfloat16* k,

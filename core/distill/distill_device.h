@@ -1,0 +1,70 @@
+// Where a distillation run trains: the device chosen by name.
+//   "cpu":  DistillTrainer (distill_trainer.h), every option.
+//   "cuda": the same run on one CUDA device through LlamaCudaTrainer
+//           (core/kernels/cuda/distill_cuda.cc): the teacher as a bf16
+//           inference model, the student in bf16 mixed precision (fp32 master
+//           weights, gradients and AdamW moments; bf16 activations), the fused
+//           forward-KL + CE loss on the device. Same data order, global and
+//           micro-batches, lr schedule, alpha / T, clipping, AdamW options,
+//           seed and starting weights as the CPU run; the numbers differ by
+//           bf16 rounding only. Limits: the online teacher with full logits and
+//           forward KL (teacher_mode kOnlineLogits, Divergence::kForwardKL),
+//           one rank, no checkpoints; anything else is InvalidArgument naming
+//           the option (before any device work).
+// Both step alike: Step() / Run() report StepMetrics, SaveStudent writes the
+// student exactly as DistillTrainer::SaveStudent does.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/distill/distill_trainer.h"
+#include "core/distill/train_data.h"
+#include "core/model/llama.h"
+#include "core/train/parameter_store.h"
+
+namespace shrinkray::distill {
+
+class DistillRunner {
+ public:
+  virtual ~DistillRunner() = default;
+
+  virtual std::string device() const = 0;  // "cpu", "cuda"
+  // One optimizer step. FailedPrecondition after options.steps.
+  virtual absl::StatusOr<StepMetrics> Step() = 0;
+  virtual int64_t step() const = 0;         // steps taken (a resumed run counts its checkpoint's)
+  virtual int64_t total_steps() const = 0;  // options.steps
+  virtual const std::string& resume_note() const = 0;
+  virtual const std::string& fingerprint() const = 0;
+  // As DistillTrainer::SaveStudent (a device runner first copies its
+  // parameters back to the host).
+  virtual absl::Status SaveStudent(const std::filesystem::path& out_dir,
+                                   const std::filesystem::path& tokenizer_dir, bool overwrite) = 0;
+
+  // Steps until total_steps(), calling `on_step` (when set) after each.
+  absl::Status Run(const MetricsCallback& on_step = {});
+};
+
+// Whether MakeCudaDistillRunner can work here, before anything is loaded:
+// Unimplemented naming the build without CUDA, FailedPrecondition when no
+// device is visible, else OK.
+absl::Status CheckCudaDistillDevice();
+
+// The CUDA runner on the current device (CUDA builds; elsewhere Unimplemented
+// naming the build; FailedPrecondition when no device is visible). Same
+// arguments and lifetimes as DistillTrainer::Create.
+absl::StatusOr<std::unique_ptr<DistillRunner>> MakeCudaDistillRunner(
+    const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
+    train::ParameterStore student);
+
+// By device name: "cpu" (DistillTrainer::Create), "cuda" (MakeCudaDistillRunner),
+// anything else InvalidArgument naming it.
+absl::StatusOr<std::unique_ptr<DistillRunner>> MakeDistillRunner(
+    const std::string& device, const DistillTrainerOptions& options, const LlamaModel& teacher,
+    const TrainData& data, train::ParameterStore student);
+
+}  // namespace shrinkray::distill
