@@ -50,6 +50,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "bench/cuda/bench_util.h"
 #include "core/algo/gptq.h"
 #include "core/algo/sparsegpt.h"
 #include "core/kernels/cuda/cuda_check.h"
@@ -96,51 +97,36 @@ struct Flags {
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next_int = [&](int* out) {
-      if (i + 1 >= argc) return false;
-      *out = std::atoi(argv[++i]);
-      return true;
-    };
+  bench::FlagCursor a(argc, argv);
+  while (a.Next()) {
     bool ok = true;
-    if (a == "--layers") ok = next_int(&f->layers);
-    else if (a == "--samples") ok = next_int(&f->samples);
-    else if (a == "--seqlen") ok = next_int(&f->seqlen);
-    else if (a == "--bits") ok = next_int(&f->bits);
-    else if (a == "--group") ok = next_int(&f->group);
-    else if (a == "--chunk") ok = next_int(&f->chunk);
-    else if (a == "--hidden") ok = next_int(&f->hidden);
-    else if (a == "--intermediate") ok = next_int(&f->intermediate);
-    else if (a == "--heads") ok = next_int(&f->heads);
-    else if (a == "--kv-heads") ok = next_int(&f->kv_heads);
-    else if (a == "--head-dim") ok = next_int(&f->head_dim);
-    else if (a == "--vocab") ok = next_int(&f->vocab);
-    else if (a == "--prune-n") ok = next_int(&f->prune_n);
-    else if (a == "--prune-m") ok = next_int(&f->prune_m);
-    else if (a == "--act-order") f->act_order = true;
-    else if (a == "--profile-ops") f->profile_ops = true;
-    else if (a == "--stream-from-host") f->stream_from_host = true;
-    else if (a == "--sparsity") {
-      ok = i + 1 < argc;
-      if (ok) f->sparsity = std::atof(argv[++i]);
-    }
-    else if (a == "--budget-s") {
-      ok = i + 1 < argc;
-      if (ok) f->budget_s = std::atof(argv[++i]);
-    }
-    else if (a == "--seed") {
-      ok = i + 1 < argc;
-      if (ok) f->seed = std::strtoull(argv[++i], nullptr, 10);
-    } else if (a == "--method") {
-      ok = i + 1 < argc;
-      if (ok) f->method = argv[++i];
-    } else {
-      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+    if (a.Is("--layers")) ok = a.Int(&f->layers);
+    else if (a.Is("--samples")) ok = a.Int(&f->samples);
+    else if (a.Is("--seqlen")) ok = a.Int(&f->seqlen);
+    else if (a.Is("--bits")) ok = a.Int(&f->bits);
+    else if (a.Is("--group")) ok = a.Int(&f->group);
+    else if (a.Is("--chunk")) ok = a.Int(&f->chunk);
+    else if (a.Is("--hidden")) ok = a.Int(&f->hidden);
+    else if (a.Is("--intermediate")) ok = a.Int(&f->intermediate);
+    else if (a.Is("--heads")) ok = a.Int(&f->heads);
+    else if (a.Is("--kv-heads")) ok = a.Int(&f->kv_heads);
+    else if (a.Is("--head-dim")) ok = a.Int(&f->head_dim);
+    else if (a.Is("--vocab")) ok = a.Int(&f->vocab);
+    else if (a.Is("--prune-n")) ok = a.Int(&f->prune_n);
+    else if (a.Is("--prune-m")) ok = a.Int(&f->prune_m);
+    else if (a.Is("--act-order")) f->act_order = true;
+    else if (a.Is("--profile-ops")) f->profile_ops = true;
+    else if (a.Is("--stream-from-host")) f->stream_from_host = true;
+    else if (a.Is("--sparsity")) ok = a.Double(&f->sparsity);
+    else if (a.Is("--budget-s")) ok = a.Double(&f->budget_s);
+    else if (a.Is("--seed")) ok = a.Uint64(&f->seed);
+    else if (a.Is("--method")) ok = a.String(&f->method);
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", a.name());
       return false;
     }
     if (!ok) {
-      std::fprintf(stderr, "flag %s needs a value\n", a.c_str());
+      std::fprintf(stderr, "flag %s needs a value\n", a.name());
       return false;
     }
   }
@@ -237,28 +223,6 @@ class PhaseTimer {
   int phase_ = 0;
 };
 
-#define BENCH_CHECK_OK(expr)                                                        \
-  do {                                                                              \
-    const absl::Status bench_st_ = (expr);                                          \
-    if (!bench_st_.ok()) {                                                          \
-      std::fprintf(stderr, "error at %s:%d: %s\n", __FILE__, __LINE__,              \
-                   std::string(bench_st_.ToString()).c_str());                      \
-      return 1;                                                                     \
-    }                                                                               \
-  } while (0)
-
-#define BENCH_ASSIGN_OR_FAIL(lhs, expr) \
-  BENCH_ASSIGN_OR_FAIL_IMPL(BENCH_CAT(bench_sor_, __LINE__), lhs, expr)
-#define BENCH_ASSIGN_OR_FAIL_IMPL(tmp, lhs, expr)                                   \
-  auto tmp = (expr);                                                                \
-  if (!tmp.ok()) {                                                                  \
-    std::fprintf(stderr, "error at %s:%d: %s\n", __FILE__, __LINE__,                \
-                 std::string(tmp.status().ToString()).c_str());                     \
-    return 1;                                                                       \
-  }                                                                                 \
-  lhs = std::move(tmp).value()
-#define BENCH_CAT_INNER(a, b) a##b
-#define BENCH_CAT(a, b) BENCH_CAT_INNER(a, b)
 
 // A forward op call, timed by kind when --profile-ops (needs `ops` and `f`).
 #define BENCH_OP(kind, expr)                                  \

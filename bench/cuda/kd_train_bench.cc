@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "bench/cuda/bench_util.h"
 #include "core/comm/communicator.h"
 #include "core/comm/store.h"
 #include "core/kernels/cuda/cuda_check.h"
@@ -35,14 +36,6 @@ namespace {
 
 constexpr double kBf16PeakNominal = 989e12;
 
-#define BENCH_CHECK_OK(expr)                                                   \
-  do {                                                                         \
-    const absl::Status st_ = (expr);                                           \
-    if (!st_.ok()) {                                                           \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, st_.ToString().c_str()); \
-      return 1;                                                                \
-    }                                                                          \
-  } while (0)
 
 struct Flags {
   int batch = 4;
@@ -56,28 +49,23 @@ struct Flags {
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next_int = [&](int* out) {
-      if (i + 1 >= argc) return false;
-      *out = std::atoi(argv[++i]);
-      return true;
-    };
+  bench::FlagCursor a(argc, argv);
+  while (a.Next()) {
     bool ok = true;
-    if (a == "--batch") ok = next_int(&f->batch);
-    else if (a == "--seqlen") ok = next_int(&f->seqlen);
-    else if (a == "--steps") ok = next_int(&f->steps);
-    else if (a == "--warmup") ok = next_int(&f->warmup);
-    else if (a == "--student-layers") ok = next_int(&f->student_layers);
-    else if (a == "--teacher-layers") ok = next_int(&f->teacher_layers);
-    else if (a == "--no-teacher") f->teacher = false;
-    else if (a == "--allreduce") f->allreduce = true;
+    if (a.Is("--batch")) ok = a.Int(&f->batch);
+    else if (a.Is("--seqlen")) ok = a.Int(&f->seqlen);
+    else if (a.Is("--steps")) ok = a.Int(&f->steps);
+    else if (a.Is("--warmup")) ok = a.Int(&f->warmup);
+    else if (a.Is("--student-layers")) ok = a.Int(&f->student_layers);
+    else if (a.Is("--teacher-layers")) ok = a.Int(&f->teacher_layers);
+    else if (a.Is("--no-teacher")) f->teacher = false;
+    else if (a.Is("--allreduce")) f->allreduce = true;
     else {
-      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+      std::fprintf(stderr, "unknown flag %s\n", a.name());
       return false;
     }
     if (!ok) {
-      std::fprintf(stderr, "flag %s needs a value\n", a.c_str());
+      std::fprintf(stderr, "flag %s needs a value\n", a.name());
       return false;
     }
   }

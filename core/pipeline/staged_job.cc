@@ -1,6 +1,7 @@
 // A recipe led by a distill stage: distill -> (each later stage in a pass of
 // its own) -> one results table. See job_runner.h.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -278,20 +279,31 @@ absl::StatusOr<long> ModelParameters(const fs::path& dir) {
   return model->num_parameters();
 }
 
+namespace {
+
+// The formatted cells of one results row after stage and bytes: bits/param,
+// ratio, ppl, retention, KL, top-1, seconds ("–" where a value does not apply).
+std::array<std::string, 7> RowCells(const JobEvalRow& r, const char* seconds_format) {
+  const bool original = r.model == "original";
+  const bool evaluated = r.ppl > 0;
+  return {Cell(r.bits_per_parameter, "%.2f", r.bits_per_parameter > 0),
+          Cell(r.compression_ratio, "%.2fx", r.compression_ratio > 0),
+          Cell(r.ppl, "%.4f", evaluated),
+          Cell(r.retention, "%.4f", evaluated),
+          Cell(r.mean_kl, "%.4g", evaluated && !original),
+          Cell(r.top1_agreement, "%.4f", evaluated && !original),
+          Cell(r.seconds, seconds_format, !original)};
+}
+
+}  // namespace
+
 std::string FormatResultsTable(const std::vector<JobEvalRow>& rows) {
   std::string out = absl::StrFormat("%-10s %11s %6s %7s %10s %9s %10s %7s %8s\n", "stage", "bytes", "bits/p",
                                     "ratio", "ppl", "retention", "KL", "top-1", "seconds");
   for (const JobEvalRow& r : rows) {
-    const bool original = r.model == "original";
-    const bool evaluated = r.ppl > 0;
-    absl::StrAppend(
-        &out, absl::StrFormat("%-10s %11d %6s %7s %10s %9s %10s %7s %8s\n", r.model, r.bytes,
-                              Cell(r.bits_per_parameter, "%.2f", r.bits_per_parameter > 0),
-                              Cell(r.compression_ratio, "%.2fx", r.compression_ratio > 0),
-                              Cell(r.ppl, "%.4f", evaluated), Cell(r.retention, "%.4f", evaluated),
-                              Cell(r.mean_kl, "%.4g", evaluated && !original),
-                              Cell(r.top1_agreement, "%.4f", evaluated && !original),
-                              Cell(r.seconds, "%.2f", !original)));
+    const auto c = RowCells(r, "%.2f");
+    absl::StrAppend(&out, absl::StrFormat("%-10s %11d %6s %7s %10s %9s %10s %7s %8s\n", r.model, r.bytes, c[0],
+                                          c[1], c[2], c[3], c[4], c[5], c[6]));
   }
   return out;
 }
@@ -301,15 +313,9 @@ std::string FormatResultsMarkdown(const std::vector<JobEvalRow>& rows) {
       "| stage | bytes | bits/param | ratio | ppl | retention | KL to original | top-1 | seconds |\n"
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const JobEvalRow& r : rows) {
-    const bool original = r.model == "original";
-    const bool evaluated = r.ppl > 0;
+    const auto c = RowCells(r, "%.1f");
     absl::StrAppend(&out, absl::StrFormat("| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", r.model, r.bytes,
-                                          Cell(r.bits_per_parameter, "%.2f", r.bits_per_parameter > 0),
-                                          Cell(r.compression_ratio, "%.2fx", r.compression_ratio > 0),
-                                          Cell(r.ppl, "%.4f", evaluated), Cell(r.retention, "%.4f", evaluated),
-                                          Cell(r.mean_kl, "%.4g", evaluated && !original),
-                                          Cell(r.top1_agreement, "%.4f", evaluated && !original),
-                                          Cell(r.seconds, "%.1f", !original)));
+                                          c[0], c[1], c[2], c[3], c[4], c[5], c[6]));
   }
   return out;
 }

@@ -34,7 +34,8 @@ __global__ void ResidualKernel(T* out, const T* inp1, const T* inp2, long N) {
 // separately (no FMA contraction) to match the CPU op's x*c - y*s bit for bit.
 template <typename T>
 __global__ void RopeKernel(T* out, const T* inp, const float* __restrict__ cos,
-                           const float* __restrict__ sin, int B, int T_, int NH, int HD) {
+                           const float* __restrict__ sin, int B, int T_, int NH, int HD,
+                           bool inverse) {
   const int half = HD / 2;
   const long total = static_cast<long>(B) * T_ * NH * half;
   for (long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
@@ -45,7 +46,9 @@ __global__ void RopeKernel(T* out, const T* inp, const float* __restrict__ cos,
     const int t = static_cast<int>(bt % T_);
     const long base = row_head * HD;
     const float c = cos[static_cast<long>(t) * half + d];
-    const float s = sin[static_cast<long>(t) * half + d];
+    // The inverse (transposed) rotation, RoPE's backward, is the rotation by
+    // -angle: y * (-s) = -(y * s) exactly, so it rounds like the direct form.
+    const float s = inverse ? -sin[static_cast<long>(t) * half + d] : sin[static_cast<long>(t) * half + d];
     const float x = ToFloat(inp[base + d]);
     const float y = ToFloat(inp[base + d + half]);
     out[base + d] = FromFloat<T>(__fsub_rn(__fmul_rn(x, c), __fmul_rn(y, s)));
@@ -82,10 +85,10 @@ cudaError_t LaunchResidual(T* out, const T* inp1, const T* inp2, long N, cudaStr
 
 template <typename T>
 cudaError_t LaunchRope(T* out, const T* inp, const float* cos, const float* sin, int B, int T_,
-                       int NH, int HD, cudaStream_t stream) {
+                       int NH, int HD, bool inverse, cudaStream_t stream) {
   const long total = static_cast<long>(B) * T_ * NH * (HD / 2);
   if (total == 0) return cudaSuccess;
-  RopeKernel<T><<<GridFor(total), kThreads, 0, stream>>>(out, inp, cos, sin, B, T_, NH, HD);
+  RopeKernel<T><<<GridFor(total), kThreads, 0, stream>>>(out, inp, cos, sin, B, T_, NH, HD, inverse);
   return cudaGetLastError();
 }
 
@@ -101,7 +104,7 @@ cudaError_t LaunchAddBias(T* out, const float* bias, int N, int C, cudaStream_t 
                                           cudaStream_t);                                       \
   template cudaError_t LaunchResidual<T>(T*, const T*, const T*, long, cudaStream_t);          \
   template cudaError_t LaunchRope<T>(T*, const T*, const float*, const float*, int, int, int,  \
-                                     int, cudaStream_t);                                       \
+                                     int, bool, cudaStream_t);                                 \
   template cudaError_t LaunchAddBias<T>(T*, const float*, int, int, cudaStream_t);
 SR_INSTANTIATE(float)
 SR_INSTANTIATE(__nv_bfloat16)

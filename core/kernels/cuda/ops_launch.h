@@ -26,9 +26,10 @@ cudaError_t LaunchEmbedding(T* out, const int32_t* tokens, const T* wte, int N, 
                             cudaStream_t stream);
 template <typename T>
 cudaError_t LaunchResidual(T* out, const T* inp1, const T* inp2, long N, cudaStream_t stream);
+// inverse: the transposed rotation (rope_backward).
 template <typename T>
 cudaError_t LaunchRope(T* out, const T* inp, const float* cos, const float* sin, int B, int T_,
-                       int NH, int HD, cudaStream_t stream);
+                       int NH, int HD, bool inverse, cudaStream_t stream);
 // out[n, c] += bias[c] for out [N, C].
 template <typename T>
 cudaError_t LaunchAddBias(T* out, const float* bias, int N, int C, cudaStream_t stream);

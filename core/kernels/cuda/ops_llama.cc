@@ -100,7 +100,7 @@ absl::Status RopeImpl(T* out, const T* inp, const float* cos, const float* sin, 
       (out == nullptr || inp == nullptr || cos == nullptr || sin == nullptr)) {
     return absl::InvalidArgumentError("rope_forward: null pointer");
   }
-  SR_CUDA_RETURN_IF_ERROR(kernels::LaunchRope<T>(out, inp, cos, sin, B, T_, NH, HD, stream));
+  SR_CUDA_RETURN_IF_ERROR(kernels::LaunchRope<T>(out, inp, cos, sin, B, T_, NH, HD, /*inverse=*/false, stream));
   return absl::OkStatus();
 }
 

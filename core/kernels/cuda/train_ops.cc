@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "core/kernels/cuda/blas.h"
 #include "core/kernels/cuda/cuda_check.h"
+#include "core/kernels/cuda/ops_launch.h"
 #include "core/kernels/cuda/train_ops_launch.h"
 
 namespace shrinkray {
@@ -71,7 +72,7 @@ absl::Status rope_backward(bf16* dinp, const bf16* dout, const float* cos, const
     if (cos == nullptr) return Invalid(kFn, "null cos");
     if (sin == nullptr) return Invalid(kFn, "null sin");
   }
-  SR_CUDA_RETURN_IF_ERROR(kernels::LaunchRopeBackward(dinp, dout, cos, sin, B, T, NH, HD, stream));
+  SR_CUDA_RETURN_IF_ERROR(kernels::LaunchRope<__nv_bfloat16>(dinp, dout, cos, sin, B, T, NH, HD, /*inverse=*/true, stream));
   return absl::OkStatus();
 }
 

@@ -160,28 +160,7 @@ void LaunchRmsnormBackwardVec(bf16* dinp, const bf16* dout, const bf16* inp, con
 
 // ---- RoPE ---------------------------------------------------------------------
 
-// The transposed rotation: dx1 = dy1 c + dy2 s, dx2 = dy2 c - dy1 s. One
-// thread per (row, head, d < HD/2) reads the pair before writing it, so dinp
-// may equal dout. Products rounded separately (no FMA), as in the forward.
-__global__ void RopeBackwardKernel(bf16* dinp, const bf16* dout, const float* __restrict__ cos,
-                                   const float* __restrict__ sin, int T_, int NH, int HD,
-                                   long total) {
-  const int half = HD / 2;
-  for (long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<long>(gridDim.x) * blockDim.x) {
-    const int d = static_cast<int>(i % half);
-    const long row_head = i / half;  // (b*T + t)*NH + h
-    const long bt = row_head / NH;   // b*T + t
-    const int t = static_cast<int>(bt % T_);
-    const long base = row_head * HD;
-    const float c = cos[static_cast<long>(t) * half + d];
-    const float s = sin[static_cast<long>(t) * half + d];
-    const float dy1 = ToFloat(dout[base + d]);
-    const float dy2 = ToFloat(dout[base + d + half]);
-    dinp[base + d] = FromFloat<bf16>(__fadd_rn(__fmul_rn(dy1, c), __fmul_rn(dy2, s)));
-    dinp[base + d + half] = FromFloat<bf16>(__fsub_rn(__fmul_rn(dy2, c), __fmul_rn(dy1, s)));
-  }
-}
+// RoPE backward: LaunchRope with inverse = true (llama_ops.cu).
 
 // ---- SwiGLU -------------------------------------------------------------------
 
@@ -262,15 +241,6 @@ cudaError_t LaunchRmsnormBackward(bf16* dinp, float* dweight, const bf16* dout, 
       LaunchRmsnormBackwardVec<1>(dinp, dout, inp, weight, rstd, N, C, stream);
     }
   }
-  return cudaGetLastError();
-}
-
-cudaError_t LaunchRopeBackward(bf16* dinp, const bf16* dout, const float* cos, const float* sin,
-                               int B, int T, int NH, int HD, cudaStream_t stream) {
-  const long total = static_cast<long>(B) * T * NH * (HD / 2);
-  if (total == 0) return cudaSuccess;
-  RopeBackwardKernel<<<GridFor(total), kThreads, 0, stream>>>(dinp, dout, cos, sin, T, NH, HD,
-                                                              total);
   return cudaGetLastError();
 }
 

@@ -23,10 +23,6 @@ cudaError_t LaunchRmsnormBackward(__nv_bfloat16* dinp, float* dweight, const __n
                                   const __nv_bfloat16* inp, const float* weight,
                                   const float* rstd, int N, int C, cudaStream_t stream);
 
-cudaError_t LaunchRopeBackward(__nv_bfloat16* dinp, const __nv_bfloat16* dout, const float* cos,
-                               const float* sin, int B, int T, int NH, int HD,
-                               cudaStream_t stream);
-
 cudaError_t LaunchSwigluBackward(__nv_bfloat16* dgate, __nv_bfloat16* dup,
                                  const __nv_bfloat16* dout, const __nv_bfloat16* gate,
                                  const __nv_bfloat16* up, long N, cudaStream_t stream);
