@@ -35,6 +35,9 @@
 
 namespace shrinkray::bench {
 
+// The H100 SXM's nominal dense bf16 tensor-core peak (the MFU denominator).
+constexpr double kBf16PeakNominal = 989e12;
+
 // Walks argv: `while (flags.Next())` then `flags.Is("--x")` and `flags.Int(&v)`
 // / `flags.Double(&v)` / `flags.String(&v)` for the value that follows (false
 // when it is missing).

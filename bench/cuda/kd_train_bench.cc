@@ -34,7 +34,8 @@
 namespace shrinkray {
 namespace {
 
-constexpr double kBf16PeakNominal = 989e12;
+using bench::kBf16PeakNominal;
+
 
 
 struct Flags {

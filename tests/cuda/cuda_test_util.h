@@ -107,4 +107,18 @@ inline std::vector<float> FromBf16(absl::Span<const __nv_bfloat16> x) {
   return r;
 }
 
+// RoPE cos/sin tables [T, HD/2] for theta 10000 (angle t / 10000^(2i/HD)).
+inline void RopeTables(int T, int HD, std::vector<float>* cos_t, std::vector<float>* sin_t) {
+  const int half = HD / 2;
+  cos_t->assign(static_cast<size_t>(T) * half, 0.0f);
+  sin_t->assign(cos_t->size(), 0.0f);
+  for (int t = 0; t < T; ++t) {
+    for (int i = 0; i < half; ++i) {
+      const double angle = t / std::pow(10000.0, 2.0 * i / HD);
+      (*cos_t)[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(angle));
+      (*sin_t)[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(angle));
+    }
+  }
+}
+
 }  // namespace shrinkray::cuda_test

@@ -135,15 +135,9 @@ TEST_F(LlamaOpsCudaTest, ResidualMatchesCpu) {
 }
 
 TEST_F(LlamaOpsCudaTest, RopeMatchesCpu) {
-  const int B = 2, T = 37, NH = 3, HD = 64, half = HD / 2;
-  std::vector<float> cos_t(static_cast<size_t>(T) * half), sin_t(cos_t.size());
-  for (int t = 0; t < T; ++t) {
-    for (int i = 0; i < half; ++i) {
-      const double angle = t / std::pow(10000.0, 2.0 * i / HD);
-      cos_t[t * half + i] = static_cast<float>(std::cos(angle));
-      sin_t[t * half + i] = static_cast<float>(std::sin(angle));
-    }
-  }
+  const int B = 2, T = 37, NH = 3, HD = 64;
+  std::vector<float> cos_t, sin_t;
+  cuda_test::RopeTables(T, HD, &cos_t, &sin_t);
   const size_t n = static_cast<size_t>(B) * T * NH * HD;
   const std::vector<float> x = RoundToBf16(RandomNormal(n, 1.0f, 31u));
   std::vector<float> ref(n);
