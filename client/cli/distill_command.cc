@@ -6,6 +6,10 @@
 // distill_report.json beside the weights. With --eval, the teacher's and the
 // student's perplexity and the student's KL to the teacher and top-1
 // agreement are measured before and after training (docs/eval.md protocol).
+// --teacher-samples N adds N windows of text sampled from the teacher
+// (sequence-level KD, core/distill/teacher_samples.h) to --data, or is the
+// whole training set without --data; the text is written to
+// teacher_samples.txt in --out.
 // --device cuda runs the same training on one GPU (core/distill/
 // distill_device.h: online teacher with full logits, forward KL, no
 // checkpoints); the evaluation stays on the CPU.
@@ -33,6 +37,7 @@
 #include "core/distill/distill_trainer.h"
 #include "core/distill/student_init.h"
 #include "core/distill/teacher_cache.h"
+#include "core/distill/teacher_samples.h"
 #include "core/distill/train_data.h"
 #include "core/io/text_file.h"
 #include "core/model/config.h"
@@ -167,10 +172,42 @@ absl::Status RunDistill(const Args& args) {
                     "student-config", "seed", "steps", "batch", "micro-batch", "seqlen", "lr", "min-lr",
                     "warmup", "weight-decay", "clip", "alpha", "temperature", "loss", "beta", "top-k",
                     "top-k-mode", "teacher-cache", "checkpoint-dir", "checkpoint-every", "eval",
-                    "eval-max-chars", "eval-seqlen", "log-every", "device"},
+                    "eval-max-chars", "eval-seqlen", "log-every", "device", "teacher-samples",
+                    "teacher-sample-temperature", "teacher-sample-seed", "teacher-sample-top-k",
+                    "teacher-sample-top-p", "teacher-sample-prompt-tokens"},
                    {"overwrite", "no-resume"}));
   SR_ASSIGN_OR_RETURN(std::string teacher_dir, flags.Required("teacher"));
-  SR_ASSIGN_OR_RETURN(std::string data_path, flags.Required("data"));
+  // Sequence-level KD: windows sampled from the teacher, with or without --data.
+  const bool sampled = flags.Has("teacher-samples");
+  if (!sampled && !flags.Has("data")) {
+    return Invalid("missing required flag --data (or --teacher-samples N to train on text sampled from the teacher)");
+  }
+  const std::string data_path = flags.Get("data", "");
+  for (const char* flag : {"teacher-sample-temperature", "teacher-sample-seed", "teacher-sample-top-k",
+                           "teacher-sample-top-p", "teacher-sample-prompt-tokens"}) {
+    if (flags.Has(flag) && !sampled) return Invalid(absl::StrCat("--", flag, " needs --teacher-samples N"));
+  }
+  SR_ASSIGN_OR_RETURN(long teacher_samples, flags.GetInt("teacher-samples", 0));
+  SR_ASSIGN_OR_RETURN(double sample_temperature, flags.GetDouble("teacher-sample-temperature", 1.0));
+  SR_ASSIGN_OR_RETURN(long sample_top_k, flags.GetInt("teacher-sample-top-k", 0));
+  SR_ASSIGN_OR_RETURN(double sample_top_p, flags.GetDouble("teacher-sample-top-p", 1.0));
+  SR_ASSIGN_OR_RETURN(long sample_prompt_tokens, flags.GetInt("teacher-sample-prompt-tokens", 0));
+  if (sampled && teacher_samples <= 0) {
+    return Invalid(absl::StrCat("--teacher-samples must be positive, got ", teacher_samples));
+  }
+  if (!(sample_temperature > 0)) {
+    return Invalid(absl::StrCat("--teacher-sample-temperature must be positive, got ", sample_temperature));
+  }
+  if (sample_top_k < 0) return Invalid(absl::StrCat("--teacher-sample-top-k must be >= 0, got ", sample_top_k));
+  if (!(sample_top_p > 0 && sample_top_p <= 1)) {
+    return Invalid(absl::StrCat("--teacher-sample-top-p must be in (0, 1], got ", sample_top_p));
+  }
+  if (sample_prompt_tokens < 0) {
+    return Invalid(absl::StrCat("--teacher-sample-prompt-tokens must be >= 0, got ", sample_prompt_tokens));
+  }
+  if (sample_prompt_tokens > 0 && data_path.empty()) {
+    return Invalid("--teacher-sample-prompt-tokens prompts from --data's windows; give --data");
+  }
   SR_ASSIGN_OR_RETURN(std::string out_dir, flags.Required("out"));
 
   // The student spec: exactly one kind.
@@ -215,6 +252,11 @@ absl::Status RunDistill(const Args& args) {
   // Range checks the library does not make (it sees ints, not flags); the
   // rest (alpha, T, beta, top-k, lr, ...) come back from it with NameFlag.
   if (seed < 0) return Invalid(absl::StrCat("--seed must be >= 0, got ", seed));
+  SR_ASSIGN_OR_RETURN(long sample_seed, flags.GetInt("teacher-sample-seed", seed));
+  if (sample_seed < 0) return Invalid(absl::StrCat("--teacher-sample-seed must be >= 0, got ", sample_seed));
+  if (sampled && flags.Has("teacher-cache")) {
+    return Invalid("--teacher-samples and --teacher-cache are exclusive (a cache is written for --data's windows)");
+  }
   if (steps <= 0) return Invalid(absl::StrCat("--steps must be positive, got ", steps));
   if (batch <= 0) return Invalid(absl::StrCat("--batch must be positive, got ", batch));
   if (micro_batch < 0) return Invalid(absl::StrCat("--micro-batch must be positive, got ", micro_batch));
@@ -275,11 +317,56 @@ absl::Status RunDistill(const Args& args) {
   if (top_k > tc.vocab_size) {
     return Invalid(absl::StrCat("--top-k ", top_k, " is larger than the teacher's vocabulary (", tc.vocab_size, ")"));
   }
-  const bool pretokenized = fs::path(data_path).extension() == ".safetensors";
+  std::optional<distill::TrainData> user_data;
+  if (!data_path.empty()) {
+    const bool pretokenized = fs::path(data_path).extension() == ".safetensors";
+    absl::StatusOr<distill::TrainData> data_or =
+        pretokenized ? distill::TrainData::FromTokensFile(data_path, static_cast<int>(seqlen), seed)
+                     : distill::TrainData::FromText(data_path, *tokenizer, static_cast<int>(seqlen), seed);
+    if (!data_or.ok()) return WithFlag("--data", data_or.status());
+    user_data = std::move(*data_or);
+  }
+  std::vector<int32_t> sample_tokens;
+  double sample_seconds = 0;
+  if (sampled) {
+    distill::TeacherSampleOptions so;
+    so.num_windows = teacher_samples;
+    so.seqlen = static_cast<int>(seqlen);
+    so.sampling = {.temperature = sample_temperature, .top_k = static_cast<int>(sample_top_k),
+                   .top_p = sample_top_p};
+    so.seed = static_cast<uint64_t>(sample_seed);
+    so.prompt_tokens = static_cast<int>(sample_prompt_tokens);
+    std::optional<int32_t> bos = tokenizer->bos_id();
+    if (!bos.has_value() && tc.bos_token_id.has_value()) bos = *tc.bos_token_id;
+    std::printf("teacher samples %ld windows of %ld tokens at T=%g (seed %ld)...\n", teacher_samples, seqlen + 1,
+                sample_temperature, sample_seed);
+    std::fflush(stdout);
+    const auto s_start = std::chrono::steady_clock::now();
+    auto tokens = distill::SampleTeacherWindows(*teacher, so, bos, user_data ? &*user_data : nullptr);
+    if (!tokens.ok()) {
+      // Name the flag (the values were range-checked above; what is left is
+      // about the model or the data): the library names the option field.
+      const std::string m(tokens.status().message());
+      if (m.rfind("seqlen", 0) == 0) return WithFlag("--seqlen", tokens.status());
+      if (m.rfind("prompt_tokens", 0) == 0) return WithFlag("--teacher-sample-prompt-tokens", tokens.status());
+      return WithFlag("--teacher-samples", tokens.status());
+    }
+    sample_tokens = std::move(*tokens);
+    sample_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - s_start).count();
+  }
+  // The training windows: --data's, then the sampled ones (mixed in one epoch order).
+  std::vector<int32_t> all_tokens;
+  if (sampled) {
+    if (user_data) all_tokens = user_data->tokens();
+    all_tokens.insert(all_tokens.end(), sample_tokens.begin(), sample_tokens.end());
+  }
+  const std::string data_source = !sampled ? data_path
+                                  : user_data ? absl::StrCat(data_path, " + teacher samples")
+                                              : std::string("teacher samples");
   absl::StatusOr<distill::TrainData> data_or =
-      pretokenized ? distill::TrainData::FromTokensFile(data_path, static_cast<int>(seqlen), seed)
-                   : distill::TrainData::FromText(data_path, *tokenizer, static_cast<int>(seqlen), seed);
-  if (!data_or.ok()) return WithFlag("--data", data_or.status());
+      !sampled ? std::move(*user_data)
+               : distill::TrainData::FromWindows(std::move(all_tokens), static_cast<int>(seqlen), seed, data_source);
+  if (!data_or.ok()) return WithFlag(sampled ? "--teacher-samples" : "--data", data_or.status());
   const distill::TrainData data = std::move(*data_or);
 
   // The student.
@@ -312,9 +399,22 @@ absl::Status RunDistill(const Args& args) {
     calib.num_samples = static_cast<int>(importance_windows);
     calib.seqlen = static_cast<int>(std::min<long>(seqlen, tc.max_position_embeddings));
     calib.seed = static_cast<uint64_t>(seed);
-    auto windows = LoadCalibrationSet(data_path, *tokenizer, calib);
-    if (!windows.ok()) return WithFlag("--data", windows.status());
-    spec.calibration = std::move(*windows);
+    if (!data_path.empty()) {
+      auto windows = LoadCalibrationSet(data_path, *tokenizer, calib);
+      if (!windows.ok()) return WithFlag("--data", windows.status());
+      spec.calibration = std::move(*windows);
+    } else {
+      // No user data: the first sampled windows rank the channels.
+      CalibrationSet set;
+      set.seqlen = calib.seqlen;
+      set.num_samples = static_cast<int>(std::min<long>(importance_windows, data.num_windows()));
+      for (int i = 0; i < set.num_samples; ++i) {
+        const auto w = data.Window(i).first(set.seqlen);
+        set.tokens.insert(set.tokens.end(), w.begin(), w.end());
+      }
+      set.source = "teacher samples";
+      spec.calibration = std::move(set);
+    }
   } else {
     spec_flag = "--student-config";
     spec.kind = distill::StudentInitKind::kRandom;
@@ -336,7 +436,11 @@ absl::Status RunDistill(const Args& args) {
               std::string(spec_json["kind"]).c_str(), sc.num_hidden_layers, sc.hidden_size,
               sc.intermediate_size, sc.num_attention_heads, student_params,
               100.0 * student_params / std::max<long>(1, teacher->num_parameters()));
-  std::printf("data            %s: %ld windows of %ld tokens\n", data_path.c_str(),
+  if (sampled) {
+    std::printf("teacher samples %ld windows sampled in %.1f s%s\n", teacher_samples, sample_seconds,
+                user_data ? absl::StrCat(", mixed with ", user_data->num_windows(), " of --data").c_str() : "");
+  }
+  std::printf("data            %s: %ld windows of %ld tokens\n", data_source.c_str(),
               static_cast<long>(data.num_windows()), seqlen);
   std::fflush(stdout);
 
@@ -442,6 +546,18 @@ absl::Status RunDistill(const Args& args) {
   const double train_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - train_start).count();
   SR_RETURN_IF_ERROR(trainer.SaveStudent(out_dir, teacher_dir, flags.Has("overwrite")));
+  if (sampled) {
+    // The sampled text, window by window, for a user to read.
+    const fs::path path = fs::path(out_dir) / "teacher_samples.txt";
+    std::ofstream out(path);
+    const size_t row = static_cast<size_t>(seqlen) + 1;
+    for (size_t w = 0; w * row < sample_tokens.size(); ++w) {
+      std::vector<int32_t> ids(sample_tokens.begin() + w * row, sample_tokens.begin() + (w + 1) * row);
+      SR_ASSIGN_OR_RETURN(std::string text, tokenizer->Decode(ids, /*skip_special_tokens=*/true));
+      out << "=== window " << w << " ===\n" << text << "\n";
+    }
+    if (!out.good()) return absl::InternalError(absl::StrCat("write ", path.string(), " failed"));
+  }
 
   if (eval_set.has_value()) {
     SR_ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> trained, LlamaModel::Load(out_dir));
@@ -459,6 +575,12 @@ absl::Status RunDistill(const Args& args) {
         {"parameters", student_params}}},
       {"data", {{"path", data_path}, {"windows", data.num_windows()}, {"seqlen", seqlen},
                 {"fingerprint", data.Fingerprint()}}},
+      {"teacher_samples",
+       sampled ? json{{"windows", teacher_samples}, {"temperature", sample_temperature}, {"top_k", sample_top_k},
+                      {"top_p", sample_top_p}, {"seed", sample_seed}, {"prompt_tokens", sample_prompt_tokens},
+                      {"mixed_with_data", user_data.has_value()}, {"seconds", sample_seconds},
+                      {"text", "teacher_samples.txt"}}
+               : json(nullptr)},
       {"options",
        {{"steps", steps}, {"batch", batch}, {"micro_batch", micro_batch}, {"lr", lr}, {"min_lr", min_lr},
         {"warmup", warmup}, {"weight_decay", weight_decay}, {"clip", clip}, {"alpha", alpha},

@@ -69,13 +69,34 @@ absl::StatusOr<TrainData> TrainData::FromTokensFile(const std::filesystem::path&
                                                    set.seqlen, " ids; need seqlen + 1 = ",
                                                    seqlen + 1));
   }
+  return FromWindows(std::move(set.tokens), seqlen, seed, path.string());
+}
+
+absl::StatusOr<TrainData> TrainData::FromWindows(std::vector<int32_t> tokens, int seqlen, uint64_t seed,
+                                                 std::string source) {
+  if (seqlen <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("training data ", source, ": seqlen ", seqlen,
+                                                   " must be positive"));
+  }
+  const size_t row = static_cast<size_t>(seqlen) + 1;
+  if (tokens.empty() || tokens.size() % row != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("training data ", source, ": ", tokens.size(),
+                                                   " ids are not a positive number of windows of seqlen + 1 = ",
+                                                   row));
+  }
   TrainData data;
   data.seqlen_ = seqlen;
   data.seed_ = seed;
-  data.source_ = path.string();
-  data.num_windows_ = set.num_samples;
-  data.tokens_ = std::move(set.tokens);
-  for (const int32_t t : data.tokens_) data.max_token_ = std::max(data.max_token_, t);
+  data.source_ = std::move(source);
+  data.num_windows_ = static_cast<int64_t>(tokens.size() / row);
+  data.tokens_ = std::move(tokens);
+  for (size_t i = 0; i < data.tokens_.size(); ++i) {
+    if (data.tokens_[i] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("training data ", data.source_, ": token ", i,
+                                                     " is ", data.tokens_[i], " (negative)"));
+    }
+    data.max_token_ = std::max(data.max_token_, data.tokens_[i]);
+  }
   return data;
 }
 

@@ -42,6 +42,13 @@ class TrainData {
                                             const Tokenizer& tokenizer, int seqlen, uint64_t seed);
   static absl::StatusOr<TrainData> FromTokensFile(const std::filesystem::path& path, int seqlen,
                                                   uint64_t seed);
+  // Independent windows laid end to end: `tokens` is [N, seqlen + 1] (e.g.
+  // text sampled from the teacher, core/distill/teacher_samples.h, or those
+  // windows after another TrainData's tokens()). InvalidArgument naming
+  // `source`: seqlen <= 0, a size that is not a positive multiple of
+  // seqlen + 1, a negative id.
+  static absl::StatusOr<TrainData> FromWindows(std::vector<int32_t> tokens, int seqlen, uint64_t seed,
+                                               std::string source);
 
   int seqlen() const { return seqlen_; }
   int64_t num_windows() const { return num_windows_; }
@@ -53,6 +60,8 @@ class TrainData {
     return std::span<const int32_t>(tokens_).subspan(static_cast<size_t>(w) * (seqlen_ + 1),
                                                      seqlen_ + 1);
   }
+  // Every window's ids, [num_windows, seqlen + 1].
+  const std::vector<int32_t>& tokens() const { return tokens_; }
   // Epoch `epoch`'s permutation of [0, num_windows).
   std::vector<int64_t> EpochOrder(int64_t epoch) const;
   // The `count` windows of the global batch starting at `at`, in order, and

@@ -181,7 +181,8 @@ absl::Status ParsePattern(const ErrorContext& ctx, const YAML::Node& node, Recip
 const std::set<std::string>& DistillFields() {
   static const auto* fields = new std::set<std::string>{
       "student", "data", "steps", "batch", "micro_batch", "seqlen", "alpha", "temperature", "loss", "beta",
-      "top_k", "lr", "min_lr", "warmup", "weight_decay", "clip", "checkpoint_every", "seed"};
+      "top_k", "lr", "min_lr", "warmup", "weight_decay", "clip", "checkpoint_every", "seed",
+      "teacher_samples", "sample_temperature", "sample_top_k", "sample_top_p", "sample_seed"};
   return *fields;
 }
 
@@ -288,7 +289,8 @@ absl::StatusOr<DistillStage> ParseDistill(const ErrorContext& ctx, const YAML::N
     return ctx.Stage(absl::StrCat("expected a mapping of fields with at least 'student', got ", Show(body)),
                      body.IsNull() ? key.Mark() : body.Mark());
   }
-  YAML::Node min_lr_node, beta_node, warmup_node, micro_node;
+  YAML::Node min_lr_node, beta_node, warmup_node, micro_node, sample_node;
+  std::string sample_field;
   for (const auto& kv : body) {
     if (!kv.first.IsScalar()) return ctx.Stage("field names must be strings", kv.first.Mark());
     const std::string field = kv.first.Scalar();
@@ -370,6 +372,26 @@ absl::StatusOr<DistillStage> ParseDistill(const ErrorContext& ctx, const YAML::N
       int seed = 0;
       SR_RETURN_IF_ERROR(non_negative(&seed));
       d.seed = static_cast<uint64_t>(seed);
+    } else if (field == "teacher_samples") {
+      SR_RETURN_IF_ERROR(positive(&d.teacher_samples));
+    } else if (field == "sample_temperature") {
+      SR_ASSIGN_OR_RETURN(double t, ReadNumber(ctx, field, v));
+      if (!(t > 0)) return ctx.Field(field, absl::StrCat("must be positive, got ", t), v);
+      d.sample_temperature = t;
+    } else if (field == "sample_top_k") {
+      SR_RETURN_IF_ERROR(non_negative(&d.sample_top_k));
+    } else if (field == "sample_top_p") {
+      SR_ASSIGN_OR_RETURN(double p, ReadNumber(ctx, field, v));
+      if (!(p > 0 && p <= 1)) return ctx.Field(field, absl::StrCat("must be in (0, 1], got ", p), v);
+      d.sample_top_p = p;
+    } else if (field == "sample_seed") {
+      int seed = 0;
+      SR_RETURN_IF_ERROR(non_negative(&seed));
+      d.sample_seed = static_cast<uint64_t>(seed);
+    }
+    if (field.rfind("sample_", 0) == 0) {
+      sample_node = v;
+      sample_field = field;
     }
   }
   if (!body["student"]) {
@@ -386,6 +408,9 @@ absl::StatusOr<DistillStage> ParseDistill(const ErrorContext& ctx, const YAML::N
     return ctx.Field("warmup", absl::StrCat("must be less than steps (", d.steps, "), got ", d.warmup), warmup_node);
   }
   if (!beta_node.IsNull() && d.loss != "jsd") return ctx.Field("beta", "applies to loss: jsd only", beta_node);
+  if (!sample_node.IsNull() && d.teacher_samples == 0) {
+    return ctx.Field(sample_field, "needs teacher_samples: N (the number of windows to sample)", sample_node);
+  }
   return d;
 }
 
@@ -635,6 +660,13 @@ nlohmann::json DistillStage::ToJson() const {
                       {"checkpoint_every", checkpoint_every},
                       {"seed", seed}};
   if (loss == "jsd") j["beta"] = beta;
+  if (teacher_samples > 0) {
+    j["teacher_samples"] = teacher_samples;
+    j["sample_temperature"] = sample_temperature;
+    j["sample_top_k"] = sample_top_k;
+    j["sample_top_p"] = sample_top_p;
+    j["sample_seed"] = sample_seed.value_or(seed);
+  }
   return j;
 }
 

@@ -116,6 +116,14 @@ struct DistillStage {
   double clip = 1.0;
   int checkpoint_every = 0;  // 0: steps / 10 (at least 1)
   uint64_t seed = 0;
+  // Sequence-level KD (core/distill/teacher_samples.h): windows of text
+  // sampled from the teacher; with `data` they are added to it, without it
+  // they are the whole training set. 0: none.
+  int teacher_samples = 0;
+  double sample_temperature = 1.0;
+  int sample_top_k = 0;
+  double sample_top_p = 1.0;
+  std::optional<uint64_t> sample_seed;  // unset: seed
 
   std::string Label() const { return "stage 0 (distill)"; }
   nlohmann::json ToJson() const;

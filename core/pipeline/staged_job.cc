@@ -13,6 +13,7 @@
 #include "core/calib/calibration_set.h"
 #include "core/distill/distill_trainer.h"
 #include "core/distill/student_init.h"
+#include "core/distill/teacher_samples.h"
 #include "core/distill/train_data.h"
 #include "core/io/checkpoint.h"
 #include "core/io/text_file.h"
@@ -125,13 +126,47 @@ absl::StatusOr<DistillOutcome> RunDistill(const CompressionJob& job, const Recip
   SR_ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> teacher, LlamaModel::Load(model_dir));
   const ModelConfig& tc = teacher->config();
   SR_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromFile(model_dir / "tokenizer.json"));
+  // With teacher_samples and no `data`, the sampled windows are the whole training set.
+  const bool sampled = d.teacher_samples > 0;
+  const bool user_data = !sampled || !d.data.empty();
   const fs::path data_path = DataPath(job, d);
-  const int seqlen = std::min(d.seqlen, tc.max_position_embeddings);
-  absl::StatusOr<distill::TrainData> data_or =
-      data_path.extension() == ".safetensors"
-          ? distill::TrainData::FromTokensFile(data_path, seqlen, d.seed)
-          : distill::TrainData::FromText(data_path, *tokenizer, seqlen, d.seed);
-  if (!data_or.ok()) return InStage(data_or.status(), source, "data");
+  // A sampled window is one sequence of seqlen + 1 tokens.
+  const int seqlen = std::min(d.seqlen, tc.max_position_embeddings - (sampled ? 1 : 0));
+  std::optional<distill::TrainData> user;
+  if (user_data) {
+    absl::StatusOr<distill::TrainData> data_or =
+        data_path.extension() == ".safetensors"
+            ? distill::TrainData::FromTokensFile(data_path, seqlen, d.seed)
+            : distill::TrainData::FromText(data_path, *tokenizer, seqlen, d.seed);
+    if (!data_or.ok()) return InStage(data_or.status(), source, "data");
+    user = std::move(*data_or);
+  }
+  std::vector<int32_t> sample_tokens;
+  if (sampled) {
+    distill::TeacherSampleOptions so;
+    so.num_windows = d.teacher_samples;
+    so.seqlen = seqlen;
+    so.sampling = {.temperature = d.sample_temperature, .top_k = d.sample_top_k, .top_p = d.sample_top_p};
+    so.seed = d.sample_seed.value_or(d.seed);
+    std::optional<int32_t> bos = tokenizer->bos_id();
+    if (!bos.has_value() && tc.bos_token_id.has_value()) bos = *tc.bos_token_id;
+    if (observer.log) {
+      observer.log(absl::StrFormat("distill: sampling %d windows of %d tokens from the teacher at T=%g",
+                                   d.teacher_samples, seqlen + 1, d.sample_temperature));
+    }
+    auto tokens = distill::SampleTeacherWindows(*teacher, so, bos, nullptr);
+    if (!tokens.ok()) return InStage(tokens.status(), source, "teacher_samples");
+    sample_tokens = std::move(*tokens);
+  }
+  absl::StatusOr<distill::TrainData> data_or = [&]() -> absl::StatusOr<distill::TrainData> {
+    if (!sampled) return std::move(*user);
+    std::vector<int32_t> all = user ? user->tokens() : std::vector<int32_t>{};
+    all.insert(all.end(), sample_tokens.begin(), sample_tokens.end());
+    return distill::TrainData::FromWindows(std::move(all), seqlen, d.seed,
+                                           user ? absl::StrCat(data_path.string(), " + teacher samples")
+                                                : std::string("teacher samples"));
+  }();
+  if (!data_or.ok()) return InStage(data_or.status(), source, sampled ? "teacher_samples" : "data");
   const distill::TrainData data = std::move(*data_or);
 
   distill::StudentSpec spec;
@@ -151,9 +186,22 @@ absl::StatusOr<DistillOutcome> RunDistill(const CompressionJob& job, const Recip
       calib.num_samples = d.importance_windows;
       calib.seqlen = seqlen;
       calib.seed = d.seed;
-      auto windows = LoadCalibrationSet(data_path, *tokenizer, calib);
-      if (!windows.ok()) return InStage(windows.status(), source, "data");
-      spec.calibration = std::move(*windows);
+      if (user_data) {
+        auto windows = LoadCalibrationSet(data_path, *tokenizer, calib);
+        if (!windows.ok()) return InStage(windows.status(), source, "data");
+        spec.calibration = std::move(*windows);
+      } else {
+        // Only sampled text: its first windows rank the channels.
+        CalibrationSet set;
+        set.seqlen = seqlen;
+        set.num_samples = static_cast<int>(std::min<int64_t>(d.importance_windows, data.num_windows()));
+        for (int i = 0; i < set.num_samples; ++i) {
+          const auto w = data.Window(i).first(seqlen);
+          set.tokens.insert(set.tokens.end(), w.begin(), w.end());
+        }
+        set.source = "teacher samples";
+        spec.calibration = std::move(set);
+      }
       break;
     }
     case DistillStudentKind::kConfig: {
@@ -209,7 +257,7 @@ absl::StatusOr<DistillOutcome> RunDistill(const CompressionJob& job, const Recip
         teacher->num_parameters(), static_cast<long>(trainer.student().size()),
         trainer.student().config().num_hidden_layers, trainer.student().config().intermediate_size,
         trainer.student().config().num_attention_heads, static_cast<long>(data.num_windows()), seqlen,
-        data_path.string(), d.steps, d.batch, ranks,
+        data.source(), d.steps, d.batch, ranks,
         outcome.note.empty() ? "" : absl::StrCat("; ", outcome.note)));
   }
   if (observer.progress) observer.progress("distill", static_cast<int>(first), d.steps, share * first / d.steps);
@@ -230,6 +278,21 @@ absl::StatusOr<DistillOutcome> RunDistill(const CompressionJob& job, const Recip
   const bool leader = job.comm == nullptr || job.comm->rank() == 0;
   absl::Status saved = absl::OkStatus();
   if (leader) saved = trainer.SaveStudent(student_dir, job.compress.model_dir, /*overwrite=*/true);
+  if (leader && saved.ok() && sampled) {
+    // The sampled text beside the student, for a user to read.
+    std::string text;
+    const size_t row = static_cast<size_t>(seqlen) + 1;
+    for (size_t w = 0; w * row < sample_tokens.size(); ++w) {
+      std::vector<int32_t> ids(sample_tokens.begin() + w * row, sample_tokens.begin() + (w + 1) * row);
+      auto decoded = tokenizer->Decode(ids, /*skip_special_tokens=*/true);
+      if (!decoded.ok()) {
+        saved = decoded.status();
+        break;
+      }
+      absl::StrAppend(&text, "=== window ", w, " ===\n", *decoded, "\n");
+    }
+    if (saved.ok()) saved = WriteTextFile(student_dir / "teacher_samples.txt", text);
+  }
   SR_RETURN_IF_ERROR(ShareStatus(job.comm, saved));
   outcome.seconds = SecondsSince(start);
   return outcome;
@@ -524,6 +587,10 @@ absl::StatusOr<CompressionJobResult> RunStagedJob(const CompressionJob& job, con
     result.stage_seconds.emplace_back(label, s);
   }
   if (!leader) return result;
+  if (passes > 0 && recipe.distill->teacher_samples > 0) {
+    fs::copy_file(work / "student" / "teacher_samples.txt", c.out_dir / "teacher_samples.txt",
+                  fs::copy_options::overwrite_existing, ec);
+  }
   if (passes == 0) {
     result.report.model_dir = c.model_dir.string();
     result.report.out_dir = c.out_dir.string();

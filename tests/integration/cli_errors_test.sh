@@ -33,6 +33,12 @@ expect_error "distill negative top-k" "--top-k must be >= 1" "$CLI" distill --te
 expect_error "distill micro > batch" "--micro-batch 8 is larger than --batch 4" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --batch 4 --micro-batch 8
 expect_error "distill checkpoint-every alone" "--checkpoint-every needs --checkpoint-dir" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --checkpoint-every 5
 expect_error "distill missing teacher" "--teacher: " "$CLI" distill --teacher "$tmp/none" --data y --out "$tmp/s" --keep-layers 0
+expect_error "generate temperature 0" "--temperature 0 must be positive" "$CLI" generate --model x --temperature 0
+expect_error "distill no data, no samples" "missing required flag --data (or --teacher-samples N" "$CLI" distill --teacher x --out "$tmp/s" --keep-layers 0
+expect_error "distill zero teacher samples" "--teacher-samples must be positive, got 0" "$CLI" distill --teacher x --out "$tmp/s" --keep-layers 0 --teacher-samples 0
+expect_error "distill negative teacher samples" "--teacher-samples must be positive, got -4" "$CLI" distill --teacher x --out "$tmp/s" --keep-layers 0 --teacher-samples -4
+expect_error "distill sample temperature 0" "--teacher-sample-temperature must be positive, got 0" "$CLI" distill --teacher x --out "$tmp/s" --keep-layers 0 --teacher-samples 8 --teacher-sample-temperature 0
+expect_error "distill sample flag alone" "--teacher-sample-seed needs --teacher-samples N" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --teacher-sample-seed 3
 # A distill stage in a recipe (shrinkray compress): the recipe's errors name the
 # file, the stage and the field, before anything is loaded; the student's size
 # against the teacher once the model's config is read (the demo model: 2 layers,
@@ -42,6 +48,8 @@ DM=$tmp/demo/demo-model-f32; DT=$tmp/demo/demo-text.txt
 r() { printf '%s\n' "$1" > "$tmp/r.yaml"; shift; "$CLI" compress --model "$DM" --recipe "$tmp/r.yaml" --calib "$DT" --num-samples 4 --seqlen 32 --out "$tmp/rc" "$@"; }
 expect_error "recipe distill alpha" "recipe $tmp/r.yaml: stage 0 (distill): field 'alpha': must be in [0, 1], got 1.5" r "- distill: {student: {keep_layers: [0]}, alpha: 1.5}"
 expect_error "recipe distill T" "stage 0 (distill): field 'temperature': must be positive, got 0" r "- distill: {student: {keep_layers: [0]}, temperature: 0}"
+expect_error "recipe distill teacher_samples" "stage 0 (distill): field 'teacher_samples': must be positive, got 0" r "- distill: {student: {keep_layers: [0]}, teacher_samples: 0}"
+expect_error "recipe distill sample_temperature" "stage 0 (distill): field 'sample_temperature': must be positive, got -1" r "- distill: {student: {keep_layers: [0]}, teacher_samples: 4, sample_temperature: -1}"
 expect_error "recipe distill loss" "stage 0 (distill): field 'loss': expected kl, reverse_kl or jsd, got 'mse'" r "- distill: {student: {keep_layers: [0]}, loss: mse}"
 expect_error "recipe distill not first" "stage 1 (distill): a distill stage must come first" r "[{gptq: {}}, {distill: {student: {keep_layers: [0]}}}]"
 expect_error "recipe distill no student" "stage 0 (distill): needs 'student'" r "- distill: {steps: 3}"

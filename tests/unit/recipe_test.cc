@@ -162,6 +162,26 @@ TEST(RecipeTest, DistillStageLeadsAndTheRestKeepTheirIndex) {
   EXPECT_EQ(j[1]["method"], "sparsegpt");
 }
 
+TEST(RecipeTest, DistillTeacherSamplesFields) {
+  auto r = ParseRecipe(
+      "[{distill: {student: {keep_layers: [0, 2]}, teacher_samples: 64, sample_temperature: 0.8, "
+      "sample_top_k: 40, sample_top_p: 0.95, sample_seed: 7}}]");
+  ASSERT_TRUE(r.ok()) << r.status();
+  const DistillStage& d = *r->distill;
+  EXPECT_EQ(d.teacher_samples, 64);
+  EXPECT_DOUBLE_EQ(d.sample_temperature, 0.8);
+  EXPECT_EQ(d.sample_top_k, 40);
+  EXPECT_DOUBLE_EQ(d.sample_top_p, 0.95);
+  EXPECT_EQ(d.sample_seed.value(), 7u);
+  const auto j = d.ToJson();
+  EXPECT_EQ(j["teacher_samples"], 64);
+  EXPECT_EQ(j["sample_seed"], 7);
+  auto plain = ParseRecipe("[{distill: {student: {keep_layers: [0]}}}]");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->distill->teacher_samples, 0);
+  EXPECT_FALSE(plain->distill->ToJson().contains("teacher_samples"));
+}
+
 TEST(RecipeTest, DistillDefaultsAndStudentKinds) {
   auto depth = ParseRecipe("[{distill: {student: {keep_layers: [1]}}}]");
   ASSERT_TRUE(depth.ok()) << depth.status();
@@ -275,6 +295,21 @@ INSTANTIATE_TEST_SUITE_P(
                 {"field 'warmup'", "less than steps"}},
         BadCase{"[{distill: {student: {keep_layers: [0]}, top_k: -1}}]", {"field 'top_k'", ">= 0"}},
         BadCase{"[{distill: {student: {keep_layers: [0]}, seed: -3}}]", {"field 'seed'"}},
+        // sequence-level KD
+        BadCase{"[{distill: {student: {keep_layers: [0]}, teacher_samples: 0}}]",
+                {"stage 0 (distill)", "field 'teacher_samples'", "positive, got 0"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, teacher_samples: -5}}]",
+                {"field 'teacher_samples'", "positive, got -5"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, teacher_samples: 8, sample_temperature: 0}}]",
+                {"stage 0 (distill)", "field 'sample_temperature'", "positive, got 0"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, teacher_samples: 8, sample_temperature: -1}}]",
+                {"field 'sample_temperature'", "positive"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, teacher_samples: 8, sample_top_p: 1.5}}]",
+                {"field 'sample_top_p'", "(0, 1]"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, teacher_samples: 8, sample_top_k: -1}}]",
+                {"field 'sample_top_k'", ">= 0"}},
+        BadCase{"[{distill: {student: {keep_layers: [0]}, sample_temperature: 0.8}}]",
+                {"field 'sample_temperature'", "needs teacher_samples"}},
         BadCase{"[{distill: {student: {keep_layers: [0]}, epochs: 3}}]", {"unknown field 'epochs'", "allowed:"}},
         BadCase{"[{distill: {student: {keep_layers: [2, 1]}}}]",
                 {"field 'student.keep_layers'", "strictly increasing"}},
