@@ -439,8 +439,8 @@ int Run(const Flags& f) {
     SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(copied[b], copy_stream));
     return absl::OkStatus();
   };
-  long lin_offset[7] = {};
-  for (int k = 1; k < 7; ++k) lin_offset[k] = lin_offset[k - 1] + lin[k - 1].numel();
+  long lin_offset[7];  // each Linear's place in a layer's weight buffer (as laid out above)
+  for (int k = 0; k < 7; ++k) lin_offset[k] = lin[k].w - w32.data();
   if (f.stream_from_host) BENCH_CHECK_OK(prefetch(0));
 
   size_t free_b = 0, total_b = 0;

@@ -144,7 +144,6 @@ class LlamaCudaTrainer {
   DeviceBuffer<__nv_bfloat16> n_final_, logits_, tmp_;
   DeviceBuffer<float> rstd_final_;
   DeviceBuffer<float> cos_, sin_;
-  int cos_seqlen_ = 0;
   // Backward scratch.
   DeviceBuffer<__nv_bfloat16> dx_, dn_, dh_, datt_, dq_, dk_, dv_;
   DeviceBuffer<float> norm_sq_, clip_scale_;
