@@ -2,7 +2,7 @@
 # GPU checks for a bundle made by scripts/make-bundle.sh, run ON the GPU
 # machine from the repo root where .bundle/ was carried:
 #
-#   scripts/gpu-check.sh [section...]     sections: env ops goldens goldens-gpu nccl table gptq-smoke
+#   scripts/gpu-check.sh [section...]     sections: env ops goldens goldens-gpu nccl table compress-job gptq-smoke
 #                                         gptq-8b sparsegpt-8b training forward-vs-transformers
 #                                         (default: env ops goldens)
 #
@@ -37,8 +37,11 @@
 #            tokens ($FWD_SAMPLES x 2048, default 64): our bench --method forward,
 #            then PyTorch + transformers' LlamaForCausalLM (bench/cuda/
 #            transformers_forward.py, eager + SDPA, bf16) on the same card
+#   compress-job  `shrinkray compress --device cuda` (what a GPU worker runs) on a
+#            demo model of Llama-3.2-1B decoder shapes, GPTQ w4 g128, 128 x 2048
+#            tokens: load-to-save time and phases ($JOB_LAYERS, $JOB_SAMPLES, $JOB_TIMEOUT)
 #   table    the GPTQ and SparseGPT rows of docs/results.md (scripts/results-table.sh,
-#            full protocol) with DEVICE=cuda: solves on the GPU, one process per
+#            full protocol) with DEVICE=cuda: forwards, statistics and solves on the GPU, one process per
 #            row in parallel; each row solved on one device must be within 0.5%
 #            of the CPU's ppl in docs/results.md (split rows: see section_table).
 #            Timeout $TABLE_TIMEOUT (240 s)
@@ -288,6 +291,45 @@ section_forward_vs_transformers() {
   fi
 }
 
+# A `shrinkray compress --device cuda` job as a service worker runs it (the
+# CLI and a worker share RunCompression): a demo model of Llama-3.2-1B's
+# decoder shapes ($JOB_LAYERS layers, default 16; hidden 2048, MLP 8192, 32
+# heads / 8 KV heads; fp32 safetensors, a small vocabulary), GPTQ w4 g128 on
+# $JOB_SAMPLES (128) x 2048 calibration tokens of its text: load-to-save
+# seconds and the report's phases (layer forwards + statistics on the GPU,
+# solves, writing). Timeout $JOB_TIMEOUT (240 s).
+section_compress_job() {
+  if [[ ! -x "$BUNDLE/bin/shrinkray" ]]; then
+    STATUS=FAIL; NOTE="no shrinkray in the bundle"; echo "$NOTE"; return
+  fi
+  local work="${TMPDIR:-/tmp}/gpu-check-job" limit=${JOB_TIMEOUT:-240} log="$LOGDIR/compress-job.log"
+  rm -rf "$work"; mkdir -p "$work"
+  local t0
+  t0=$(now)
+  "$BUNDLE/bin/shrinkray" demo --prepare-only --workdir "$work" --hidden 2048 --intermediate 8192 \
+    --layers "${JOB_LAYERS:-16}" --heads 32 --kv-heads 8 --max-positions 2048 --text-bytes 3000000 >"$log" 2>&1 ||
+    { STATUS=FAIL; NOTE="demo model: $(tail -n1 "$log")"; return; }
+  echo "model + text written in $(elapsed "$t0") s" | tee -a "$log"
+  echo "[{gptq: {bits: 4, group_size: 128}}]" >"$work/recipe.yaml"
+  t0=$(now)
+  timeout -k 10 "$limit" "$BUNDLE/bin/shrinkray" compress --model "$work/demo-model-f32" --calib "$work/demo-text.txt" \
+    --recipe "$work/recipe.yaml" --out "$work/out" --num-samples "${JOB_SAMPLES:-128}" --seqlen 2048 \
+    --device cuda >>"$log" 2>&1
+  local rc=$? secs
+  secs=$(elapsed "$t0")
+  tail -n 12 "$log"
+  if ((rc != 0)) || [[ ! -s "$work/out/report.json" ]]; then
+    STATUS=FAIL; NOTE="rc=$rc after ${secs}s"; return
+  fi
+  local phases
+  phases=$(/usr/bin/env python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); t=r["timings"]; p=t["phases"]
+print("forward %.1f s, solve %.1f s, write %.1f s, calibration %.1f s, load %.1f s, %d matrices" % (p["forward_seconds"], p["solve_seconds"], t.get("write_seconds", 0), t.get("calibration_seconds", 0), t.get("load_seconds", 0), len(r["matrices"])))' \
+    "$work/out/report.json" 2>&1)
+  grep -q "layer forwards on the CPU" "$log" && { STATUS=FAIL; NOTE="forwards fell back to the CPU"; return; }
+  cp "$work/out/report.json" "$LOGDIR/compress-job-report.json"
+  STATUS=PASS; NOTE="load-to-save ${secs} s: $phases"
+}
+
 section_table() {
   if [[ ! -x "$BUNDLE/bin/shrinkray" ]]; then
     STATUS=FAIL; NOTE="no shrinkray in the bundle"; echo "$NOTE"; return
@@ -351,8 +393,8 @@ section_table() {
 sections=("$@")
 ((${#sections[@]} > 0)) || sections=(env ops goldens)
 for s in "${sections[@]}"; do
-  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | gptq-smoke | gptq-8b | sparsegpt-8b | training | forward-vs-transformers) ;; *)
-    echo "unknown section '$s' (env ops goldens goldens-gpu nccl table gptq-smoke gptq-8b sparsegpt-8b" \
+  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | compress-job | gptq-smoke | gptq-8b | sparsegpt-8b | training | forward-vs-transformers) ;; *)
+    echo "unknown section '$s' (env ops goldens goldens-gpu nccl table compress-job gptq-smoke gptq-8b sparsegpt-8b" \
       "training forward-vs-transformers)" >&2; exit 2 ;;
   esac
 done

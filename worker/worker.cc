@@ -213,6 +213,8 @@ class Worker::Session {
       job->comm = comm.get();
     }
     job->compress.layerwise.solvers = options_.solvers;
+    job->compress.layerwise.executors = options_.executors;
+    job->compress.layerwise.device = options_.device;
     // Rank 0 speaks for the job; the others would repeat its events.
     const bool speaks = a.rank() == 0;
     const int64_t tokens_per_layer =

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "core/pipeline/layer_executor.h"
 #include "core/pipeline/solver_backend.h"
 #include "worker/worker_metrics.h"
 
@@ -28,9 +29,11 @@ struct WorkerOptions {
   // 127.0.0.1 when the coordinator is on loopback, else this host's name.
   std::string comm_address;
   std::string comm_backend = "gloo";  // "gloo" or "nccl" (host-staged)
-  // device "cuda": GPTQ/SparseGPT solves of every job run here (the forward
-  // stays on the CPU). Not owned; must outlive the worker. Null: the CPU.
+  // device "cuda": GPTQ/SparseGPT solves of every job run here. Not owned;
+  // must outlive the worker. Null: the CPU.
   SolverBackend* solvers = nullptr;
+  // device "cuda": the layer forwards and statistics (empty: the CPU).
+  LayerExecutorFactory executors;
   absl::Duration comm_timeout = absl::Minutes(30);  // one collective's limit
   absl::Duration initial_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(5);

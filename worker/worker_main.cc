@@ -26,8 +26,9 @@ namespace {
 constexpr const char* kUsage = R"(usage: shrinkray-worker [flags]
   --coordinator HOST:PORT      the coordinator (default 127.0.0.1:50051)
   --metrics-listen HOST:PORT   Prometheus /metrics (default 0.0.0.0:9091; empty: off)
-  --device cpu|cuda            what this worker runs jobs on (default cpu); cuda: GPTQ and
-                               SparseGPT solve on the GPU, the forward stays on the CPU
+  --device cpu|cuda            what this worker runs jobs on (default cpu); cuda: the layer
+                               forwards, statistics, GPTQ/SparseGPT solves and distillation
+                               on the GPU
   --name NAME                  stable worker name (default HOSTNAME-PID)
   --token-file FILE            bearer token for the coordinator
   --tls-ca FILE                root certificate: dial with TLS
@@ -61,6 +62,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   // before the worker registers).
   SR_ASSIGN_OR_RETURN(std::unique_ptr<SolverBackend> solvers, MakeSolverBackend(options.device));
   options.solvers = solvers.get();
+  SR_ASSIGN_OR_RETURN(options.executors, MakeLayerExecutorFactory(options.device));
   options.comm_address = flags.Get("comm-address", "");
   options.comm_backend = flags.Get("comm-backend", "gloo");
   if (options.comm_backend != "gloo" && options.comm_backend != "nccl") {

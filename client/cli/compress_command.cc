@@ -61,9 +61,11 @@ absl::Status RunCompress(const Args& args) {
   if (batch_windows < 0) return absl::InvalidArgumentError("--batch-windows must be >= 0");
   SR_ASSIGN_OR_RETURN(OutputFormat format, ParseOutputFormat(flags.Get("format", "dense")));
   SR_ASSIGN_OR_RETURN(Recipe recipe, LoadRecipe(recipe_path));
-  // --device cuda: GPTQ/SparseGPT solve on the GPU (the forward stays on the CPU).
+  // --device cuda: the layer forwards, their statistics and the GPTQ/SparseGPT
+  // solves on the GPU.
   const std::string device = flags.Get("device", "cpu");
   SR_ASSIGN_OR_RETURN(std::unique_ptr<SolverBackend> solvers, MakeSolverBackend(device));
+  SR_ASSIGN_OR_RETURN(LayerExecutorFactory executors, MakeLayerExecutorFactory(device));
 
   CompressOptions options;
   options.model_dir = model_dir;
@@ -77,6 +79,8 @@ absl::Status RunCompress(const Args& args) {
   options.layerwise.compare_rtn = flags.Has("compare-rtn");
   options.layerwise.batch_windows = static_cast<int>(batch_windows);
   options.layerwise.solvers = solvers.get();
+  options.layerwise.executors = executors;
+  options.layerwise.device = device;
   options.layerwise.progress = [](const std::string& line) {
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);

@@ -29,7 +29,8 @@ std::filesystem::path DefaultWorkdir() {
 }  // namespace
 
 absl::Status RunDemo(const Args& args) {
-  SR_ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args, {"workdir", "hidden", "intermediate", "layers", "text-bytes"},
+  SR_ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args, {"workdir", "hidden", "intermediate", "layers", "heads", "kv-heads",
+                                                       "max-positions", "text-bytes"},
                                                 {"prepare-only"}));
   const std::filesystem::path workdir = flags.Get("workdir", DefaultWorkdir().string());
   const std::filesystem::path model_f32 = workdir / "demo-model-f32";
@@ -40,9 +41,20 @@ absl::Status RunDemo(const Args& args) {
   SR_ASSIGN_OR_RETURN(long hidden, flags.GetInt("hidden", options.hidden_size));
   SR_ASSIGN_OR_RETURN(long intermediate, flags.GetInt("intermediate", options.intermediate_size));
   SR_ASSIGN_OR_RETURN(long layers, flags.GetInt("layers", options.num_layers));
+  SR_ASSIGN_OR_RETURN(long heads, flags.GetInt("heads", options.num_heads));
+  SR_ASSIGN_OR_RETURN(long kv_heads, flags.GetInt("kv-heads", options.num_kv_heads));
+  SR_ASSIGN_OR_RETURN(long max_positions, flags.GetInt("max-positions", options.max_positions));
   SR_ASSIGN_OR_RETURN(long text_bytes, flags.GetInt("text-bytes", 16000));
-  if (hidden < 8 || hidden > 16384 || hidden % options.num_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--hidden must be a multiple of 8 in 8..16384, got ", hidden));
+  if (heads < 1 || heads > 256 || kv_heads < 1 || heads % kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--heads (", heads, ") must be in 1..256 and a multiple of --kv-heads (",
+                                                   kv_heads, ")"));
+  }
+  if (hidden < 8 || hidden > 16384 || hidden % heads != 0 || (hidden / heads) % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--hidden must be in 8..16384 and an even multiple of --heads (",
+                                                   heads, "), got ", hidden));
+  }
+  if (max_positions < 16 || max_positions > 1'000'000) {
+    return absl::InvalidArgumentError("--max-positions must be in 16..1000000");
   }
   if (intermediate < 1 || intermediate > 65536) return absl::InvalidArgumentError("--intermediate must be in 1..65536");
   if (layers < 1 || layers > 256) return absl::InvalidArgumentError("--layers must be in 1..256");
@@ -50,6 +62,9 @@ absl::Status RunDemo(const Args& args) {
   options.hidden_size = static_cast<int>(hidden);
   options.intermediate_size = static_cast<int>(intermediate);
   options.num_layers = static_cast<int>(layers);
+  options.num_heads = static_cast<int>(heads);
+  options.num_kv_heads = static_cast<int>(kv_heads);
+  options.max_positions = static_cast<int>(max_positions);
   SR_RETURN_IF_ERROR(WriteDemoModel(model_f32, options));
   SR_RETURN_IF_ERROR(WriteTextFile(text_path, DemoText(/*seed=*/7, static_cast<size_t>(text_bytes))));
   if (flags.Has("prepare-only")) {

@@ -11,7 +11,7 @@
 // whole training set without --data; the text is written to
 // teacher_samples.txt in --out.
 // --device cuda runs the same training on one GPU (core/distill/
-// distill_device.h: online teacher with full logits, forward KL, no
+// distill_device.h: online teacher with full logits, forward KL; the same
 // checkpoints); the evaluation stays on the CPU.
 #include <unistd.h>
 
@@ -294,10 +294,10 @@ absl::Status RunDistill(const Args& args) {
   }
   if (device == "cuda") {
     // What the GPU path does not do, named by flag before anything is loaded.
-    for (const char* flag : {"top-k", "top-k-mode", "teacher-cache", "checkpoint-dir", "checkpoint-every"}) {
+    for (const char* flag : {"top-k", "top-k-mode", "teacher-cache"}) {
       if (flags.Has(flag)) {
         return Invalid(absl::StrCat("--", flag, " is not supported with --device cuda (online teacher "
-                                    "with full logits, forward KL, no checkpoints); use --device cpu"));
+                                    "with full logits, forward KL); use --device cpu"));
       }
     }
     if (divergence != train::Divergence::kForwardKL) {

@@ -1,11 +1,10 @@
 #include "core/calib/activation_norm_accumulator.h"
 
+#include <algorithm>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "core/comm/communicator.h"
-
-#include <algorithm>
-
-#include "absl/strings/str_cat.h"
 
 namespace shrinkray {
 
@@ -25,6 +24,16 @@ absl::Status ActivationNormAccumulator::Add(const float* x, long rows, int sampl
   for (int j = 0; j < dim_; ++j) {
     scaler_[j] = scaler_[j] * shrink + static_cast<float>(sums_[j] / static_cast<double>(n_));
   }
+  return absl::OkStatus();
+}
+
+absl::Status ActivationNormAccumulator::Assign(std::vector<float> scaler, long n_samples) {
+  if (scaler.size() != static_cast<size_t>(dim_) || n_samples < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("ActivationNormAccumulator::Assign: ", scaler.size(),
+                                                   " values for dim ", dim_, " (", n_samples, " samples)"));
+  }
+  scaler_ = std::move(scaler);
+  n_ = n_samples;
   return absl::OkStatus();
 }
 

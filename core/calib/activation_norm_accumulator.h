@@ -23,6 +23,10 @@ class ActivationNormAccumulator {
   // Σ_r scaler_r·n_r / Σ_r n_r over every rank (see HessianAccumulator).
   absl::Status MergeAcrossRanks(Communicator& comm);
 
+  // Replaces the state with `scaler` of n_samples samples accumulated
+  // elsewhere (the GPU executor).
+  absl::Status Assign(std::vector<float> scaler, long n_samples);
+
   int dim() const { return dim_; }
   long num_samples() const { return n_; }
   const std::vector<float>& scaler_row() const { return scaler_; }

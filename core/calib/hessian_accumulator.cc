@@ -31,6 +31,7 @@ absl::Status HessianAccumulator::Add(const float* x, long rows, int samples) {
   }
   const long n_old = n_;
   n_ += samples;
+  symmetric_ = false;  // syrk updates the upper triangle only
   const size_t count = static_cast<size_t>(rows) * dim_;
   if (precision_ == HessianPrecision::kFloat64) {
     const double shrink = static_cast<double>(n_old) / static_cast<double>(n_);
@@ -52,8 +53,24 @@ absl::Status HessianAccumulator::Add(const float* x, long rows, int samples) {
   return absl::OkStatus();
 }
 
+absl::Status HessianAccumulator::Assign(std::vector<float> h, long n_samples) {
+  if (precision_ != HessianPrecision::kFloat32) {
+    return absl::InvalidArgumentError("HessianAccumulator::Assign: float32 values for a float64 accumulator");
+  }
+  if (h.size() != static_cast<size_t>(dim_) * dim_ || n_samples < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("HessianAccumulator::Assign: ", h.size(), " values for a ", dim_,
+                                                   "x", dim_, " H (", n_samples, " samples)"));
+  }
+  h32_ = std::move(h);
+  n_ = n_samples;
+  symmetric_ = true;
+  return absl::OkStatus();
+}
+
 std::vector<float> HessianAccumulator::HessianF32() const {
   const size_t d = static_cast<size_t>(dim_);
+  // Whole already (the column-order mirror below costs a cache miss per value).
+  if (symmetric_) return h32_;
   std::vector<float> out(d * d);
   for (size_t i = 0; i < d; ++i) {
     for (size_t j = i; j < d; ++j) {
@@ -111,6 +128,7 @@ absl::Status HessianAccumulator::MergeAcrossRanks(Communicator& comm) {
     }
   }
   n_ = static_cast<long>(total);
+  symmetric_ = false;  // the lower triangle was not merged
   return absl::OkStatus();
 }
 

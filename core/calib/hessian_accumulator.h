@@ -36,6 +36,11 @@ class HessianAccumulator {
   // it is, after the all-reduce ran (so a 1-rank NCCL job exercises it).
   absl::Status MergeAcrossRanks(Communicator& comm);
 
+  // Replaces the accumulated state with H (full symmetric [dim, dim]) of
+  // n_samples samples accumulated elsewhere (the GPU executor). float32
+  // accumulators only: a float64 one would silently hold float32 values.
+  absl::Status Assign(std::vector<float> h, long n_samples);
+
   // Full symmetric [dim, dim] in float32 (converted when accumulated in double).
   std::vector<float> HessianF32() const;
   // Full symmetric [dim, dim] in float64 (widened when accumulated in float).
@@ -45,7 +50,8 @@ class HessianAccumulator {
   int dim_;
   HessianPrecision precision_;
   long n_ = 0;
-  std::vector<float> h32_;  // upper triangle valid
+  std::vector<float> h32_;  // upper triangle valid; all of it when symmetric_
+  bool symmetric_ = false;  // set by Assign
   std::vector<double> h64_;
   std::vector<float> scratch32_;
   std::vector<double> scratch64_;

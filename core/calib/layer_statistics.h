@@ -44,6 +44,10 @@ class LayerStatistics {
   absl::Status MergeAcrossRanks(Communicator& comm);
 
   const HessianAccumulator* hessian(LinearGroup group) const { return hessian_[Index(group)].get(); }
+  // For executors that accumulate elsewhere and hand the result over.
+  HessianAccumulator* mutable_hessian(LinearGroup group) { return hessian_[Index(group)].get(); }
+  ActivationNormAccumulator* mutable_act_norm(LinearGroup group) { return act_norm_[Index(group)].get(); }
+  int seqlen() const { return seqlen_; }
   const ActivationNormAccumulator* act_norm(LinearGroup group) const {
     return act_norm_[Index(group)].get();
   }

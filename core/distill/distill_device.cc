@@ -1,9 +1,8 @@
-// MakeDistillRunner: the device by name, and the CPU runner (DistillTrainer
-// behind the DistillRunner interface). Only the programs that choose a device
-// at run time reference MakeCudaDistillRunner, which CUDA builds define in
-// shrinkray_cuda; CUDA builds therefore compile this file into shrinkray_cuda
-// too, for static link order (core/CMakeLists.txt), as
-// core/pipeline/solver_backend.cc.
+// MakeDistillRunner: the device by name, the CPU runner (DistillTrainer
+// behind the DistillRunner interface) and CheckCudaDistillOptions, in
+// shrinkray_core in every build: the service's distill stage
+// (core/pipeline/staged_job.cc) picks its device at run time, and programs
+// that never train (the coordinator, the unit tests) link core alone.
 #include "core/distill/distill_device.h"
 
 #include <utility>
@@ -12,6 +11,16 @@
 #include "core/util/status_macros.h"
 
 namespace shrinkray::distill {
+
+// CUDA builds define the CUDA runner in shrinkray_cuda, which links after
+// core and which core-only programs do not link at all: so core refers to it
+// weakly. shrinkray_cuda's link options pull its definition into every
+// program that links it (core/kernels/cuda/CMakeLists.txt); elsewhere it is
+// null, as in builds without CUDA.
+[[gnu::weak]] absl::StatusOr<std::unique_ptr<DistillRunner>> MakeCudaDistillRunner(
+    const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
+    train::ParameterStore student);
+
 namespace {
 
 class CpuDistillRunner final : public DistillRunner {
@@ -45,6 +54,25 @@ absl::Status DistillRunner::Run(const MetricsCallback& on_step) {
   return absl::OkStatus();
 }
 
+absl::Status CheckCudaDistillOptions(const DistillTrainerOptions& o) {
+  if (o.teacher_mode != TeacherMode::kOnlineLogits) {
+    return absl::InvalidArgumentError(
+        o.teacher_mode == TeacherMode::kCache
+            ? "teacher_cache: device cuda distils from the online teacher's full logits only (no "
+              "teacher cache)"
+            : "top_k: device cuda distils from the online teacher's full logits only (no top-k)");
+  }
+  if (o.loss.divergence != train::Divergence::kForwardKL) {
+    return absl::InvalidArgumentError(
+        "divergence: device cuda implements the forward KL loss only (loss kl)");
+  }
+  if (o.comm != nullptr && o.comm->size() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("comm: device cuda distils on one rank, got ", o.comm->size()));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<DistillRunner>> MakeDistillRunner(
     const std::string& device, const DistillTrainerOptions& options, const LlamaModel& teacher,
     const TrainData& data, train::ParameterStore student) {
@@ -53,7 +81,14 @@ absl::StatusOr<std::unique_ptr<DistillRunner>> MakeDistillRunner(
                         DistillTrainer::Create(options, teacher, data, std::move(student)));
     return std::unique_ptr<DistillRunner>(new CpuDistillRunner(std::move(trainer), options.steps));
   }
-  if (device == "cuda") return MakeCudaDistillRunner(options, teacher, data, std::move(student));
+  if (device == "cuda") {
+    if (MakeCudaDistillRunner == nullptr) {
+      return absl::UnimplementedError(
+          "device cuda: this program was built without CUDA (configure with -DSHRINKRAY_CUDA=ON and "
+          "link shrinkray_cuda); use device cpu");
+    }
+    return MakeCudaDistillRunner(options, teacher, data, std::move(student));
+  }
   return absl::InvalidArgumentError(absl::StrCat("device must be cpu or cuda, got '", device, "'"));
 }
 

@@ -9,10 +9,12 @@
 //           seed and starting weights as the CPU run; the numbers differ by
 //           bf16 rounding only. Limits: the online teacher with full logits and
 //           forward KL (teacher_mode kOnlineLogits, Divergence::kForwardKL),
-//           one rank, no checkpoints; anything else is InvalidArgument naming
-//           the option (before any device work).
+//           one rank; anything else is InvalidArgument naming the option
+//           (CheckCudaDistillOptions, before any device work).
 // Both step alike: Step() / Run() report StepMetrics, SaveStudent writes the
-// student exactly as DistillTrainer::SaveStudent does.
+// student exactly as DistillTrainer::SaveStudent does, and both write and
+// resume the same checkpoints (distill_checkpoint.h; the fingerprint leaves
+// the device out), so a run stopped on one device goes on on the other.
 #pragma once
 
 #include <cstdint>
@@ -49,20 +51,29 @@ class DistillRunner {
   absl::Status Run(const MetricsCallback& on_step = {});
 };
 
+// What the CUDA runner does not do, decided from the options alone (no
+// device needed; every build): InvalidArgument naming the option
+// ("top_k: ...", "teacher_cache: ...", "divergence: ...", "comm: ..."), else
+// OK. MakeCudaDistillRunner refuses the same, after the CPU trainer's checks.
+absl::Status CheckCudaDistillOptions(const DistillTrainerOptions& options);
+
 // Whether MakeCudaDistillRunner can work here, before anything is loaded:
 // Unimplemented naming the build without CUDA, FailedPrecondition when no
 // device is visible, else OK.
 absl::Status CheckCudaDistillDevice();
 
-// The CUDA runner on the current device (CUDA builds; elsewhere Unimplemented
-// naming the build; FailedPrecondition when no device is visible). Same
-// arguments and lifetimes as DistillTrainer::Create.
+// The CUDA runner on the current device (defined only in CUDA builds, in
+// shrinkray_cuda: call it through MakeDistillRunner elsewhere;
+// FailedPrecondition when no device is visible). Same arguments and
+// lifetimes as DistillTrainer::Create; resumes from options.checkpoint_dir as
+// DistillTrainer::Create does.
 absl::StatusOr<std::unique_ptr<DistillRunner>> MakeCudaDistillRunner(
     const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
     train::ParameterStore student);
 
-// By device name: "cpu" (DistillTrainer::Create), "cuda" (MakeCudaDistillRunner),
-// anything else InvalidArgument naming it.
+// By device name: "cpu" (DistillTrainer::Create), "cuda" (MakeCudaDistillRunner;
+// Unimplemented naming the build in a program without it), anything else
+// InvalidArgument naming it.
 absl::StatusOr<std::unique_ptr<DistillRunner>> MakeDistillRunner(
     const std::string& device, const DistillTrainerOptions& options, const LlamaModel& teacher,
     const TrainData& data, train::ParameterStore student);

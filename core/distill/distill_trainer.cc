@@ -3,15 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
-#include <map>
 #include <utility>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
+#include "core/distill/distill_checkpoint.h"
 #include "core/io/model_writer.h"
-#include "core/io/safetensors.h"
 #include "core/model/synthetic.h"
 #include "core/pipeline/layer_checkpoint.h"
 #include "core/train/grad_clip.h"
@@ -48,38 +44,6 @@ std::string RunFingerprint(const DistillTrainerOptions& o, const train::Paramete
   StableHasher hasher;
   hasher.Update(j.dump());
   return hasher.HexDigest();
-}
-
-// step-NNNNNNNN.safetensors -> NNNNNNNN, else -1.
-int64_t CheckpointStep(const std::filesystem::path& path) {
-  const std::string name = path.filename().string();
-  if (!name.starts_with("step-") || !name.ends_with(".safetensors")) return -1;
-  const std::string digits = name.substr(5, name.size() - 5 - 12);
-  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
-  return std::stoll(digits);
-}
-
-std::vector<std::pair<int64_t, std::filesystem::path>> ListCheckpoints(const std::filesystem::path& dir) {
-  std::vector<std::pair<int64_t, std::filesystem::path>> found;
-  std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec)) return found;
-  for (const auto& item : std::filesystem::directory_iterator(dir, ec)) {
-    const int64_t step = CheckpointStep(item.path());
-    if (step >= 0) found.emplace_back(step, item.path());
-  }
-  std::sort(found.rbegin(), found.rend());  // newest first
-  return found;
-}
-
-// Copies tensor `name` (F32, `out.size()` elements) of `file`.
-absl::Status ReadFloats(const SafetensorsFile& file, const std::string& name, std::span<float> out) {
-  const TensorInfo* t = file.Find(name);
-  if (t == nullptr || t->dtype != DType::kF32 || t->nbytes != out.size() * sizeof(float)) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", file.path().string(), ": tensor ", name,
-                                            " missing or not F32 [", out.size(), "]"));
-  }
-  std::memcpy(out.data(), t->data, t->nbytes);
-  return absl::OkStatus();
 }
 
 absl::Status BroadcastFloats(Communicator& comm, std::span<float> data, size_t bucket) {
@@ -195,42 +159,12 @@ absl::Status DistillTrainer::Resume() {
   // state: the ranks need not share a filesystem.
   int64_t header[3] = {0, 0, 0};  // step, epoch, index
   if (comm_->rank() == 0 && options_.resume && !options_.checkpoint_dir.empty()) {
-    for (const auto& [step, path] : ListCheckpoints(options_.checkpoint_dir)) {
-      auto file = SafetensorsFile::Open(path);
-      if (!file.ok()) {
-        absl::StrAppend(&resume_note_, "checkpoint ", path.string(), " is unreadable (",
-                        file.status().message(), "); ");
-        continue;
-      }
-      const auto& meta = (*file)->metadata();
-      auto get = [&](const char* key) {
-        auto it = meta.find(key);
-        return it == meta.end() ? std::string() : it->second;
-      };
-      if (get("fingerprint") != fingerprint_) {
-        absl::StrAppend(&resume_note_, "checkpoint ", path.string(), " is for another run (fingerprint ",
-                        get("fingerprint"), ", this run ", fingerprint_, "); ");
-        continue;
-      }
-      absl::Status read = ReadFloats(**file, "params", store_.params());
-      if (read.ok()) read = ReadFloats(**file, "exp_avg", store_.first_moment());
-      if (read.ok()) read = ReadFloats(**file, "exp_avg_sq", store_.second_moment());
-      int64_t values[3] = {0, 0, 0};
-      if (read.ok() && (!absl::SimpleAtoi(get("step"), &values[0]) ||
-                        !absl::SimpleAtoi(get("epoch"), &values[1]) ||
-                        !absl::SimpleAtoi(get("index"), &values[2]) || values[0] != step)) {
-        read = absl::DataLossError("bad step/epoch/index metadata");
-      }
-      if (!read.ok()) {
-        absl::StrAppend(&resume_note_, "checkpoint ", path.string(), " is damaged (", read.message(),
-                        "); ");
-        continue;
-      }
-      std::copy(values, values + 3, header);
-      absl::StrAppend(&resume_note_, "resumed from ", path.string(), " at step ", step);
-      break;
-    }
-    if (!resume_note_.empty() && header[0] == 0) absl::StrAppend(&resume_note_, "starting over");
+    const ResumedDistillCheckpoint resumed =
+        ReadDistillCheckpoint(options_.checkpoint_dir, fingerprint_, store_);
+    header[0] = resumed.step;
+    header[1] = resumed.position.epoch;
+    header[2] = resumed.position.index;
+    resume_note_ = resumed.note;
   }
   SR_RETURN_IF_ERROR(comm_->Broadcast(header, sizeof(header), CommDType::kU8, 0));
   // Rank 0's parameters on every rank, also when starting over: the ranks
@@ -249,33 +183,8 @@ absl::Status DistillTrainer::Resume() {
 }
 
 absl::Status DistillTrainer::WriteCheckpoint() const {
-  std::error_code ec;
-  std::filesystem::create_directories(options_.checkpoint_dir, ec);
-  if (ec) {
-    return absl::InternalError(absl::StrCat("create ", options_.checkpoint_dir.string(), ": ", ec.message()));
-  }
-  const int64_t n = static_cast<int64_t>(store_.size());
-  const std::vector<TensorToWrite> tensors = {
-      {"params", DType::kF32, {n}, std::as_bytes(store_.params())},
-      {"exp_avg", DType::kF32, {n}, std::as_bytes(store_.first_moment())},
-      {"exp_avg_sq", DType::kF32, {n}, std::as_bytes(store_.second_moment())},
-  };
-  const std::map<std::string, std::string> metadata = {
-      {"format", "shrinkray-distill-checkpoint"},
-      {"fingerprint", fingerprint_},
-      {"step", absl::StrCat(step())},
-      {"epoch", absl::StrCat(position_.epoch)},
-      {"index", absl::StrCat(position_.index)},
-      {"seed", absl::StrCat(options_.seed)},
-  };
-  const std::filesystem::path path =
-      options_.checkpoint_dir / absl::StrFormat("step-%08d.safetensors", step());
-  // WriteSafetensors writes a temporary file and renames it into place.
-  SR_RETURN_IF_ERROR(WriteSafetensors(path, tensors, metadata));
-  for (const auto& [old_step, old_path] : ListCheckpoints(options_.checkpoint_dir)) {
-    if (old_step != step()) std::filesystem::remove(old_path, ec);
-  }
-  return absl::OkStatus();
+  return WriteDistillCheckpoint(options_.checkpoint_dir, fingerprint_, step(), position_,
+                                options_.seed, store_);
 }
 
 absl::Status DistillTrainer::MicroBatch(const std::vector<int64_t>& windows, double weight,
@@ -374,8 +283,7 @@ absl::StatusOr<StepMetrics> DistillTrainer::Step() {
   m.loss = sums[0];
   m.divergence = sums[1];
   m.cross_entropy = sums[2];
-  if (comm_->rank() == 0 && options_.checkpoint_every > 0 &&
-      (m.step % options_.checkpoint_every == 0 || m.step == options_.steps)) {
+  if (comm_->rank() == 0 && DistillCheckpointDue(m.step, options_.checkpoint_every, options_.steps)) {
     SR_RETURN_IF_ERROR(WriteCheckpoint());
   }
   const double seconds =

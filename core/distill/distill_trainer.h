@@ -12,9 +12,11 @@
 // Checkpoints: every `checkpoint_every` steps rank 0 writes
 // checkpoint_dir/step-NNNNNNNN.safetensors (params, AdamW moments; metadata:
 // step, data position, seed, the run's fingerprint) crash-safely and removes
-// the older ones. Create resumes from the newest one whose fingerprint
-// matches, else starts over and says why in resume_note(). The data order is
-// a pure function of (seed, epoch), so the position is the whole random state.
+// the older ones (distill_checkpoint.h: the CUDA runner of distill_device.h
+// writes and resumes the same files). Create resumes from the newest one
+// whose fingerprint matches, else starts over and says why in resume_note().
+// The data order is a pure function of (seed, epoch), so the position is the
+// whole random state.
 #pragma once
 
 #include <cstdint>

@@ -200,4 +200,14 @@ double RelativeOutputError(absl::Span<const float> w, absl::Span<const float> q,
   return num / den;
 }
 
+absl::StatusOr<double> RelativeOutputErrorOn(SolverBackend* solvers, absl::Span<const float> w,
+                                             absl::Span<const float> q, int rows, int cols,
+                                             absl::Span<const float> h) {
+  if (solvers != nullptr) {
+    absl::StatusOr<double> e = solvers->OutputError(w, q, rows, cols, h);
+    if (!absl::IsUnimplemented(e.status())) return e;
+  }
+  return RelativeOutputError(w, q, rows, cols, h);
+}
+
 }  // namespace shrinkray

@@ -49,5 +49,9 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
 // tr((W−Q) H (W−Q)ᵀ) / tr(W H Wᵀ) = ‖(W−Q)X‖²/‖WX‖² for H ∝ X Xᵀ; 0 when W H Wᵀ is 0.
 double RelativeOutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
                            absl::Span<const float> h);
+// The same on `solvers`' device when given and it computes it (else the CPU).
+absl::StatusOr<double> RelativeOutputErrorOn(SolverBackend* solvers, absl::Span<const float> w,
+                                             absl::Span<const float> q, int rows, int cols,
+                                             absl::Span<const float> h);
 
 }  // namespace shrinkray

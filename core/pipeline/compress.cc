@@ -101,26 +101,6 @@ int BatchWindows(const ModelConfig& c, const LayerwiseOptions& options, int seql
                                    : AutoBatchWindows(c, seqlen, num_samples);
 }
 
-// Runs every window through `layer`; in place when `output` is true, else on
-// a scratch copy (statistics passes leave the layer inputs untouched).
-absl::Status RunLayer(const LlamaModel& model, int layer, std::vector<float>& hidden, int num_samples,
-                      int seqlen, int batch_windows, bool output, const LinearInputObserver& observer,
-                      const CancellationToken* cancel) {
-  const size_t window_floats = static_cast<size_t>(seqlen) * model.config().hidden_size;
-  std::vector<float> scratch;
-  for (int first = 0; first < num_samples; first += batch_windows) {
-    SR_RETURN_IF_ERROR(CheckCancelled(cancel, absl::StrCat("layer ", layer)));
-    const int b = std::min(batch_windows, num_samples - first);
-    std::span<float> batch(hidden.data() + first * window_floats, b * window_floats);
-    if (!output) {
-      scratch.assign(batch.begin(), batch.end());
-      batch = std::span<float>(scratch);
-    }
-    SR_RETURN_IF_ERROR(model.LayerForward(layer, model.layer(layer), b, seqlen, batch, observer));
-  }
-  return absl::OkStatus();
-}
-
 double ZeroFraction(const std::vector<float>& w) {
   if (w.empty()) return 0.0;
   const long zeros = std::count(w.begin(), w.end(), 0.0f);
@@ -131,13 +111,13 @@ double ZeroFraction(const std::vector<float>& w) {
 // received (zeros of an earlier pruning stage stay zero under RTN).
 absl::StatusOr<double> RtnError(const RecipeStage& stage, const std::vector<float>& before,
                                 const std::vector<float>& original, int rows, int cols,
-                                absl::Span<const float> h) {
+                                absl::Span<const float> h, SolverBackend* solvers) {
   RtnOptions o;
   o.bits = stage.bits;
   o.group_size = stage.group_size;
   o.sym = stage.sym;
   SR_ASSIGN_OR_RETURN(RtnResult r, RtnQuantize(before, rows, cols, o));
-  return RelativeOutputError(original, r.weight, rows, cols, h);
+  return RelativeOutputErrorOn(solvers, original, r.weight, rows, cols, h);
 }
 
 // Any communicator, even of one rank, takes the collective path: a 1-rank
@@ -182,7 +162,8 @@ std::vector<int> MatrixOwners(const std::vector<const LinearSlot*>& slots, int s
 // Runs every stage of `slot` on its weight; the report row and final state.
 absl::Status SolveMatrix(const LinearSlot& slot, int layer, LinearGroup group, const float* view,
                          const LinearInputStats& input, const std::vector<float>& h32,
-                         const LayerwiseOptions& options, LinearState* state, MatrixReport* report) {
+                         const LayerwiseOptions& options, LinearState* state, MatrixReport* report,
+                         double* error_seconds) {
   const size_t numel = static_cast<size_t>(slot.rows) * slot.cols;
   const std::vector<float> original(view, view + numel);
   state->weight = original;
@@ -201,14 +182,17 @@ absl::Status SolveMatrix(const LinearSlot& slot, int layer, LinearGroup group, c
     SR_RETURN_IF_ERROR(
         ApplyStage(*stage, slot.module, slot.rows, slot.cols, input, state, report, options.solvers));
   }
-  report->error = RelativeOutputError(original, state->weight, slot.rows, slot.cols, h32);
+  const auto error_start = Clock::now();
+  SR_ASSIGN_OR_RETURN(report->error,
+                      RelativeOutputErrorOn(options.solvers, original, state->weight, slot.rows, slot.cols, h32));
   // Joint SparseGPT quantization has no RTN counterpart with equal settings,
   // and RTN's own error needs no second copy.
   if (options.compare_rtn && quantizer != nullptr && !quantizer->prunes() &&
       quantizer->method != StageMethod::kRtn) {
     SR_ASSIGN_OR_RETURN(report->rtn_error,
-                        RtnError(*quantizer, before_quantizer, original, slot.rows, slot.cols, h32));
+                        RtnError(*quantizer, before_quantizer, original, slot.rows, slot.cols, h32, options.solvers));
   }
+  *error_seconds += Seconds(error_start);
   report->sparsity = ZeroFraction(state->weight);
   report->pattern = state->pattern;
   return absl::OkStatus();
@@ -250,12 +234,14 @@ absl::Status CompressGroup(LlamaModel& model, int layer, LinearGroup group, std:
   // Every rank solves its own matrices first (in parallel with the others),
   // then each matrix goes out from its owner in slot order.
   auto start = Clock::now();
+  double error_seconds = 0.0;
   for (size_t i = 0; i < targeted.size(); ++i) {
     if (owners[i] != rank) continue;
     SR_RETURN_IF_ERROR(SolveMatrix(*targeted[i], layer, group, weights.*(targeted[i]->view), input, h32, options,
-                                   &states[i], &reports[i]));
+                                   &states[i], &reports[i], &error_seconds));
   }
-  result->phases.solve += Seconds(start);
+  result->phases.solve += Seconds(start) - error_seconds;
+  result->phases.error += error_seconds;
   start = Clock::now();
   for (size_t i = 0; i < targeted.size(); ++i) {
     if (comm != nullptr) SR_RETURN_IF_ERROR(BroadcastMatrix(*comm, owners[i], &states[i], &reports[i]));
@@ -280,7 +266,7 @@ absl::Status CheckRecipeTargets(const ModelConfig& config, const Recipe& recipe)
 
 nlohmann::json LayerwisePhases::ToJson() const {
   return {{"forward_seconds", forward}, {"allreduce_seconds", allreduce}, {"solve_seconds", solve},
-          {"broadcast_seconds", broadcast}};
+          {"error_seconds", error}, {"broadcast_seconds", broadcast}};
 }
 
 std::string LinearModuleName(int layer, const char* leaf) {
@@ -309,6 +295,19 @@ struct LayerHooks {
 
 absl::Status RunHook(const std::function<absl::Status()>& hook) {
   return hook ? hook() : absl::OkStatus();
+}
+
+// The run's executor: the device's when it can serve the run, else the CPU's
+// (with a progress line saying why).
+absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeExecutor(const LayerwiseOptions& options,
+                                                           const LayerExecutorSpec& spec) {
+  if (options.executors) {
+    absl::StatusOr<std::unique_ptr<LayerExecutor>> device = options.executors(spec);
+    if (device.ok()) return std::move(*device);
+    if (device.status().code() != absl::StatusCode::kUnimplemented) return device.status();
+    Progress(options, absl::StrCat("layer forwards on the CPU: ", device.status().message()));
+  }
+  return MakeCpuLayerExecutor(spec);
 }
 
 absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& recipe,
@@ -340,14 +339,19 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
   LayerwiseResult result;
   result.resumed_from_layer = first_layer;
   if (first_layer > 0 && options.on_resume) options.on_resume(first_layer, num_layers);
+  LayerExecutorSpec spec;
+  spec.config = &config;
+  spec.windows = local;
+  spec.seqlen = seqlen;
+  spec.batch_windows = batch_windows;
+  spec.precision = recipe.hessian_dtype();
+  SR_ASSIGN_OR_RETURN(std::unique_ptr<LayerExecutor> executor, MakeExecutor(options, spec));
   auto start = Clock::now();
-  std::vector<float> hidden;
   if (need_hidden) {
-    hidden.resize(static_cast<size_t>(local) * seqlen * config.hidden_size);
     SR_RETURN_IF_ERROR(RunHook(hooks.before_embed));
     const std::span<const int32_t> tokens(calibration.tokens.data() + static_cast<size_t>(window_lo) * seqlen,
                                           static_cast<size_t>(local) * seqlen);
-    absl::Status s = model.Embed(tokens, hidden);
+    absl::Status s = executor->Embed(model, tokens);
     if (!s.ok()) {
       return absl::Status(s.code(), absl::StrCat("calibration ", calibration.source, ": ", std::string(s.message())));
     }
@@ -362,7 +366,7 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
     if (!hooks.restore_layer) return absl::InternalError("resuming needs restore_layer");
     SR_RETURN_IF_ERROR(hooks.restore_layer(l, need_hidden, result));
     if (need_hidden) {
-      SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, local, seqlen, batch_windows, /*output=*/true, {}, options.cancel));
+      SR_RETURN_IF_ERROR(executor->RunLayer(model, l, /*output=*/true, nullptr, options.cancel));
     }
     if (hooks.release_layer) hooks.release_layer(l);
   }
@@ -384,6 +388,7 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
 
   for (int l = first_layer; l < num_layers; ++l) {
     const auto layer_start = Clock::now();
+    const LayerwisePhases phases_before = result.phases;
     if (hooks.before_layer) SR_RETURN_IF_ERROR(hooks.before_layer(l));
     const size_t first_row = result.matrices.size();
     std::vector<LinearSlot>& slots = plan[l];
@@ -403,11 +408,8 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
         targeted.push_back(g);
       }
       if (targeted.empty()) continue;
-      absl::Status observed;
       auto phase_start = Clock::now();
-      SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, local, seqlen, batch_windows, /*output=*/false,
-                                  stats.Observer(&observed), options.cancel));
-      SR_RETURN_IF_ERROR(observed);
+      SR_RETURN_IF_ERROR(executor->RunLayer(model, l, /*output=*/false, &stats, options.cancel));
       result.phases.forward += Seconds(phase_start);
       if (Sharded(options.comm)) {
         phase_start = Clock::now();
@@ -416,20 +418,24 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
       }
       for (LinearGroup g : targeted) {
         SR_RETURN_IF_ERROR(CompressGroup(model, l, g, slots, stats, recipe, options, &result));
+        executor->WeightsChanged(l, g);
       }
     }
     // The next layer sees this layer's outputs with every weight compressed.
     const auto recompute_start = Clock::now();
-    SR_RETURN_IF_ERROR(RunLayer(model, l, hidden, local, seqlen, batch_windows, /*output=*/true, {}, options.cancel));
+    SR_RETURN_IF_ERROR(executor->RunLayer(model, l, /*output=*/true, nullptr, options.cancel));
     result.phases.forward += Seconds(recompute_start);
     result.layer_seconds.push_back(Seconds(layer_start));
     double err = 0.0;
     const size_t rows = result.matrices.size() - first_row;
     for (size_t i = first_row; i < result.matrices.size(); ++i) err += result.matrices[i].error;
-    Progress(options, absl::StrFormat("layer %d/%d: %d matrices, mean error %.6f, %.2f s", l + 1,
-                                      config.num_hidden_layers, static_cast<int>(rows),
-                                      rows > 0 ? err / static_cast<double>(rows) : 0.0,
-                                      result.layer_seconds.back()));
+    Progress(options, absl::StrFormat("layer %d/%d: %d matrices, mean error %.6f, %.2f s (forward %.2f, solve %.2f, "
+                                      "error %.2f)",
+                                      l + 1, config.num_hidden_layers, static_cast<int>(rows),
+                                      rows > 0 ? err / static_cast<double>(rows) : 0.0, result.layer_seconds.back(),
+                                      result.phases.forward - phases_before.forward,
+                                      result.phases.solve - phases_before.solve,
+                                      result.phases.error - phases_before.error));
     if (options.on_layer_done) {
       LayerDone done;
       done.layer = l;

@@ -41,6 +41,7 @@
 #include "core/model/llama.h"
 #include "core/pipeline/apply_stages.h"
 #include "core/pipeline/compress_report.h"
+#include "core/pipeline/layer_executor.h"
 #include "core/pipeline/recipe.h"
 #include "core/pipeline/solver_backend.h"
 #include "core/util/cancellation.h"
@@ -85,6 +86,15 @@ struct LayerwiseOptions {
   // Where GPTQ/SparseGPT solve each matrix (null: the CPU). Not owned; used
   // from the calling thread only. core/pipeline/solver_backend.h.
   SolverBackend* solvers = nullptr;
+  // Where the layer forwards and their statistics (Hessians, activation
+  // norms) run (core/pipeline/layer_executor.h): empty, the CPU; else the
+  // device's executor, e.g. MakeLayerExecutorFactory("cuda"): fp32 on the
+  // current CUDA device. A run it cannot serve (Unimplemented) falls back to
+  // the CPU with a progress line.
+  LayerExecutorFactory executors;
+  // The device's name ("cpu", "cuda"), for what is not layerwise: a service
+  // job's distill stage trains on it too.
+  std::string device = "cpu";
 };
 
 // Wall seconds by phase over the layers (sharded runs: this rank's).
@@ -92,6 +102,7 @@ struct LayerwisePhases {
   double forward = 0.0;     // layer forwards with statistics, and the output recompute
   double allreduce = 0.0;   // merging statistics across ranks
   double solve = 0.0;       // this rank's GPTQ/SparseGPT/... solves
+  double error = 0.0;       // the reported output errors (and RTN's) of those matrices
   double broadcast = 0.0;   // waiting for and receiving other ranks' matrices
   nlohmann::json ToJson() const;
 };

@@ -26,6 +26,12 @@ class SolverBackend {
                                           const GptqOptions& options) = 0;
   virtual absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols,
                                                     absl::Span<const float> h, const SparseGptOptions& options) = 0;
+  // RelativeOutputError (core/pipeline/apply_stages.h) of a compressed
+  // matrix, reported for every matrix; Unimplemented: the CPU computes it.
+  virtual absl::StatusOr<double> OutputError(absl::Span<const float> w, absl::Span<const float> q, int rows,
+                                             int cols, absl::Span<const float> h) {
+    return absl::UnimplementedError("output error on the device");
+  }
   // Matrices solved on the device / handed back to the CPU (Unimplemented).
   long device_solves() const { return device_solves_; }
   long cpu_fallbacks() const { return cpu_fallbacks_; }

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/calib/calibration_set.h"
+#include "core/distill/distill_device.h"
 #include "core/distill/distill_trainer.h"
 #include "core/distill/student_init.h"
 #include "core/distill/teacher_samples.h"
@@ -212,8 +213,13 @@ absl::StatusOr<DistillOutcome> RunDistill(const CompressionJob& job, const Recip
       break;
     }
   }
-  absl::StatusOr<distill::StudentModel> student = distill::InitStudent(*teacher, spec);
-  if (!student.ok()) return InStage(student.status(), source, StudentField(d, std::string(student.status().message())));
+  auto init_student = [&]() -> absl::StatusOr<distill::StudentModel> {
+    absl::StatusOr<distill::StudentModel> made = distill::InitStudent(*teacher, spec);
+    if (!made.ok()) return InStage(made.status(), source, StudentField(d, std::string(made.status().message())));
+    return made;
+  };
+  absl::StatusOr<distill::StudentModel> student = init_student();
+  if (!student.ok()) return student.status();
 
   const int ranks = job.comm == nullptr ? 1 : job.comm->size();
   distill::DistillTrainerOptions o;
@@ -244,20 +250,42 @@ absl::StatusOr<DistillOutcome> RunDistill(const CompressionJob& job, const Recip
     return FieldError(absl::StatusCode::kInvalidArgument, source, "top_k",
                       absl::StrCat("top_k ", d.top_k, " is larger than the teacher's vocabulary (", tc.vocab_size, ")"));
   }
-  auto trainer_or = distill::DistillTrainer::Create(o, *teacher, data, std::move(student->weights));
+  // The job's device trains when it can serve the run, else the CPU, saying
+  // why: the GPU runner takes one rank (o.comm) and only some options
+  // (distill_device.h), and a model it does not implement is Unimplemented.
+  std::string device = job.compress.layerwise.device.empty() ? "cpu" : job.compress.layerwise.device;
+  std::string cpu_reason;
+  if (device == "cuda") {
+    const absl::Status supported = distill::CheckCudaDistillOptions(o);
+    if (!supported.ok()) {
+      cpu_reason = std::string(supported.message());
+      device = "cpu";
+    }
+  }
+  const ModelConfig sc = student->weights.config();
+  const long student_params = static_cast<long>(student->weights.size());
+  auto trainer_or = distill::MakeDistillRunner(device, o, *teacher, data, std::move(student->weights));
+  if (absl::IsUnimplemented(trainer_or.status()) && device == "cuda") {
+    // The student was moved into the failed runner: made again for the CPU.
+    cpu_reason = std::string(trainer_or.status().message());
+    device = "cpu";
+    student = init_student();
+    if (!student.ok()) return student.status();
+    trainer_or = distill::MakeDistillRunner(device, o, *teacher, data, std::move(student->weights));
+  }
   if (!trainer_or.ok()) return InStage(trainer_or.status(), source);
-  distill::DistillTrainer& trainer = **trainer_or;
+  if (!cpu_reason.empty() && observer.log) observer.log(absl::StrCat("distill on the CPU: ", cpu_reason));
+  distill::DistillRunner& trainer = **trainer_or;
   DistillOutcome outcome;
   outcome.note = trainer.resume_note();
   const int64_t first = trainer.step();
   if (observer.log) {
     observer.log(absl::StrFormat(
         "distill: teacher %ld parameters, student %ld (%d layers, MLP %d, %d heads); %ld windows of %d tokens "
-        "from %s; %d steps x %d windows on %d rank(s)%s",
-        teacher->num_parameters(), static_cast<long>(trainer.student().size()),
-        trainer.student().config().num_hidden_layers, trainer.student().config().intermediate_size,
-        trainer.student().config().num_attention_heads, static_cast<long>(data.num_windows()), seqlen,
-        data.source(), d.steps, d.batch, ranks,
+        "from %s; %d steps x %d windows on %d rank(s)%s%s",
+        teacher->num_parameters(), student_params, sc.num_hidden_layers, sc.intermediate_size,
+        sc.num_attention_heads, static_cast<long>(data.num_windows()), seqlen, data.source(), d.steps, d.batch,
+        ranks, device == "cpu" ? "" : absl::StrCat(", on ", device),
         outcome.note.empty() ? "" : absl::StrCat("; ", outcome.note)));
   }
   if (observer.progress) observer.progress("distill", static_cast<int>(first), d.steps, share * first / d.steps);

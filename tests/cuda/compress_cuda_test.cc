@@ -28,6 +28,7 @@
 #include "core/pipeline/compress.h"
 #include "core/algo/gptq.h"
 #include "core/algo/sparsegpt.h"
+#include "core/pipeline/layer_executor.h"
 #include "core/pipeline/solver_backend.h"
 #include "core/io/text_file.h"
 #include "core/tokenizer/tokenizer.h"
@@ -155,6 +156,20 @@ class CompressCudaJobTest : public CudaTest, public ::testing::WithParamInterfac
     return o;
   }
 
+  // The CPU job's and `out`'s perplexity on the validation prefix (20000 chars, windows of 256).
+  void ValidPerplexities(const fs::path& out, double* ppl_cpu, double* ppl_out) const {
+    const fs::path eval_path = testing::SharedDataDir() / "text" / "tinystories_valid_prefix.txt";
+    ASSERT_TRUE(fs::exists(eval_path)) << eval_path;
+    auto tokenizer = Tokenizer::FromFile(model_dir_ / "tokenizer.json");
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    auto text = ReadTextFile(eval_path, 20000);
+    ASSERT_TRUE(text.ok()) << text.status();
+    auto ids = (*tokenizer)->Encode(*text, true);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    *ppl_cpu = testing::PerplexityOf(cpu_, *ids, 256);
+    *ppl_out = testing::PerplexityOf(out, *ids, 256);
+  }
+
   fs::path model_dir_, train_, root_, cpu_;
   Recipe recipe_;
 };
@@ -273,16 +288,8 @@ TEST_P(CompressGpuSolverJobTest, GpuSolvesMatchCpuJob) {
   EXPECT_EQ(solvers.zero_differing, 0);
   EXPECT_LE(solvers.codes_differing, solvers.codes / 1000);
 
-  const fs::path eval_path = testing::SharedDataDir() / "text" / "tinystories_valid_prefix.txt";
-  SHRINKRAY_REQUIRE_PATH(eval_path);
-  auto tokenizer = Tokenizer::FromFile(model_dir_ / "tokenizer.json");
-  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-  auto text = ReadTextFile(eval_path, 20000);
-  ASSERT_TRUE(text.ok()) << text.status();
-  auto ids = (*tokenizer)->Encode(*text, true);
-  ASSERT_TRUE(ids.ok()) << ids.status();
-  const double ppl_cpu = testing::PerplexityOf(cpu_, *ids, 256);
-  const double ppl_gpu = testing::PerplexityOf(out, *ids, 256);
+  double ppl_cpu = 0.0, ppl_gpu = 0.0;
+  ASSERT_NO_FATAL_FAILURE(ValidPerplexities(out, &ppl_cpu, &ppl_gpu));
   // Single-stage recipes: within 0.5%. The chain is chaotic at this size: GPTQ
   // after 50% pruning turns float32-rounding differences in its input into
   // other codes and, through the next layers' Hessians, other masks. Measured
@@ -304,6 +311,43 @@ TEST_P(CompressGpuSolverJobTest, GpuSolvesMatchCpuJob) {
   std::printf("stories260K %s with GPU solves: ppl %.6f (CPU %.6f, %+.4f%%), worst matrix error change %.3g%%\n",
               GetParam().name, ppl_gpu, ppl_cpu, 100.0 * (ppl_gpu / ppl_cpu - 1.0), 100.0 * worst);
 }
+
+// The whole job on the GPU as `--device cuda` runs it: layer forwards and
+// statistics on the device (fp32), then the GPU solvers. Perplexity within
+// 0.5% of the CPU job's; Wanda covers the device activation norms.
+class CompressGpuForwardJobTest : public CompressCudaJobTest {};
+
+TEST_P(CompressGpuForwardJobTest, DeviceForwardsMatchCpuJobPerplexity) {
+  absl::StatusOr<std::unique_ptr<SolverBackend>> gpu = MakeSolverBackend("cuda");
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  absl::StatusOr<LayerExecutorFactory> executors = MakeLayerExecutorFactory("cuda");
+  ASSERT_TRUE(executors.ok()) << executors.status();
+  const fs::path out = root_ / "gpu-forward";
+  CompressOptions o = Options(out);
+  o.layerwise.solvers = gpu->get();
+  o.layerwise.executors = *executors;
+  std::vector<std::string> lines;
+  o.layerwise.progress = [&](const std::string& line) { lines.push_back(line); };
+  auto report = RunCompression(recipe_, o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  for (const std::string& line : lines) {
+    EXPECT_EQ(line.find("layer forwards on the CPU"), std::string::npos) << line;
+  }
+  const bool wanda = std::string(GetParam().name) == "wanda";
+  EXPECT_EQ((*gpu)->device_solves(), wanda ? 0 : 35);
+
+  double ppl_cpu = 0.0, ppl_gpu = 0.0;
+  ASSERT_NO_FATAL_FAILURE(ValidPerplexities(out, &ppl_cpu, &ppl_gpu));
+  EXPECT_NEAR(ppl_gpu / ppl_cpu, 1.0, 0.005) << "cpu " << ppl_cpu << " gpu " << ppl_gpu;
+  std::printf("stories260K %s, forwards + statistics + solves on the GPU: ppl %.6f (CPU %.6f, %+.4f%%)\n",
+              GetParam().name, ppl_gpu, ppl_cpu, 100.0 * (ppl_gpu / ppl_cpu - 1.0));
+}
+
+INSTANTIATE_TEST_SUITE_P(Recipes, CompressGpuForwardJobTest,
+                         ::testing::Values(NcclJobCase{"gptq", "[{gptq: {bits: 4, group_size: 32}}]"},
+                                           NcclJobCase{"sparsegpt", "[{sparsegpt: {sparsity: 0.5}}]"},
+                                           NcclJobCase{"wanda", "[{wanda: {sparsity: 0.5}}]"}),
+                         [](const ::testing::TestParamInfo<NcclJobCase>& info) { return info.param.name; });
 
 INSTANTIATE_TEST_SUITE_P(Recipes, CompressGpuSolverJobTest,
                          ::testing::Values(NcclJobCase{"gptq", "[{gptq: {bits: 4, group_size: 32}}]"},

@@ -3,7 +3,9 @@
 // parallel training over Gloo, then the sharded passes), on the deterministic
 // demo model. Checks the results table (GetJob, the event stream, the output
 // folder), the per-step training events and the workers' training metrics
-// (promtool-linted when promtool is installed).
+// (promtool-linted when promtool is installed). In CUDA builds on a machine
+// with a GPU, the same job's distill stage on GPU workers (device "cuda"):
+// one worker trains on the GPU, two fall back to the CPU saying why.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -18,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/distill/distill_device.h"
 #include "core/model/demo_model.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/server_builder.h"
@@ -103,6 +106,7 @@ class DistillJobTest : public ::testing::Test {
       WorkerOptions o;
       o.coordinator = address_;
       o.name = "distill-worker-" + std::to_string(i);
+      o.device = worker_device_;
       o.comm_timeout = absl::Seconds(120);
       w->worker = std::make_unique<Worker>(o, w->metrics.get());
       Worker* raw = w->worker.get();
@@ -119,6 +123,48 @@ class DistillJobTest : public ::testing::Test {
     if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   }
 
+  struct Watched {
+    v1::Job job;
+    std::map<std::string, std::vector<int64_t>> metric_steps;  // per metric name
+    std::string log;  // the log events, one line each
+    bool saw_distill_progress = false;
+  };
+
+  // Submits `spec` and follows its event stream to the end.
+  void SubmitAndWatch(const v1::JobSpec& spec, Watched* out) {
+    v1::SubmitJobRequest submit;
+    *submit.mutable_spec() = spec;
+    v1::SubmitJobResponse submitted;
+    {
+      grpc::ClientContext context;
+      const grpc::Status s = stub_->SubmitJob(&context, submit, &submitted);
+      ASSERT_TRUE(s.ok()) << s.error_message();
+    }
+    const std::string id = submitted.job().id();
+    grpc::ClientContext watch_context;
+    watch_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(240));
+    v1::WatchJobRequest watch;
+    watch.set_job_id(id);
+    watch.set_replay_history(true);
+    auto reader = stub_->WatchJob(&watch_context, watch);
+    v1::WatchJobResponse response;
+    while (reader->Read(&response)) {
+      if (!response.has_event()) continue;
+      const v1::JobEvent& e = response.event();
+      if (e.has_metric()) out->metric_steps[e.metric().name()].push_back(e.metric().step());
+      if (e.has_log()) out->log += e.log().text() + "\n";
+      if (e.has_progress() && e.progress().stage() == "distill") out->saw_distill_progress = true;
+    }
+    reader->Finish();
+    v1::GetJobRequest get;
+    get.set_job_id(id);
+    v1::GetJobResponse got;
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub_->GetJob(&context, get, &got).ok());
+    out->job = got.job();
+  }
+
+  std::string worker_device_ = "cpu";  // set before SetUp
   std::filesystem::path root_;
   std::string address_;
   std::unique_ptr<Coordinator> coordinator_;
@@ -146,44 +192,9 @@ TEST_F(DistillJobTest, DistillSparseGptGptqOnTwoWorkersEndsWithOneTable) {
   spec.set_output_path((root_ / "out").string());
   spec.set_output_format(v1::OUTPUT_FORMAT_GPTQ);
   spec.set_num_workers(2);
-  v1::SubmitJobRequest submit;
-  *submit.mutable_spec() = spec;
-  v1::SubmitJobResponse submitted;
-  {
-    grpc::ClientContext context;
-    const grpc::Status s = stub_->SubmitJob(&context, submit, &submitted);
-    ASSERT_TRUE(s.ok()) << s.error_message();
-  }
-  const std::string id = submitted.job().id();
-
-  // The event stream to the end.
-  grpc::ClientContext watch_context;
-  watch_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(240));
-  v1::WatchJobRequest watch;
-  watch.set_job_id(id);
-  watch.set_replay_history(true);
-  auto reader = stub_->WatchJob(&watch_context, watch);
-  std::map<std::string, std::vector<int64_t>> metric_steps;
-  std::vector<std::string> logs;
-  bool saw_distill_progress = false;
-  v1::WatchJobResponse response;
-  while (reader->Read(&response)) {
-    if (!response.has_event()) continue;
-    const v1::JobEvent& e = response.event();
-    if (e.has_metric()) metric_steps[e.metric().name()].push_back(e.metric().step());
-    if (e.has_log()) logs.push_back(e.log().text());
-    if (e.has_progress() && e.progress().stage() == "distill") saw_distill_progress = true;
-  }
-  reader->Finish();
-
-  v1::GetJobRequest get;
-  get.set_job_id(id);
-  v1::GetJobResponse got;
-  {
-    grpc::ClientContext context;
-    ASSERT_TRUE(stub_->GetJob(&context, get, &got).ok());
-  }
-  const v1::Job& job = got.job();
+  Watched watched;
+  ASSERT_NO_FATAL_FAILURE(SubmitAndWatch(spec, &watched));
+  const v1::Job& job = watched.job;
   ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << job.error().message();
 
   // One row per stage, in order.
@@ -223,14 +234,13 @@ TEST_F(DistillJobTest, DistillSparseGptGptqOnTwoWorkersEndsWithOneTable) {
 
   // Per-step training events: every step once (rank 0 speaks).
   for (const char* name : {"train_loss", "train_kl", "train_ce", "train_lr", "train_grad_norm", "train_tokens_per_s"}) {
-    EXPECT_EQ(metric_steps[name], (std::vector<int64_t>{1, 2, 3, 4, 5, 6})) << name;
+    EXPECT_EQ(watched.metric_steps[name], (std::vector<int64_t>{1, 2, 3, 4, 5, 6})) << name;
   }
-  EXPECT_TRUE(saw_distill_progress);
-  std::string log_text;
-  for (const std::string& l : logs) log_text += l + "\n";
-  EXPECT_THAT(log_text, HasSubstr("distill step 6/6"));
-  EXPECT_THAT(log_text, HasSubstr("results"));
-  EXPECT_THAT(log_text, HasSubstr("sparsegpt"));
+  EXPECT_TRUE(watched.saw_distill_progress);
+  EXPECT_THAT(watched.log, HasSubstr("distill step 6/6"));
+  EXPECT_THAT(watched.log, HasSubstr("results"));
+  EXPECT_THAT(watched.log, HasSubstr("sparsegpt"));
+  EXPECT_THAT(watched.log, ::testing::Not(HasSubstr("distill on the CPU")));  // CPU workers: nothing to say
 
   // The output folder: the model, report.json of the last pass, the table.
   const std::filesystem::path out = root_ / "out";
@@ -300,6 +310,50 @@ TEST_F(DistillJobTest, StudentLargerThanTeacherFailsTheJobNamingTheField) {
   EXPECT_EQ(job.error().code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(job.error().message(), HasSubstr("recipe spec.recipe_yaml: stage 0 (distill): field 'student.keep_layers'"));
   EXPECT_THAT(job.error().message(), HasSubstr("cannot be deeper"));
+}
+
+// GPU workers (device "cuda"; CUDA builds on a machine with a GPU, else
+// skipped): a one-worker job's distill stage trains on the GPU, a two-worker
+// job's on the CPU, saying why on the job's log; the per-step events are the
+// same either way.
+class DistillJobCudaTest : public DistillJobTest {
+ protected:
+  void SetUp() override {
+    const absl::Status device = distill::CheckCudaDistillDevice();
+    if (!device.ok()) GTEST_SKIP() << "no CUDA device: " << device.message();
+    worker_device_ = "cuda";
+    DistillJobTest::SetUp();
+  }
+
+  v1::JobSpec Spec(const std::string& out, int workers) {
+    v1::JobSpec spec;
+    spec.set_model_path((root_ / "teacher").string());
+    spec.set_recipe_yaml("- distill: {student: {keep_layers: [0, 2]}, steps: 4, batch: 4, seqlen: 32, alpha: 1,\n"
+                         "            temperature: 2, lr: 3e-3, checkpoint_every: 2}\n");
+    spec.mutable_calibration()->set_path((root_ / "text.txt").string());
+    spec.mutable_calibration()->set_num_samples(8);
+    spec.mutable_calibration()->set_seqlen(32);
+    spec.set_output_path((root_ / out).string());
+    spec.set_num_workers(workers);
+    return spec;
+  }
+};
+
+TEST_F(DistillJobCudaTest, OneWorkerTrainsOnTheGpuTwoOnTheCpu) {
+  Watched one;
+  ASSERT_NO_FATAL_FAILURE(SubmitAndWatch(Spec("out-one", 1), &one));
+  ASSERT_EQ(one.job.state(), v1::JOB_STATE_SUCCEEDED) << one.job.error().message();
+  EXPECT_THAT(one.log, HasSubstr("rank(s), on cuda"));
+  EXPECT_THAT(one.log, ::testing::Not(HasSubstr("distill on the CPU")));
+  EXPECT_EQ(one.metric_steps["train_loss"], (std::vector<int64_t>{1, 2, 3, 4}));
+  EXPECT_TRUE(std::filesystem::exists(root_ / "out-one" / "model.safetensors"));
+
+  Watched two;
+  ASSERT_NO_FATAL_FAILURE(SubmitAndWatch(Spec("out-two", 2), &two));
+  ASSERT_EQ(two.job.state(), v1::JOB_STATE_SUCCEEDED) << two.job.error().message();
+  EXPECT_THAT(two.log, HasSubstr("distill on the CPU: comm: device cuda distils on one rank, got 2"));
+  EXPECT_THAT(two.log, ::testing::Not(HasSubstr("on cuda")));
+  EXPECT_EQ(two.metric_steps["train_loss"], (std::vector<int64_t>{1, 2, 3, 4}));
 }
 
 }  // namespace

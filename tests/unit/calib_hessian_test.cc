@@ -112,5 +112,25 @@ TEST(CalibLayerStatisticsTest, ObservesOnlyRequestedGroups) {
   EXPECT_FALSE(status.ok());
 }
 
+// What another device accumulated replaces the state (the GPU executor's
+// hand-over); the shapes and the float32-only rule are checked.
+TEST(CalibHessianAccumulatorTest, AssignReplacesStateAndChecksShape) {
+  HessianAccumulator h(2, HessianPrecision::kFloat32);
+  ASSERT_TRUE(h.Assign({1.0f, 2.0f, 2.0f, 5.0f}, 3).ok());
+  EXPECT_EQ(h.num_samples(), 3);
+  EXPECT_EQ(h.HessianF32(), (std::vector<float>{1.0f, 2.0f, 2.0f, 5.0f}));
+  const absl::Status wrong = h.Assign({1.0f, 2.0f, 3.0f}, 1);
+  EXPECT_EQ(wrong.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(wrong.message().find("3 values for a 2x2 H"), std::string::npos) << wrong;
+  HessianAccumulator h64(2, HessianPrecision::kFloat64);
+  EXPECT_EQ(h64.Assign({1.0f, 0.0f, 0.0f, 1.0f}, 1).code(), absl::StatusCode::kInvalidArgument);
+
+  ActivationNormAccumulator a(3);
+  ASSERT_TRUE(a.Assign({1.0f, 2.0f, 3.0f}, 4).ok());
+  EXPECT_EQ(a.num_samples(), 4);
+  EXPECT_EQ(a.scaler_row(), (std::vector<float>{1.0f, 2.0f, 3.0f}));
+  EXPECT_EQ(a.Assign({1.0f}, 1).code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace shrinkray

@@ -263,6 +263,38 @@ TEST_F(CompressSyntheticTest, StreamingRunWritesTheBytesOfTheInMemoryPath) {
 // A failing or cancelled streaming run leaves no output folder behind; only
 // OUT.partial with the job's fingerprint and the finished layers, for a resume
 // (compress_resume_test.cc).
+// A device executor that cannot serve the run (Unimplemented) hands it to
+// the CPU executor with a progress line, and the output is the CPU run's;
+// any other error of the device fails the run with it.
+TEST_F(CompressSyntheticTest, ExecutorFallsBackToTheCpuOnlyWhenUnimplemented) {
+  const Recipe recipe = MustParse("[{gptq: {bits: 4, group_size: 16}}]");
+  ASSERT_TRUE(RunCompression(recipe, Options("plain")).ok());
+
+  CompressOptions o = Options("fallback");
+  std::vector<std::string> lines;
+  int asked = 0;
+  o.layerwise.progress = [&](const std::string& line) { lines.push_back(line); };
+  o.layerwise.executors = [&](const LayerExecutorSpec& spec) -> absl::StatusOr<std::unique_ptr<LayerExecutor>> {
+    ++asked;
+    EXPECT_EQ(spec.windows, 8);
+    EXPECT_EQ(spec.seqlen, 32);
+    EXPECT_EQ(spec.precision, HessianPrecision::kFloat32);
+    return absl::UnimplementedError("no such device here");
+  };
+  ASSERT_TRUE(RunCompression(recipe, o).ok());
+  EXPECT_EQ(asked, 1);
+  EXPECT_THAT(lines, ::testing::Contains("layer forwards on the CPU: no such device here"));
+  testing::ExpectSameFiles(dir_ / "plain", dir_ / "fallback");
+
+  o = Options("failed");
+  o.layerwise.executors = [](const LayerExecutorSpec&) -> absl::StatusOr<std::unique_ptr<LayerExecutor>> {
+    return absl::FailedPreconditionError("device cuda: no CUDA device is visible to this process");
+  };
+  auto failed = RunCompression(recipe, o);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(failed.status().message(), HasSubstr("no CUDA device"));
+}
+
 TEST_F(CompressSyntheticTest, CancelledRunLeavesNoFolder) {
   CancellationToken cancel;
   CompressOptions o = Options("cancelled");

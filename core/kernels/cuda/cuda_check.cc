@@ -38,4 +38,13 @@ absl::StatusOr<int> CudaDeviceCount() {
   return count;
 }
 
+absl::StatusOr<int> RequireCudaDevice() {
+  absl::StatusOr<int> devices = CudaDeviceCount();
+  if (!devices.ok()) return devices.status();
+  if (*devices == 0) return absl::FailedPreconditionError("device cuda: no CUDA device is visible to this process");
+  int device = 0;
+  SR_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  return device;
+}
+
 }  // namespace shrinkray

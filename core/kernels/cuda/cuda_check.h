@@ -26,6 +26,10 @@ absl::Status CudaStatus(cudaError_t err, const char* expr, const char* file, int
 // back or skip cleanly.
 absl::StatusOr<int> CudaDeviceCount();
 
+// The current device's ordinal for `device cuda` work; FailedPrecondition
+// ("device cuda: no CUDA device is visible to this process") without one.
+absl::StatusOr<int> RequireCudaDevice();
+
 }  // namespace shrinkray
 
 // Returns a non-OK absl::Status from the enclosing function when the CUDA

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/gptq_cuda.h"
+#include "core/kernels/cuda/output_error_cuda.h"
 #include "core/kernels/cuda/sparsegpt_cuda.h"
 #include "core/pipeline/solver_backend.h"
 #include "core/util/status_macros.h"
@@ -35,6 +36,15 @@ class CudaSolverBackend final : public SolverBackend {
     return GptqQuantizeCuda(w, rows, cols, h, options, stream_);
   }
 
+  absl::StatusOr<double> OutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
+                                     absl::Span<const float> h) override {
+    SR_RETURN_IF_ERROR(UseDevice());
+    SR_ASSIGN_OR_RETURN(DeviceBuffer<float> dw, DeviceBuffer<float>::FromHost(w, stream_));
+    SR_ASSIGN_OR_RETURN(DeviceBuffer<float> dq, DeviceBuffer<float>::FromHost(q, stream_));
+    SR_ASSIGN_OR_RETURN(DeviceBuffer<float> dh, DeviceBuffer<float>::FromHost(h, stream_));
+    return relative_output_error(dw.data(), dq.data(), rows, cols, dh.data(), stream_);
+  }
+
   absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
                                             const SparseGptOptions& options) override {
     if (options.bits > 0) return absl::UnimplementedError("SparseGPT with joint quantization on the GPU");
@@ -56,11 +66,7 @@ class CudaSolverBackend final : public SolverBackend {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SolverBackend>> MakeCudaSolverBackend() {
-  absl::StatusOr<int> devices = CudaDeviceCount();
-  if (!devices.ok()) return devices.status();
-  if (*devices == 0) return absl::FailedPreconditionError("device cuda: no CUDA device is visible to this process");
-  int device = 0;
-  SR_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  SR_ASSIGN_OR_RETURN(const int device, RequireCudaDevice());
   cudaStream_t stream = nullptr;
   SR_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   return std::unique_ptr<SolverBackend>(new CudaSolverBackend(device, stream));

@@ -20,6 +20,12 @@
 // has checked to lie in [0, vocab): so every row is labelled and
 // inv_labelled = inv_rows, as the CPU's per-micro-batch CE means weighted by
 // row shares give.
+//
+// Checkpoints are DistillTrainer's (distill_checkpoint.h): the device's fp32
+// master weights and AdamW moments are the ParameterStore's flat buffers, so
+// they are copied to the host store and written as the CPU writes them, and
+// a resumed checkpoint (from either device) is loaded back the same way; the
+// step count and data position are the runner's.
 #include <cuda_runtime_api.h>
 
 #include <chrono>
@@ -32,6 +38,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
+#include "core/distill/distill_checkpoint.h"
 #include "core/distill/distill_device.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/llama_cuda_trainer.h"
@@ -58,31 +65,6 @@ struct OwnedStream {
   }
 };
 
-// What the GPU path cannot do, before any device work: InvalidArgument
-// naming the option (the CLI maps the names to its flags).
-absl::Status CheckCudaOptions(const DistillTrainerOptions& o) {
-  if (o.teacher_mode != TeacherMode::kOnlineLogits) {
-    return absl::InvalidArgumentError(
-        o.teacher_mode == TeacherMode::kCache
-            ? "teacher_cache: device cuda distils from the online teacher's full logits only (no "
-              "teacher cache)"
-            : "top_k: device cuda distils from the online teacher's full logits only (no top-k)");
-  }
-  if (o.loss.divergence != train::Divergence::kForwardKL) {
-    return absl::InvalidArgumentError(
-        "divergence: device cuda implements the forward KL loss only (loss kl)");
-  }
-  if (o.checkpoint_every > 0 || !o.checkpoint_dir.empty()) {
-    return absl::InvalidArgumentError(
-        "checkpoint_every: device cuda does not write or resume checkpoints");
-  }
-  if (o.comm != nullptr && o.comm->size() > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("comm: device cuda distils on one rank, got ", o.comm->size()));
-  }
-  return absl::OkStatus();
-}
-
 class CudaDistillRunner final : public DistillRunner {
  public:
   static absl::StatusOr<std::unique_ptr<DistillRunner>> Create(
@@ -105,11 +87,13 @@ class CudaDistillRunner final : public DistillRunner {
 
   // Adds the micro-batch's gradient; adds its rows' KL and CE to sums.
   absl::Status MicroBatch(const std::vector<int64_t>& windows, float inv_rows, double sums[2]);
+  // The device's weights and moments to store_, then to a checkpoint file.
+  absl::Status WriteCheckpoint();
 
   OwnedStream stream_;  // first: destroyed last
   DistillTrainerOptions options_;
   const TrainData& data_;
-  train::ParameterStore store_;  // the student's layout; params filled by SaveStudent
+  train::ParameterStore store_;  // the student's layout; a host copy for checkpoints and SaveStudent
   train::LrSchedule schedule_;
   CudaAdamWOptions adamw_;
   std::unique_ptr<LlamaCudaTrainer> teacher_, student_;
@@ -120,7 +104,7 @@ class CudaDistillRunner final : public DistillRunner {
   int64_t step_ = 0;
   Position position_;
   std::string fingerprint_;
-  std::string resume_note_;  // always empty: no checkpoints on the GPU
+  std::string resume_note_;
 };
 
 absl::StatusOr<std::unique_ptr<DistillRunner>> CudaDistillRunner::Create(
@@ -131,7 +115,7 @@ absl::StatusOr<std::unique_ptr<DistillRunner>> CudaDistillRunner::Create(
   SR_RETURN_IF_ERROR(train::ValidateTrainConfig(student.config()));
   SR_RETURN_IF_ERROR(ValidateDistillOptions(options, student.config(), teacher.config(), data));
   SR_RETURN_IF_ERROR(RankSlice(options.global_batch, 0, 1).status());
-  SR_RETURN_IF_ERROR(CheckCudaOptions(options));
+  SR_RETURN_IF_ERROR(CheckCudaDistillOptions(options));
   SR_RETURN_IF_ERROR(train::AdamW::Create(options.adamw).status());  // the CPU's option checks
   SR_ASSIGN_OR_RETURN(train::LrSchedule schedule, train::LrSchedule::Create(options.lr));
   SR_RETURN_IF_ERROR(CheckCudaDistillDevice());
@@ -166,7 +150,19 @@ absl::StatusOr<std::unique_ptr<DistillRunner>> CudaDistillRunner::Create(
   SR_ASSIGN_OR_RETURN(r->student_, LlamaCudaTrainer::Create(r->store_.config(),
                                                             LlamaCudaTrainer::Mode::kTrain, micro,
                                                             S, s));
+  // As DistillTrainer::Resume: the newest checkpoint of this run (from
+  // either device), else the starting weights with zero moments.
+  if (options.resume && !options.checkpoint_dir.empty()) {
+    const ResumedDistillCheckpoint resumed =
+        ReadDistillCheckpoint(options.checkpoint_dir, r->fingerprint_, r->store_);
+    r->step_ = resumed.step;
+    r->position_ = resumed.position;
+    r->resume_note_ = resumed.note;
+  }
   SR_RETURN_IF_ERROR(r->student_->LoadParams(r->store_.params()));  // moments zeroed
+  if (r->step_ > 0) {
+    SR_RETURN_IF_ERROR(r->student_->LoadMoments(r->store_.first_moment(), r->store_.second_moment()));
+  }
   SR_ASSIGN_OR_RETURN(r->tokens_, DeviceBuffer<int32_t>::Create(rows));
   SR_ASSIGN_OR_RETURN(r->targets_, DeviceBuffer<int32_t>::Create(rows));
   SR_ASSIGN_OR_RETURN(r->kl_rows_, DeviceBuffer<float>::Create(rows));
@@ -240,10 +236,20 @@ absl::StatusOr<StepMetrics> CudaDistillRunner::Step() {
   m.divergence = sums[0] / global_rows;
   m.cross_entropy = sums[1] / global_rows;
   m.loss = l.alpha * l.temperature * l.temperature * m.divergence + (1.0 - l.alpha) * m.cross_entropy;
+  if (DistillCheckpointDue(step_, options_.checkpoint_every, options_.steps)) {
+    SR_RETURN_IF_ERROR(WriteCheckpoint());
+  }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   m.tokens_per_s = seconds > 0.0 ? global_rows / seconds : 0.0;
   return m;
+}
+
+absl::Status CudaDistillRunner::WriteCheckpoint() {
+  SR_RETURN_IF_ERROR(student_->DownloadParams(store_.params()));
+  SR_RETURN_IF_ERROR(student_->DownloadMoments(store_.first_moment(), store_.second_moment()));
+  return WriteDistillCheckpoint(options_.checkpoint_dir, fingerprint_, step_, position_,
+                                options_.seed, store_);
 }
 
 absl::Status CudaDistillRunner::SaveStudent(const std::filesystem::path& out_dir,
@@ -254,6 +260,14 @@ absl::Status CudaDistillRunner::SaveStudent(const std::filesystem::path& out_dir
 }
 
 }  // namespace
+
+// Pulled in by name through shrinkray_cuda's link options, so that this
+// object (the runner core's MakeDistillRunner refers to weakly) is in every
+// program linking shrinkray_cuda: core/kernels/cuda/CMakeLists.txt.
+extern "C" {
+extern const int shrinkray_cuda_distill_runner_anchor;
+const int shrinkray_cuda_distill_runner_anchor = 1;
+}
 
 absl::Status CheckCudaDistillDevice() {
   SR_ASSIGN_OR_RETURN(const int devices, CudaDeviceCount());

@@ -17,6 +17,150 @@ LlamaCudaModel::~LlamaCudaModel() {
   if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
 }
 
+absl::Status CheckCudaForwardSupport(const ModelConfig& c) {
+  if (c.rope_scaling.has_value() && c.rope_scaling->rope_type != "llama3") {
+    return absl::UnimplementedError(
+        absl::StrCat("LlamaCudaModel: rope_scaling type '", c.rope_scaling->rope_type, "'"));
+  }
+  if (c.head_dim > 256) {
+    return absl::UnimplementedError(
+        absl::StrCat("LlamaCudaModel: head_dim ", c.head_dim, " > 256 (fp32 attention kernel)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckLayerViews(const ModelConfig& c, int layer, const LayerWeights& w) {
+  if (w.input_layernorm == nullptr || w.q_proj == nullptr || w.k_proj == nullptr ||
+      w.v_proj == nullptr || w.o_proj == nullptr || w.post_attention_layernorm == nullptr ||
+      w.gate_proj == nullptr || w.up_proj == nullptr || w.down_proj == nullptr ||
+      (c.qk_norm && (w.q_norm == nullptr || w.k_norm == nullptr))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LlamaCudaModel: layer ", layer, " is missing a weight view"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CudaLayerWorkspace> CudaLayerWorkspace::Create(const ModelConfig& c,
+                                                              const std::vector<double>& inv_freq,
+                                                              long max_rows, int seqlen,
+                                                              cudaStream_t stream) {
+  if (max_rows <= 0 || seqlen <= 0 || max_rows % seqlen != 0 ||
+      max_rows > std::numeric_limits<int>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaLayerWorkspace: ", max_rows,
+                                                   " rows of windows of ", seqlen, " tokens"));
+  }
+  const int HD = c.head_dim, half = HD / 2;
+  if (static_cast<int>(inv_freq.size()) != half) {
+    return absl::InvalidArgumentError("CudaLayerWorkspace: inv_freq is not [head_dim/2]");
+  }
+  // RoPE tables exactly as LlamaModel::LayerForward builds them.
+  std::vector<float> cos_table(static_cast<size_t>(seqlen) * half), sin_table(cos_table.size());
+  for (int t = 0; t < seqlen; ++t) {
+    for (int i = 0; i < half; ++i) {
+      const double angle = t * inv_freq[i];
+      cos_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(angle));
+      sin_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(angle));
+    }
+  }
+  CudaLayerWorkspace ws;
+  ws.max_rows_ = max_rows;
+  ws.seqlen_ = seqlen;
+  const size_t n = static_cast<size_t>(max_rows);
+  SR_ASSIGN_OR_RETURN(ws.cos_, DeviceBuffer<float>::FromHost(cos_table, stream));
+  SR_ASSIGN_OR_RETURN(ws.sin_, DeviceBuffer<float>::FromHost(sin_table, stream));
+  SR_ASSIGN_OR_RETURN(ws.normed_, DeviceBuffer<float>::Create(n * c.hidden_size));
+  SR_ASSIGN_OR_RETURN(ws.q_, DeviceBuffer<float>::Create(n * c.q_dim()));
+  SR_ASSIGN_OR_RETURN(ws.k_, DeviceBuffer<float>::Create(n * c.kv_dim()));
+  SR_ASSIGN_OR_RETURN(ws.v_, DeviceBuffer<float>::Create(n * c.kv_dim()));
+  SR_ASSIGN_OR_RETURN(ws.att_, DeviceBuffer<float>::Create(n * c.q_dim()));
+  SR_ASSIGN_OR_RETURN(ws.proj_, DeviceBuffer<float>::Create(n * c.hidden_size));
+  SR_ASSIGN_OR_RETURN(ws.mid_, DeviceBuffer<float>::Create(n * c.hidden_size));
+  SR_ASSIGN_OR_RETURN(ws.gate_, DeviceBuffer<float>::Create(n * c.intermediate_size));
+  SR_ASSIGN_OR_RETURN(ws.up_, DeviceBuffer<float>::Create(n * c.intermediate_size));
+  return ws;
+}
+
+absl::Status CudaLayerForwardStaged(const ModelConfig& c, int layer, const CudaLayerWeights& w,
+                                    int batch, int seqlen, const CudaLayerBuffers& b,
+                                    int start_block, CudaLayerWorkspace& ws,
+                                    const CudaLinearInputObserver& observer, cudaStream_t s,
+                                    std::optional<LinearGroup> stop_after) {
+  const long rows_long = static_cast<long>(batch) * seqlen;
+  if (batch <= 0 || seqlen != ws.seqlen_ || rows_long > ws.max_rows_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CudaLayerForward: ", batch, " windows of ", seqlen, " tokens for a workspace of ",
+        ws.max_rows_, " rows of windows of ", ws.seqlen_));
+  }
+  if (start_block < 0 || start_block > 3) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaLayerForward: start block ", start_block));
+  }
+  const int N = static_cast<int>(rows_long);
+  const int C = c.hidden_size, I = c.intermediate_size;
+  const int NH = c.num_attention_heads, NKV = c.num_key_value_heads, HD = c.head_dim;
+  const int QD = c.q_dim(), KVD = c.kv_dim();
+  const long NC = rows_long * C;
+  auto observe = [&](LinearGroup group, const float* in, int cols) {
+    return observer ? observer(layer, group, in, rows_long, cols) : absl::OkStatus();
+  };
+  auto stop = [&](LinearGroup group) { return stop_after.has_value() && *stop_after == group; };
+  float* normed = ws.normed_.data();
+  float* proj = ws.proj_.data();
+  if (start_block <= 0) {
+    float* q = ws.q_.data();
+    float* k = ws.k_.data();
+    float* v = ws.v_.data();
+    SR_RETURN_IF_ERROR(rmsnorm_forward(normed, nullptr, b.input, w.input_layernorm, N, C, c.rms_norm_eps, s));
+    SR_RETURN_IF_ERROR(observe(LinearGroup::kQkv, normed, C));
+    if (stop(LinearGroup::kQkv)) return absl::OkStatus();
+    SR_RETURN_IF_ERROR(matmul_forward(q, normed, w.q_proj, w.q_bias, N, C, QD, s));
+    SR_RETURN_IF_ERROR(matmul_forward(k, normed, w.k_proj, w.k_bias, N, C, KVD, s));
+    SR_RETURN_IF_ERROR(matmul_forward(v, normed, w.v_proj, w.v_bias, N, C, KVD, s));
+    if (c.qk_norm) {
+      // In place: the CUDA rmsnorm allows out == inp.
+      SR_RETURN_IF_ERROR(rmsnorm_forward(q, nullptr, q, w.q_norm, N * NH, HD, c.rms_norm_eps, s));
+      SR_RETURN_IF_ERROR(rmsnorm_forward(k, nullptr, k, w.k_norm, N * NKV, HD, c.rms_norm_eps, s));
+    }
+    SR_RETURN_IF_ERROR(rope_forward(q, q, ws.cos_.data(), ws.sin_.data(), batch, seqlen, NH, HD, s));
+    SR_RETURN_IF_ERROR(rope_forward(k, k, ws.cos_.data(), ws.sin_.data(), batch, seqlen, NKV, HD, s));
+    SR_RETURN_IF_ERROR(attention_forward(b.attention, q, k, v, batch, seqlen, NH, NKV, HD,
+                                         c.LayerSlidingWindow(layer).value_or(0), s));
+  }
+  if (start_block <= 1) {
+    SR_RETURN_IF_ERROR(observe(LinearGroup::kO, b.attention, QD));
+    if (stop(LinearGroup::kO)) return absl::OkStatus();
+    SR_RETURN_IF_ERROR(matmul_forward(proj, b.attention, w.o_proj, w.o_bias, N, QD, C, s));
+    SR_RETURN_IF_ERROR(residual_forward(b.middle, b.input, proj, NC, s));
+  }
+  if (start_block <= 2) {
+    // MLP block: down(silu(gate(x)) * up(x)).
+    float* gate = ws.gate_.data();
+    float* up = ws.up_.data();
+    SR_RETURN_IF_ERROR(rmsnorm_forward(normed, nullptr, b.middle, w.post_attention_layernorm, N, C,
+                                       c.rms_norm_eps, s));
+    SR_RETURN_IF_ERROR(observe(LinearGroup::kGateUp, normed, C));
+    if (stop(LinearGroup::kGateUp)) return absl::OkStatus();
+    SR_RETURN_IF_ERROR(matmul_forward(gate, normed, w.gate_proj, nullptr, N, C, I, s));
+    SR_RETURN_IF_ERROR(matmul_forward(up, normed, w.up_proj, nullptr, N, C, I, s));
+    SR_RETURN_IF_ERROR(swiglu_forward(b.activation, gate, up, rows_long * I, s));
+  }
+  SR_RETURN_IF_ERROR(observe(LinearGroup::kDown, b.activation, I));
+  if (stop(LinearGroup::kDown)) return absl::OkStatus();
+  SR_RETURN_IF_ERROR(matmul_forward(proj, b.activation, w.down_proj, nullptr, N, I, C, s));
+  SR_RETURN_IF_ERROR(residual_forward(b.output, b.middle, proj, NC, s));
+  return absl::OkStatus();
+}
+
+absl::Status CudaLayerForward(const ModelConfig& c, int layer, const CudaLayerWeights& w, int batch,
+                              int seqlen, float* hidden, CudaLayerWorkspace& ws, cudaStream_t s) {
+  CudaLayerBuffers b;
+  b.input = hidden;
+  b.attention = ws.attention();
+  b.middle = hidden;  // in place, as the CPU forward
+  b.activation = ws.activation();
+  b.output = hidden;
+  return CudaLayerForwardStaged(c, layer, w, batch, seqlen, b, 0, ws, {}, s);
+}
+
 absl::StatusOr<const float*> LlamaCudaModel::Upload(const float* host, size_t n) {
   if (host == nullptr) return static_cast<const float*>(nullptr);
   SR_ASSIGN_OR_RETURN(DeviceBuffer<float> buf,
@@ -28,14 +172,7 @@ absl::StatusOr<const float*> LlamaCudaModel::Upload(const float* host, size_t n)
 absl::StatusOr<std::unique_ptr<LlamaCudaModel>> LlamaCudaModel::FromCpu(
     const LlamaModel& cpu_model) {
   const ModelConfig& c = cpu_model.config();
-  if (c.rope_scaling.has_value() && c.rope_scaling->rope_type != "llama3") {
-    return absl::UnimplementedError(
-        absl::StrCat("LlamaCudaModel: rope_scaling type '", c.rope_scaling->rope_type, "'"));
-  }
-  if (c.head_dim > 256) {
-    return absl::UnimplementedError(
-        absl::StrCat("LlamaCudaModel: head_dim ", c.head_dim, " > 256 (fp32 attention kernel)"));
-  }
+  SR_RETURN_IF_ERROR(CheckCudaForwardSupport(c));
   std::unique_ptr<LlamaCudaModel> m(new LlamaCudaModel());
   m->config_ = c;
   m->inv_freq_ = cpu_model.rope_inv_freq();  // the CPU model's, so both use the same table
@@ -65,14 +202,8 @@ absl::StatusOr<std::unique_ptr<LlamaCudaModel>> LlamaCudaModel::FromCpu(
   m->layers_.resize(c.num_hidden_layers);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& w = cpu_model.layer(l);
-    if (w.input_layernorm == nullptr || w.q_proj == nullptr || w.k_proj == nullptr ||
-        w.v_proj == nullptr || w.o_proj == nullptr || w.post_attention_layernorm == nullptr ||
-        w.gate_proj == nullptr || w.up_proj == nullptr || w.down_proj == nullptr ||
-        (c.qk_norm && (w.q_norm == nullptr || w.k_norm == nullptr))) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("LlamaCudaModel: layer ", l, " is missing a weight view"));
-    }
-    DeviceLayer& d = m->layers_[l];
+    SR_RETURN_IF_ERROR(CheckLayerViews(c, l, w));
+    CudaLayerWeights& d = m->layers_[l];
     SR_ASSIGN_OR_RETURN(d.input_layernorm, m->Upload(w.input_layernorm, C));
     SR_ASSIGN_OR_RETURN(d.q_proj, m->Upload(w.q_proj, QD * C));
     SR_ASSIGN_OR_RETURN(d.k_proj, m->Upload(w.k_proj, KVD * C));
@@ -111,9 +242,7 @@ absl::Status LlamaCudaModel::Forward(std::span<const int32_t> tokens, int batch,
                                                    seqlen));
   }
   const int N = static_cast<int>(rows_long);
-  const int C = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
-  const int NH = c.num_attention_heads, NKV = c.num_key_value_heads, HD = c.head_dim;
-  const int QD = c.q_dim(), KVD = c.kv_dim();
+  const int C = c.hidden_size, V = c.vocab_size;
   if (static_cast<long>(logits_host.size()) != rows_long * V) {
     return absl::InvalidArgumentError(absl::StrCat("LlamaCudaModel::Forward: logits has ",
                                                    logits_host.size(), " floats, expected ",
@@ -127,71 +256,19 @@ absl::Status LlamaCudaModel::Forward(std::span<const int32_t> tokens, int batch,
     }
   }
 
-  // RoPE tables exactly as LlamaModel::LayerForward builds them.
-  const int half = HD / 2;
-  std::vector<float> cos_table(static_cast<size_t>(seqlen) * half), sin_table(cos_table.size());
-  for (int t = 0; t < seqlen; ++t) {
-    for (int i = 0; i < half; ++i) {
-      const double angle = t * inv_freq_[i];
-      cos_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(angle));
-      sin_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(angle));
-    }
-  }
-
   const size_t n = static_cast<size_t>(N);
+  cudaStream_t s = stream_;
   SR_ASSIGN_OR_RETURN(auto d_tokens, DeviceBuffer<int32_t>::FromHost(
-                                         absl::MakeConstSpan(tokens.data(), tokens.size()),
-                                         stream_));
-  SR_ASSIGN_OR_RETURN(auto d_cos, DeviceBuffer<float>::FromHost(cos_table, stream_));
-  SR_ASSIGN_OR_RETURN(auto d_sin, DeviceBuffer<float>::FromHost(sin_table, stream_));
+                                         absl::MakeConstSpan(tokens.data(), tokens.size()), s));
+  SR_ASSIGN_OR_RETURN(CudaLayerWorkspace ws,
+                      CudaLayerWorkspace::Create(c, inv_freq_, rows_long, seqlen, s));
   SR_ASSIGN_OR_RETURN(auto x, DeviceBuffer<float>::Create(n * C));
   SR_ASSIGN_OR_RETURN(auto normed, DeviceBuffer<float>::Create(n * C));
-  SR_ASSIGN_OR_RETURN(auto q, DeviceBuffer<float>::Create(n * QD));
-  SR_ASSIGN_OR_RETURN(auto k, DeviceBuffer<float>::Create(n * KVD));
-  SR_ASSIGN_OR_RETURN(auto v, DeviceBuffer<float>::Create(n * KVD));
-  SR_ASSIGN_OR_RETURN(auto att, DeviceBuffer<float>::Create(n * QD));
-  SR_ASSIGN_OR_RETURN(auto proj, DeviceBuffer<float>::Create(n * C));
-  SR_ASSIGN_OR_RETURN(auto gate, DeviceBuffer<float>::Create(n * I));
-  SR_ASSIGN_OR_RETURN(auto up, DeviceBuffer<float>::Create(n * I));
   SR_ASSIGN_OR_RETURN(auto logits, DeviceBuffer<float>::Create(n * V));
 
-  cudaStream_t s = stream_;
   SR_RETURN_IF_ERROR(embedding_forward(x.data(), d_tokens.data(), embed_tokens_, N, V, C, s));
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const DeviceLayer& w = layers_[l];
-    // Attention block.
-    SR_RETURN_IF_ERROR(rmsnorm_forward(normed.data(), nullptr, x.data(), w.input_layernorm, N, C,
-                                       c.rms_norm_eps, s));
-    SR_RETURN_IF_ERROR(matmul_forward(q.data(), normed.data(), w.q_proj, w.q_bias, N, C, QD, s));
-    SR_RETURN_IF_ERROR(matmul_forward(k.data(), normed.data(), w.k_proj, w.k_bias, N, C, KVD, s));
-    SR_RETURN_IF_ERROR(matmul_forward(v.data(), normed.data(), w.v_proj, w.v_bias, N, C, KVD, s));
-    if (c.qk_norm) {
-      // In place: the CUDA rmsnorm allows out == inp.
-      SR_RETURN_IF_ERROR(rmsnorm_forward(q.data(), nullptr, q.data(), w.q_norm, N * NH, HD,
-                                         c.rms_norm_eps, s));
-      SR_RETURN_IF_ERROR(rmsnorm_forward(k.data(), nullptr, k.data(), w.k_norm, N * NKV, HD,
-                                         c.rms_norm_eps, s));
-    }
-    SR_RETURN_IF_ERROR(
-        rope_forward(q.data(), q.data(), d_cos.data(), d_sin.data(), batch, seqlen, NH, HD, s));
-    SR_RETURN_IF_ERROR(
-        rope_forward(k.data(), k.data(), d_cos.data(), d_sin.data(), batch, seqlen, NKV, HD, s));
-    SR_RETURN_IF_ERROR(attention_forward(att.data(), q.data(), k.data(), v.data(), batch, seqlen,
-                                         NH, NKV, HD, c.LayerSlidingWindow(l).value_or(0), s));
-    SR_RETURN_IF_ERROR(matmul_forward(proj.data(), att.data(), w.o_proj, w.o_bias, N, QD, C, s));
-    SR_RETURN_IF_ERROR(residual_forward(x.data(), x.data(), proj.data(),
-                                        static_cast<long>(n * C), s));
-    // MLP block: down(silu(gate(x)) * up(x)).
-    SR_RETURN_IF_ERROR(rmsnorm_forward(normed.data(), nullptr, x.data(),
-                                       w.post_attention_layernorm, N, C, c.rms_norm_eps, s));
-    SR_RETURN_IF_ERROR(
-        matmul_forward(gate.data(), normed.data(), w.gate_proj, nullptr, N, C, I, s));
-    SR_RETURN_IF_ERROR(matmul_forward(up.data(), normed.data(), w.up_proj, nullptr, N, C, I, s));
-    SR_RETURN_IF_ERROR(
-        swiglu_forward(gate.data(), gate.data(), up.data(), static_cast<long>(n * I), s));
-    SR_RETURN_IF_ERROR(matmul_forward(proj.data(), gate.data(), w.down_proj, nullptr, N, I, C, s));
-    SR_RETURN_IF_ERROR(residual_forward(x.data(), x.data(), proj.data(),
-                                        static_cast<long>(n * C), s));
+    SR_RETURN_IF_ERROR(CudaLayerForward(c, l, layers_[l], batch, seqlen, x.data(), ws, s));
   }
   // Head: final RMSNorm then lm_head.
   SR_RETURN_IF_ERROR(

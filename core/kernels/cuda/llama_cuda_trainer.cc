@@ -306,6 +306,22 @@ absl::Status LlamaCudaTrainer::DownloadGrads(std::span<float> host) {
   return grads_.CopyToHost(absl::MakeSpan(host.data(), host.size()), stream_);
 }
 
+absl::Status LlamaCudaTrainer::DownloadMoments(std::span<float> m, std::span<float> v) {
+  if (mode_ != Mode::kTrain || m.size() != num_params_ || v.size() != num_params_) {
+    return absl::InvalidArgumentError("LlamaCudaTrainer::DownloadMoments: needs kTrain and num_params values");
+  }
+  SR_RETURN_IF_ERROR(m_.CopyToHost(absl::MakeSpan(m.data(), m.size()), stream_));
+  return v_.CopyToHost(absl::MakeSpan(v.data(), v.size()), stream_);
+}
+
+absl::Status LlamaCudaTrainer::LoadMoments(std::span<const float> m, std::span<const float> v) {
+  if (mode_ != Mode::kTrain || m.size() != num_params_ || v.size() != num_params_) {
+    return absl::InvalidArgumentError("LlamaCudaTrainer::LoadMoments: needs kTrain and num_params values");
+  }
+  SR_RETURN_IF_ERROR(m_.CopyFromHost(absl::MakeConstSpan(m.data(), m.size()), stream_));
+  return v_.CopyFromHost(absl::MakeConstSpan(v.data(), v.size()), stream_);
+}
+
 absl::Status LlamaCudaTrainer::ZeroGrads() {
   if (mode_ != Mode::kTrain) return absl::FailedPreconditionError("LlamaCudaTrainer: inference model");
   return grads_.Memset(0, stream_);

@@ -70,6 +70,11 @@ class LlamaCudaTrainer {
   // kTrain only: the fp32 master parameters / gradients to the host.
   absl::Status DownloadParams(std::span<float> host);
   absl::Status DownloadGrads(std::span<float> host);
+  // kTrain only: the AdamW moments (ParameterStore's first_moment /
+  // second_moment) to and from the host, for checkpoints. Load after
+  // LoadParams, which zeroes them; the step count is the caller's (Step).
+  absl::Status DownloadMoments(std::span<float> m, std::span<float> v);
+  absl::Status LoadMoments(std::span<const float> m, std::span<const float> v);
 
   // tokens: device [batch, seqlen] ids (validated on the host by the caller).
   // Returns the device bf16 logits [batch*seqlen, vocab], valid until the next

@@ -1,0 +1,82 @@
+// Where the layerwise executor (compress.h) runs its layer forwards and
+// gathers their statistics. It holds this rank's hidden states (one row per
+// calibration token) between layers:
+//   Embed     the windows' token embeddings -> hidden states;
+//   RunLayer  every window through one decoder layer, `batch_windows` at a
+//             time, with the layer's current weights (model.layer(l), read
+//             anew on each call: a pass after compressing a group sees the
+//             compressed weights). output=true advances the hidden states
+//             (the next layer's inputs); output=false leaves them as they are
+//             and feeds the requested statistics.
+// The CPU executor runs LlamaModel::LayerForward. The CUDA one
+// (core/kernels/cuda/cuda_layer_executor.cc) keeps the hidden states on the
+// device in fp32, runs the same op sequence with cuBLAS fp32 GEMMs and
+// accumulates each group's Hessian (fp32 GEMM, never TF32) and Wanda norm
+// there in the same running form; the statistics are then handed to the CPU
+// accumulators, so merging across ranks and the solvers see the same objects.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/calib/layer_statistics.h"
+#include "core/model/llama.h"
+#include "core/util/cancellation.h"
+
+namespace shrinkray {
+
+class LayerExecutor {
+ public:
+  virtual ~LayerExecutor() = default;
+  virtual std::string device() const = 0;  // "cpu", "cuda"
+
+  // tokens: [windows, seqlen] of this rank, as the executor was made for.
+  // The model's embeddings must be loaded.
+  virtual absl::Status Embed(const LlamaModel& model, std::span<const int32_t> tokens) = 0;
+  // stats: null, or the statistics to feed (output=false passes).
+  virtual absl::Status RunLayer(const LlamaModel& model, int layer, bool output, LayerStatistics* stats,
+                                const CancellationToken* cancel) = 0;
+  // The weights of `group` in `layer` changed (a stage compressed them). An
+  // executor that keeps what earlier passes of the layer computed drops what
+  // depends on them; the caller must say so before the next RunLayer.
+  virtual void WeightsChanged(int layer, LinearGroup group) {}
+};
+
+// What an executor is made for: this rank's windows and how many go through
+// a layer at once.
+struct LayerExecutorSpec {
+  const ModelConfig* config = nullptr;
+  int windows = 0;
+  int seqlen = 0;
+  int batch_windows = 1;
+  HessianPrecision precision = HessianPrecision::kFloat32;
+  // How many of a layer's intermediate results (attention, attention block
+  // output, MLP activation) a device executor may keep between the passes of
+  // the layer, when they fit in its memory: 3 makes a true-sequential layer
+  // cost one forward instead of four partial ones plus the output pass; 0
+  // recomputes from the layer input every pass (the results are equal).
+  int max_kept_blocks = 3;
+};
+
+// The CPU executor (always available).
+std::unique_ptr<LayerExecutor> MakeCpuLayerExecutor(const LayerExecutorSpec& spec);
+
+// Makes a run's executor. Unimplemented means "this device cannot serve this
+// run" (e.g. float64 Hessians on the GPU): the caller then uses the CPU
+// executor and says why; any other error fails the run.
+using LayerExecutorFactory = std::function<absl::StatusOr<std::unique_ptr<LayerExecutor>>(const LayerExecutorSpec&)>;
+
+// The CUDA executor on the current device (CUDA builds; elsewhere
+// Unimplemented naming the build).
+absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeCudaLayerExecutor(const LayerExecutorSpec& spec);
+
+// By device name, for the programs that pick one at run time: "cpu" -> an
+// empty factory (the CPU executor), "cuda" -> MakeCudaLayerExecutor, anything
+// else InvalidArgument naming it. Defined beside MakeSolverBackend.
+absl::StatusOr<LayerExecutorFactory> MakeLayerExecutorFactory(const std::string& device);
+
+}  // namespace shrinkray

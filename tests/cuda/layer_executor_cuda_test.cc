@@ -1,0 +1,200 @@
+// The CUDA LayerExecutor (core/kernels/cuda/cuda_layer_executor.cc) against
+// the CPU one on the same model and windows, layer after layer, in a
+// true-sequential job's order: every group's Hessian and Wanda norm of each
+// statistics pass (fp32 on both, so they differ by summation order only),
+// the group's weights changed between passes (so a pass resuming from stale
+// kept block outputs would show), then the output pass that feeds the next
+// layer (its differences show in the next layer's statistics). With 3, 1 and
+// 0 kept block outputs. On
+// stories260K (GQA, tied embeddings) and on synthetic Qwen2 (q/k/v biases)
+// and Qwen3 (q/k norms) models.
+// Without a CUDA device every test SKIPS; stories260K needs ../shared/data.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/calib/calibration_set.h"
+#include "core/calib/layer_statistics.h"
+#include "core/model/llama.h"
+#include "core/model/synthetic.h"
+#include "core/pipeline/layer_executor.h"
+#include "core/tokenizer/tokenizer.h"
+#include "cuda_test_util.h"
+#include "gtest/gtest.h"
+#include "test_data.h"
+
+namespace shrinkray {
+namespace {
+
+namespace fs = std::filesystem;
+using cuda_test::CudaTest;
+
+constexpr LinearGroup kGroups[] = {LinearGroup::kQkv, LinearGroup::kO, LinearGroup::kGateUp, LinearGroup::kDown};
+
+// max |a - b| / max |b|.
+double RelativeMaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  double scale = 0.0, diff = 0.0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+    diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+// Scales every weight of `group` in `layer` by 0.97: what compressing it
+// would do to the passes after it (anything kept from before is stale).
+void Perturb(LlamaModel& model, int layer, LinearGroup group) {
+  const ModelConfig& c = model.config();
+  LayerWeights& w = model.mutable_layer(layer);
+  auto scale = [](float* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) p[i] *= 0.97f;
+  };
+  const size_t C = c.hidden_size, I = c.intermediate_size, QD = c.q_dim(), KVD = c.kv_dim();
+  switch (group) {
+    case LinearGroup::kQkv:
+      scale(w.q_proj, QD * C);
+      scale(w.k_proj, KVD * C);
+      scale(w.v_proj, KVD * C);
+      break;
+    case LinearGroup::kO: scale(w.o_proj, C * QD); break;
+    case LinearGroup::kGateUp:
+      scale(w.gate_proj, I * C);
+      scale(w.up_proj, I * C);
+      break;
+    case LinearGroup::kDown: scale(w.down_proj, C * I); break;
+  }
+}
+
+class CudaLayerExecutorTest : public CudaTest {
+ protected:
+  // Runs both executors over every layer of `model` as a true-sequential
+  // job does: per group a statistics pass (Hessian and Wanda norm compared
+  // within the bounds, max diff over max value), then the group's weights
+  // change (Perturb) and both executors are told; then the output pass.
+  // Once more with every group observed in one pass. `kept`: the GPU
+  // executor's max_kept_blocks (3: passes resume from kept block outputs).
+  void CompareOn(LlamaModel& model, const std::vector<int32_t>& tokens, int windows, int seqlen,
+                 int batch_windows, int kept, double h_bound, double norm_bound) {
+    LayerExecutorSpec spec;
+    spec.config = &model.config();
+    spec.windows = windows;
+    spec.seqlen = seqlen;
+    spec.batch_windows = batch_windows;
+    spec.max_kept_blocks = kept;
+    std::unique_ptr<LayerExecutor> cpu = MakeCpuLayerExecutor(spec);
+    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<LayerExecutor> gpu, MakeCudaLayerExecutor(spec));
+    EXPECT_EQ(gpu->device(), "cuda");
+    SR_ASSERT_OK(cpu->Embed(model, tokens));
+    SR_ASSERT_OK(gpu->Embed(model, tokens));
+    double worst_h = 0.0, worst_norm = 0.0;
+    const int layers = model.config().num_hidden_layers;
+    for (int l = 0; l < layers; ++l) {
+      // The last layer observes every group at once (not true-sequential).
+      std::vector<std::vector<LinearGroup>> passes;
+      if (l + 1 < layers) {
+        for (LinearGroup g : kGroups) passes.push_back({g});
+      } else {
+        passes.push_back({std::begin(kGroups), std::end(kGroups)});
+      }
+      for (const std::vector<LinearGroup>& pass : passes) {
+        LayerStatistics cpu_stats(model.config(), seqlen, HessianPrecision::kFloat32);
+        LayerStatistics gpu_stats(model.config(), seqlen, HessianPrecision::kFloat32);
+        for (LinearGroup g : pass) {
+          cpu_stats.Request(g, true, true);
+          gpu_stats.Request(g, true, true);
+        }
+        SR_ASSERT_OK(cpu->RunLayer(model, l, /*output=*/false, &cpu_stats, nullptr));
+        SR_ASSERT_OK(gpu->RunLayer(model, l, /*output=*/false, &gpu_stats, nullptr));
+        for (LinearGroup g : pass) {
+          const HessianAccumulator* hc = cpu_stats.hessian(g);
+          const HessianAccumulator* hg = gpu_stats.hessian(g);
+          ASSERT_EQ(hg->num_samples(), windows);
+          ASSERT_EQ(hc->num_samples(), windows);
+          const std::vector<float> h_gpu = hg->HessianF32();
+          const double dh = RelativeMaxDiff(h_gpu, hc->HessianF32());
+          const double dn =
+              RelativeMaxDiff(gpu_stats.act_norm(g)->scaler_row(), cpu_stats.act_norm(g)->scaler_row());
+          EXPECT_EQ(gpu_stats.act_norm(g)->num_samples(), windows);
+          EXPECT_LE(dh, h_bound) << "layer " << l << " group " << LinearGroupName(g);
+          EXPECT_LE(dn, norm_bound) << "layer " << l << " group " << LinearGroupName(g);
+          // Exactly symmetric (mirrored, not recomputed).
+          const int d = LinearGroupInputDim(model.config(), g);
+          for (int i = 0; i < d; ++i) {
+            for (int j = 0; j < i; ++j) ASSERT_EQ(h_gpu[i * d + j], h_gpu[j * d + i]) << i << "," << j;
+          }
+          worst_h = std::max(worst_h, dh);
+          worst_norm = std::max(worst_norm, dn);
+        }
+        for (LinearGroup g : pass) {
+          Perturb(model, l, g);
+          cpu->WeightsChanged(l, g);
+          gpu->WeightsChanged(l, g);
+        }
+      }
+      SR_ASSERT_OK(cpu->RunLayer(model, l, /*output=*/true, nullptr, nullptr));
+      SR_ASSERT_OK(gpu->RunLayer(model, l, /*output=*/true, nullptr, nullptr));
+    }
+    std::printf("%d layers, %d windows x %d, kept blocks %d: worst H diff %.3g, worst norm diff %.3g "
+                "(relative to max)\n",
+                layers, windows, seqlen, kept, worst_h, worst_norm);
+  }
+};
+
+TEST_F(CudaLayerExecutorTest, Stories260KStatisticsMatchTheCpuLayerByLayer) {
+  const fs::path data = testing::SharedDataDir();
+  const fs::path model_dir = data / "stories260K";
+  const fs::path train = data / "text" / "tinystories_train_prefix.txt";
+  SHRINKRAY_REQUIRE_PATH(model_dir / "model.safetensors");
+  SHRINKRAY_REQUIRE_PATH(train);
+  SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromFile(model_dir / "tokenizer.json"));
+  SR_ASSERT_OK_AND_ASSIGN(CalibrationSet calibration, CalibrationSetFromText(train, *tokenizer, {16, 128, 0}));
+  for (int kept : {3, 1, 0}) {
+    SCOPED_TRACE(kept);
+    // A fresh model each time: the passes perturb its weights.
+    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<LlamaModel> model, LlamaModel::Load(model_dir));
+    // Batches of 3 windows: the last one is short.
+    CompareOn(*model, calibration.tokens, 16, 128, 3, kept, 2e-5, 2e-5);
+  }
+}
+
+// Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMSNorm), MLP width 88.
+TEST_F(CudaLayerExecutorTest, QwenModelsStatisticsMatchTheCpu) {
+  for (const Architecture arch : {Architecture::kQwen2, Architecture::kQwen3}) {
+    ModelConfig config = MakeLlamaConfig(64, 88, 2, 4, 2, 96, 64, false);
+    config.arch = arch;
+    config.architecture_name = arch == Architecture::kQwen2 ? "Qwen2ForCausalLM" : "Qwen3ForCausalLM";
+    config.model_type = arch == Architecture::kQwen2 ? "qwen2" : "qwen3";
+    const fs::path dir = testing::MakeTempDir("cuda-executor-" + config.model_type);
+    SR_ASSERT_OK(WriteSyntheticModel(dir, config, 17));
+    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<LlamaModel> model, LlamaModel::Load(dir));
+    if (arch == Architecture::kQwen2) {
+      ASSERT_NE(model->layer(0).q_bias, nullptr);
+    } else {
+      ASSERT_NE(model->layer(0).q_norm, nullptr);
+    }
+    std::vector<int32_t> tokens(6 * 48);
+    SplitMix64 rng(3);
+    for (int32_t& t : tokens) t = static_cast<int32_t>(rng.Next() % 96);
+    SCOPED_TRACE(config.model_type);
+    CompareOn(*model, tokens, 6, 48, 4, 3, 2e-5, 2e-5);
+  }
+}
+
+TEST_F(CudaLayerExecutorTest, Float64HessiansAreLeftToTheCpu) {
+  ModelConfig config = MakeLlamaConfig(32, 64, 1, 4, 2, 64, 64, true);
+  LayerExecutorSpec spec;
+  spec.config = &config;
+  spec.windows = 2;
+  spec.seqlen = 8;
+  spec.batch_windows = 1;
+  spec.precision = HessianPrecision::kFloat64;
+  absl::StatusOr<std::unique_ptr<LayerExecutor>> gpu = MakeCudaLayerExecutor(spec);
+  EXPECT_EQ(gpu.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(gpu.status().message().find("float64 Hessians"), std::string::npos) << gpu.status();
+}
+
+}  // namespace
+}  // namespace shrinkray
