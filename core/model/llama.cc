@@ -74,6 +74,15 @@ std::vector<double> ComputeInvFreq(const ModelConfig& c) {
 
 }  // namespace
 
+absl::Status CheckLayerWeightViews(const ModelConfig& c, int layer, const LayerWeights& w, const char* who) {
+  if (w.input_layernorm == nullptr || w.q_proj == nullptr || w.k_proj == nullptr || w.v_proj == nullptr ||
+      w.o_proj == nullptr || w.post_attention_layernorm == nullptr || w.gate_proj == nullptr ||
+      w.up_proj == nullptr || w.down_proj == nullptr || (c.qk_norm && (w.q_norm == nullptr || w.k_norm == nullptr))) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": layer ", layer, " is missing a weight view"));
+  }
+  return absl::OkStatus();
+}
+
 std::vector<double> RopeInverseFrequencies(const ModelConfig& config) {
   return ComputeInvFreq(config);
 }
@@ -382,13 +391,7 @@ absl::Status LlamaModel::LayerForward(int layer, const LayerWeights& w, int batc
     return absl::InvalidArgumentError(absl::StrCat("LayerForward: hidden has ", hidden.size(),
                                                    " floats, expected ", rows_long * C));
   }
-  if (w.input_layernorm == nullptr || w.q_proj == nullptr || w.k_proj == nullptr ||
-      w.v_proj == nullptr || w.o_proj == nullptr || w.post_attention_layernorm == nullptr ||
-      w.gate_proj == nullptr || w.up_proj == nullptr || w.down_proj == nullptr ||
-      (c.qk_norm && (w.q_norm == nullptr || w.k_norm == nullptr))) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("LayerForward: layer ", layer, " is missing a weight view"));
-  }
+  SR_RETURN_IF_ERROR(CheckLayerWeightViews(c, layer, w, "LayerForward"));
   auto observe = [&](LinearGroup group, const float* x, int cols) {
     if (observer) observer(layer, group, x, rows_long, cols);
   };

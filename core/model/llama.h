@@ -60,6 +60,11 @@ using LinearInputObserver =
 // runs the same decoder without a LlamaModel.
 std::vector<double> RopeInverseFrequencies(const ModelConfig& config);
 
+// InvalidArgument "<who>: layer L is missing a weight view" when `w` lacks a
+// view that a decoder layer of `config` needs (biases are optional).
+absl::Status CheckLayerWeightViews(const ModelConfig& config, int layer, const LayerWeights& w,
+                                   const char* who);
+
 class LlamaModel {
  public:
   // Views point into the model's arenas, so a model is neither copied nor moved.

@@ -30,14 +30,7 @@ absl::Status CheckCudaForwardSupport(const ModelConfig& c) {
 }
 
 absl::Status CheckLayerViews(const ModelConfig& c, int layer, const LayerWeights& w) {
-  if (w.input_layernorm == nullptr || w.q_proj == nullptr || w.k_proj == nullptr ||
-      w.v_proj == nullptr || w.o_proj == nullptr || w.post_attention_layernorm == nullptr ||
-      w.gate_proj == nullptr || w.up_proj == nullptr || w.down_proj == nullptr ||
-      (c.qk_norm && (w.q_norm == nullptr || w.k_norm == nullptr))) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("LlamaCudaModel: layer ", layer, " is missing a weight view"));
-  }
-  return absl::OkStatus();
+  return CheckLayerWeightViews(c, layer, w, "LlamaCudaModel");
 }
 
 absl::StatusOr<CudaLayerWorkspace> CudaLayerWorkspace::Create(const ModelConfig& c,
