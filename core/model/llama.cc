@@ -370,6 +370,33 @@ absl::Status LlamaModel::Embed(std::span<const int32_t> tokens, std::span<float>
 absl::Status LlamaModel::LayerForward(int layer, const LayerWeights& w, int batch, int seqlen,
                                       std::span<float> hidden,
                                       const LinearInputObserver& observer) const {
+  if (layer < 0 || layer >= config_.num_hidden_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LayerForward: layer ", layer, " outside [0, ", config_.num_hidden_layers, ")"));
+  }
+  if (batch <= 0 || seqlen <= 0) {
+    return absl::InvalidArgumentError("LayerForward: batch and seqlen must be positive");
+  }
+  const long rows = static_cast<long>(batch) * seqlen;
+  if (static_cast<long>(hidden.size()) != rows * config_.hidden_size) {
+    return absl::InvalidArgumentError(absl::StrCat("LayerForward: hidden has ", hidden.size(),
+                                                   " floats, expected ", rows * config_.hidden_size));
+  }
+  std::vector<float> attention(static_cast<size_t>(rows) * config_.q_dim());
+  std::vector<float> activation(static_cast<size_t>(rows) * config_.intermediate_size);
+  LayerBuffers b;
+  b.input = hidden.data();
+  b.attention = attention.data();
+  b.middle = hidden.data();  // in place
+  b.activation = activation.data();
+  b.output = hidden.data();
+  return LayerForwardStaged(layer, w, batch, seqlen, b, 0, observer);
+}
+
+absl::Status LlamaModel::LayerForwardStaged(int layer, const LayerWeights& w, int batch, int seqlen,
+                                            const LayerBuffers& b, int start_block,
+                                            const LinearInputObserver& observer,
+                                            std::optional<LinearGroup> stop_after) const {
   const ModelConfig& c = config_;
   if (layer < 0 || layer >= c.num_hidden_layers) {
     return absl::InvalidArgumentError(
@@ -377,6 +404,9 @@ absl::Status LlamaModel::LayerForward(int layer, const LayerWeights& w, int batc
   }
   if (batch <= 0 || seqlen <= 0) {
     return absl::InvalidArgumentError("LayerForward: batch and seqlen must be positive");
+  }
+  if (start_block < 0 || start_block > 3) {
+    return absl::InvalidArgumentError(absl::StrCat("LayerForward: start block ", start_block));
   }
   const long rows_long = static_cast<long>(batch) * seqlen;
   // cblas takes int sizes.
@@ -387,71 +417,70 @@ absl::Status LlamaModel::LayerForward(int layer, const LayerWeights& w, int batc
   const int C = c.hidden_size, I = c.intermediate_size;
   const int NH = c.num_attention_heads, NKV = c.num_key_value_heads, HD = c.head_dim;
   const int QD = c.q_dim(), KVD = c.kv_dim();
-  if (static_cast<long>(hidden.size()) != rows_long * C) {
-    return absl::InvalidArgumentError(absl::StrCat("LayerForward: hidden has ", hidden.size(),
-                                                   " floats, expected ", rows_long * C));
-  }
   SR_RETURN_IF_ERROR(CheckLayerWeightViews(c, layer, w, "LayerForward"));
   auto observe = [&](LinearGroup group, const float* x, int cols) {
     if (observer) observer(layer, group, x, rows_long, cols);
   };
-  float* x = hidden.data();
+  auto stop = [&](LinearGroup group) { return stop_after.has_value() && *stop_after == group; };
   const size_t n = static_cast<size_t>(N);
-
-  // Attention block.
   std::vector<float> normed(n * C);
-  rmsnorm_forward(normed.data(), nullptr, x, w.input_layernorm, N, C, c.rms_norm_eps);
-  observe(LinearGroup::kQkv, normed.data(), C);
-  std::vector<float> q(n * QD), k(n * KVD), v(n * KVD);
-  matmul_forward(q.data(), normed.data(), w.q_proj, w.q_bias, N, C, QD);
-  matmul_forward(k.data(), normed.data(), w.k_proj, w.k_bias, N, C, KVD);
-  matmul_forward(v.data(), normed.data(), w.v_proj, w.v_bias, N, C, KVD);
-  if (c.qk_norm) {
-    // Qwen3: RMSNorm over each head's vector, before RoPE (rows are [token, head]).
-    rmsnorm_forward(q.data(), nullptr, q.data(), w.q_norm, N * NH, HD, c.rms_norm_eps);
-    rmsnorm_forward(k.data(), nullptr, k.data(), w.k_norm, N * NKV, HD, c.rms_norm_eps);
-  }
-  // cos/sin in double, then rounded once: positions restart at 0 in each row.
-  const int half = HD / 2;
-  std::vector<float> cos_table(static_cast<size_t>(seqlen) * half), sin_table(cos_table.size());
-  for (int t = 0; t < seqlen; ++t) {
-    for (int i = 0; i < half; ++i) {
-      const double angle = t * inv_freq_[i];
-      cos_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(angle));
-      sin_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(angle));
-    }
-  }
-  rope_forward(q.data(), q.data(), cos_table.data(), sin_table.data(), batch, seqlen, NH, HD);
-  rope_forward(k.data(), k.data(), cos_table.data(), sin_table.data(), batch, seqlen, NKV, HD);
-  std::vector<float> att(n * QD);
-  attention_forward(att.data(), q.data(), k.data(), v.data(), batch, seqlen, NH, NKV, HD,
-                    c.LayerSlidingWindow(layer).value_or(0));
-  q = {};
-  k = {};
-  v = {};
-  observe(LinearGroup::kO, att.data(), QD);
   std::vector<float> proj(n * C);
-  matmul_forward(proj.data(), att.data(), w.o_proj, w.o_bias, N, QD, C);
-  att = {};
-  residual_forward(x, x, proj.data(), static_cast<long>(n * C));
 
-  // MLP block: down(silu(gate(x)) * up(x)).
-  rmsnorm_forward(normed.data(), nullptr, x, w.post_attention_layernorm, N, C, c.rms_norm_eps);
-  observe(LinearGroup::kGateUp, normed.data(), C);
-  std::vector<float> gate(n * I), up(n * I);
-  matmul_forward(gate.data(), normed.data(), w.gate_proj, nullptr, N, C, I);
-  matmul_forward(up.data(), normed.data(), w.up_proj, nullptr, N, C, I);
-  // Element-wise and exp-heavy: split across threads by blocks of rows.
-  constexpr int kRowsPerTask = 16;
-  ParallelFor((N + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
-    const long begin = task * kRowsPerTask * static_cast<long>(I);
-    const long end = std::min<long>(n * I, begin + kRowsPerTask * static_cast<long>(I));
-    swiglu_forward(gate.data() + begin, gate.data() + begin, up.data() + begin, end - begin);
-  });
-  up = {};
-  observe(LinearGroup::kDown, gate.data(), I);
-  matmul_forward(proj.data(), gate.data(), w.down_proj, nullptr, N, I, C);
-  residual_forward(x, x, proj.data(), static_cast<long>(n * C));
+  if (start_block <= 0) {
+    // Attention block.
+    rmsnorm_forward(normed.data(), nullptr, b.input, w.input_layernorm, N, C, c.rms_norm_eps);
+    observe(LinearGroup::kQkv, normed.data(), C);
+    if (stop(LinearGroup::kQkv)) return absl::OkStatus();
+    std::vector<float> q(n * QD), k(n * KVD), v(n * KVD);
+    matmul_forward(q.data(), normed.data(), w.q_proj, w.q_bias, N, C, QD);
+    matmul_forward(k.data(), normed.data(), w.k_proj, w.k_bias, N, C, KVD);
+    matmul_forward(v.data(), normed.data(), w.v_proj, w.v_bias, N, C, KVD);
+    if (c.qk_norm) {
+      // Qwen3: RMSNorm over each head's vector, before RoPE (rows are [token, head]).
+      rmsnorm_forward(q.data(), nullptr, q.data(), w.q_norm, N * NH, HD, c.rms_norm_eps);
+      rmsnorm_forward(k.data(), nullptr, k.data(), w.k_norm, N * NKV, HD, c.rms_norm_eps);
+    }
+    // cos/sin in double, then rounded once: positions restart at 0 in each row.
+    const int half = HD / 2;
+    std::vector<float> cos_table(static_cast<size_t>(seqlen) * half), sin_table(cos_table.size());
+    for (int t = 0; t < seqlen; ++t) {
+      for (int i = 0; i < half; ++i) {
+        const double angle = t * inv_freq_[i];
+        cos_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(angle));
+        sin_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(angle));
+      }
+    }
+    rope_forward(q.data(), q.data(), cos_table.data(), sin_table.data(), batch, seqlen, NH, HD);
+    rope_forward(k.data(), k.data(), cos_table.data(), sin_table.data(), batch, seqlen, NKV, HD);
+    attention_forward(b.attention, q.data(), k.data(), v.data(), batch, seqlen, NH, NKV, HD,
+                      c.LayerSlidingWindow(layer).value_or(0));
+  }
+  if (start_block <= 1) {
+    observe(LinearGroup::kO, b.attention, QD);
+    if (stop(LinearGroup::kO)) return absl::OkStatus();
+    matmul_forward(proj.data(), b.attention, w.o_proj, w.o_bias, N, QD, C);
+    residual_forward(b.middle, b.input, proj.data(), static_cast<long>(n * C));
+  }
+  if (start_block <= 2) {
+    // MLP block: down(silu(gate(x)) * up(x)).
+    rmsnorm_forward(normed.data(), nullptr, b.middle, w.post_attention_layernorm, N, C, c.rms_norm_eps);
+    observe(LinearGroup::kGateUp, normed.data(), C);
+    if (stop(LinearGroup::kGateUp)) return absl::OkStatus();
+    std::vector<float> gate(n * I), up(n * I);
+    matmul_forward(gate.data(), normed.data(), w.gate_proj, nullptr, N, C, I);
+    matmul_forward(up.data(), normed.data(), w.up_proj, nullptr, N, C, I);
+    // Element-wise and exp-heavy: split across threads by blocks of rows.
+    constexpr int kRowsPerTask = 16;
+    ParallelFor((N + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
+      const long begin = task * kRowsPerTask * static_cast<long>(I);
+      const long end = std::min<long>(n * I, begin + kRowsPerTask * static_cast<long>(I));
+      swiglu_forward(b.activation + begin, gate.data() + begin, up.data() + begin, end - begin);
+    });
+  }
+  observe(LinearGroup::kDown, b.activation, I);
+  if (stop(LinearGroup::kDown)) return absl::OkStatus();
+  matmul_forward(proj.data(), b.activation, w.down_proj, nullptr, N, I, C);
+  residual_forward(b.output, b.middle, proj.data(), static_cast<long>(n * C));
   return absl::OkStatus();
 }
 

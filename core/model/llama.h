@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -114,6 +115,27 @@ class LlamaModel {
   absl::Status LayerForward(int layer, const LayerWeights& weights, int batch, int seqlen,
                             std::span<float> hidden,
                             const LinearInputObserver& observer = {}) const;
+  // The same layer in four blocks, each starting at the input of one Linear
+  // group (where the observer sees it):
+  //   0 input -> RMSNorm -> [qkv] -> q/k/v, RoPE, attention -> attention
+  //   1 attention -> [o] -> o_proj + input -> middle
+  //   2 middle -> RMSNorm -> [gate_up] -> silu(gate) * up -> activation
+  //   3 activation -> [down] -> down_proj + middle -> output
+  // starting at `start_block` (the buffers then hold the valid outputs of
+  // the blocks before it) and returning right after observing `stop_after`.
+  // The layerwise executor resumes a layer's next statistics pass from what
+  // the previous one computed; the values are those of LayerForward.
+  struct LayerBuffers {
+    const float* input = nullptr;  // [rows, C]
+    float* attention = nullptr;    // [rows, q_dim]
+    float* middle = nullptr;       // [rows, C]; may equal input
+    float* activation = nullptr;   // [rows, I]
+    float* output = nullptr;       // [rows, C]; may equal input or middle
+  };
+  absl::Status LayerForwardStaged(int layer, const LayerWeights& weights, int batch, int seqlen,
+                                  const LayerBuffers& buffers, int start_block,
+                                  const LinearInputObserver& observer = {},
+                                  std::optional<LinearGroup> stop_after = std::nullopt) const;
   // Final RMSNorm then lm_head: hidden [rows, C] -> logits [rows, V].
   absl::Status Head(std::span<const float> hidden, long rows, std::span<float> logits) const;
 

@@ -11,6 +11,9 @@
 //       and write the result back into the model's layer views;
 //     recompute the layer's outputs with all of its weights compressed: they
 //     are the next layer's inputs.
+// A pass resumes from what the previous pass of the layer computed when the
+// weights it depends on did not change (core/pipeline/layer_executor.h): the
+// same values for a fraction of the forwards.
 // Windows go through the layer in batches (memory bound); statistics use the
 // running-average form, so batching changes only rounding.
 //

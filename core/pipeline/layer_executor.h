@@ -8,7 +8,14 @@
 //             compressed weights). output=true advances the hidden states
 //             (the next layer's inputs); output=false leaves them as they are
 //             and feeds the requested statistics.
-// The CPU executor runs LlamaModel::LayerForward. The CUDA one
+// Both executors keep, between the passes of one layer, what its blocks
+// computed (LlamaModel::LayerForwardStaged: attention output, attention block
+// output, MLP activation; all windows) when it fits, and start the next pass
+// from the latest kept output whose weights did not change since
+// (WeightsChanged); a statistics pass stops after its last observed group.
+// A true-sequential layer then costs one forward instead of four partial ones
+// plus the output pass, with the same values. The CPU executor runs
+// LlamaModel::LayerForwardStaged. The CUDA one
 // (core/kernels/cuda/cuda_layer_executor.cc) keeps the hidden states on the
 // device in fp32, runs the same op sequence with cuBLAS fp32 GEMMs and
 // accumulates each group's Hessian (fp32 GEMM, never TF32) and Wanda norm
@@ -18,6 +25,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -46,6 +54,37 @@ class LayerExecutor {
   virtual void WeightsChanged(int layer, LinearGroup group) {}
 };
 
+// The block of LayerForwardStaged whose input a group's Linears read (0..3).
+int LayerBlockOf(LinearGroup group);
+
+// The groups a statistics pass observes: the first one's block (4: none) and
+// the last one in forward order.
+struct ObservedGroups {
+  int first_block = 4;
+  std::optional<LinearGroup> last;
+};
+ObservedGroups ObservedBy(const LayerStatistics& stats);
+
+// Which kept block outputs of the current layer are valid: the bookkeeping
+// both executors share.
+class KeptBlocks {
+ public:
+  explicit KeptBlocks(int kept) : kept_(kept) {}
+  int kept() const { return kept_; }  // block outputs held (0..3, in block order)
+  // The block a pass of `layer` starts from when it observes from `first_block`.
+  int Start(int layer, int first_block);
+  // After a pass over every window of the layer: an output pass moved the
+  // hidden states on (nothing kept belongs to them any more); a statistics
+  // pass ran the blocks before `last`'s, whose kept outputs are now valid.
+  void PassDone(bool output, std::optional<LinearGroup> last);
+  void WeightsChanged(int layer, LinearGroup group);
+
+ private:
+  int kept_;
+  int layer_ = -1;
+  int valid_ = 0;  // kept outputs [0, valid_) are current
+};
+
 // What an executor is made for: this rank's windows and how many go through
 // a layer at once.
 struct LayerExecutorSpec {
@@ -54,11 +93,12 @@ struct LayerExecutorSpec {
   int seqlen = 0;
   int batch_windows = 1;
   HessianPrecision precision = HessianPrecision::kFloat32;
-  // How many of a layer's intermediate results (attention, attention block
-  // output, MLP activation) a device executor may keep between the passes of
-  // the layer, when they fit in its memory: 3 makes a true-sequential layer
-  // cost one forward instead of four partial ones plus the output pass; 0
-  // recomputes from the layer input every pass (the results are equal).
+  // How many of a layer's block outputs (attention, attention block output,
+  // MLP activation) an executor may keep between the passes of the layer,
+  // when they fit (CPU: 4 GiB in all; GPU: beside a margin): 3 makes a
+  // true-sequential layer cost one forward instead of four partial ones plus
+  // the output pass; 0 recomputes from the layer input every pass (the
+  // values are the same).
   int max_kept_blocks = 3;
 };
 

@@ -38,17 +38,6 @@ namespace {
 constexpr std::array<LinearGroup, 4> kGroups = {LinearGroup::kQkv, LinearGroup::kO, LinearGroup::kGateUp,
                                                 LinearGroup::kDown};
 
-// The block of CudaLayerForwardStaged whose input a group reads.
-int BlockOf(LinearGroup group) {
-  switch (group) {
-    case LinearGroup::kQkv: return 0;
-    case LinearGroup::kO: return 1;
-    case LinearGroup::kGateUp: return 2;
-    case LinearGroup::kDown: return 3;
-  }
-  return 0;
-}
-
 // One group's statistics on the device during a pass.
 struct DeviceGroupStats {
   DeviceBuffer<float> hessian;  // [cols, cols], empty when not requested
@@ -98,13 +87,15 @@ class CudaLayerExecutor final : public LayerExecutor {
     const size_t widths[3] = {static_cast<size_t>(config_.q_dim()), static_cast<size_t>(config_.hidden_size),
                               static_cast<size_t>(config_.intermediate_size)};
     size_t used = 0;
+    int kept = 0;
     for (int k = 0; k < std::min(spec_.max_kept_blocks, 3); ++k) {
       const size_t bytes = rows * widths[k] * sizeof(float);
       if (used + bytes + margin > free_bytes) break;
       SR_ASSIGN_OR_RETURN(kept_[k], DeviceBuffer<float>::Create(rows * widths[k]));
       used += bytes;
-      kept_blocks_ = k + 1;
+      kept = k + 1;
     }
+    kept_blocks_ = KeptBlocks(kept);
     return absl::OkStatus();
   }
 
@@ -123,22 +114,14 @@ class CudaLayerExecutor final : public LayerExecutor {
   absl::Status RunLayer(const LlamaModel& model, int layer, bool output, LayerStatistics* stats,
                         const CancellationToken* cancel) override {
     SR_RETURN_IF_ERROR(UseDevice());
-    SR_ASSIGN_OR_RETURN(CudaLayerWeights w, UploadLayer(model, layer));
-    if (layer != kept_layer_) {
-      kept_layer_ = layer;
-      valid_blocks_ = 0;
-    }
-    std::array<DeviceGroupStats, 4> groups;
-    // A statistics pass observes groups [first, last] (block numbers), and
-    // starts from the latest kept block output before `first`.
-    std::optional<LinearGroup> last;
-    int first = 4;
-    if (stats != nullptr) {
-      SR_ASSIGN_OR_RETURN(last, StartStatistics(*stats, groups, &first));
-    }
+    const ObservedGroups observed = stats != nullptr ? ObservedBy(*stats) : ObservedGroups();
     // A statistics pass with nothing to observe has nothing to do.
-    if (!output && !last.has_value()) return absl::OkStatus();
-    const int start = std::min(valid_blocks_, first);
+    if (!output && !observed.last.has_value()) return absl::OkStatus();
+    SR_ASSIGN_OR_RETURN(CudaLayerWeights w, UploadLayer(model, layer));
+    std::array<DeviceGroupStats, 4> groups;
+    if (stats != nullptr) SR_RETURN_IF_ERROR(StartStatistics(*stats, groups));
+    // From the latest kept block output before the first observed group.
+    const int start = kept_blocks_.Start(layer, observed.first_block);
     const CudaLinearInputObserver observer =
         stats == nullptr ? CudaLinearInputObserver()
                          : [&](int, LinearGroup group, const float* x, long rows, int cols) {
@@ -163,25 +146,16 @@ class CudaLayerExecutor final : public LayerExecutor {
           kept_[2].size() != 0 ? kept_[2].data() + row0 * c.intermediate_size : workspace_->activation();
       buffers.output = hidden;
       SR_RETURN_IF_ERROR(CudaLayerForwardStaged(c, layer, w, b, spec_.seqlen, buffers, start, *workspace_, observer,
-                                                stream_, last));
+                                                stream_, observed.last));
     }
     if (stats != nullptr) SR_RETURN_IF_ERROR(FinishStatistics(groups, *stats));
     // Errors raised while the kernels ran show here.
     SR_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    if (output) {
-      // The hidden states moved on: nothing kept belongs to them.
-      valid_blocks_ = 0;
-    } else {
-      // Blocks [start, end) ran over every window; their kept outputs are valid.
-      const int end = last.has_value() ? BlockOf(*last) : 3;
-      valid_blocks_ = std::max(valid_blocks_, std::min(end, kept_blocks_));
-    }
+    kept_blocks_.PassDone(output, observed.last);
     return absl::OkStatus();
   }
 
-  void WeightsChanged(int layer, LinearGroup group) override {
-    if (layer == kept_layer_) valid_blocks_ = std::min(valid_blocks_, BlockOf(group));
-  }
+  void WeightsChanged(int layer, LinearGroup group) override { kept_blocks_.WeightsChanged(layer, group); }
 
  private:
   // The pipeline may call from a thread whose current device differs.
@@ -232,11 +206,8 @@ class CudaLayerExecutor final : public LayerExecutor {
     return w;
   }
 
-  // Device accumulators for the requested groups; the last one in forward
-  // order, and *first the block of the first one (4: none).
-  absl::StatusOr<std::optional<LinearGroup>> StartStatistics(LayerStatistics& stats,
-                                                             std::array<DeviceGroupStats, 4>& groups, int* first) {
-    std::optional<LinearGroup> last;
+  // Device accumulators for the requested groups.
+  absl::Status StartStatistics(LayerStatistics& stats, std::array<DeviceGroupStats, 4>& groups) {
     for (LinearGroup g : kGroups) {
       const size_t cols = static_cast<size_t>(LinearGroupInputDim(config_, g));
       DeviceGroupStats& d = groups[static_cast<size_t>(g)];
@@ -246,12 +217,8 @@ class CudaLayerExecutor final : public LayerExecutor {
       if (stats.mutable_act_norm(g) != nullptr) {
         SR_ASSIGN_OR_RETURN(d.act_norm, DeviceBuffer<float>::Create(cols));
       }
-      if (d.hessian.size() != 0 || d.act_norm.size() != 0) {
-        last = g;
-        *first = std::min(*first, BlockOf(g));
-      }
     }
-    return last;
+    return absl::OkStatus();
   }
 
   absl::Status Observe(DeviceGroupStats& d, const float* x, long rows, int cols) {
@@ -293,9 +260,7 @@ class CudaLayerExecutor final : public LayerExecutor {
   // Kept block outputs of the current layer, all windows: attention
   // [.., q_dim], middle [.., C], activation [.., I]; empty when not kept.
   std::array<DeviceBuffer<float>, 3> kept_;
-  int kept_blocks_ = 0;   // kept_[0, kept_blocks_) are allocated
-  int kept_layer_ = -1;
-  int valid_blocks_ = 0;  // kept_[0, valid_blocks_) hold this layer's current outputs
+  KeptBlocks kept_blocks_{0};  // kept_[0, kept()) are allocated
   DeviceBuffer<float> weights_;  // the current layer's weights, packed
   DeviceBuffer<double> act_norm_workspace_;
   std::unique_ptr<CudaLayerWorkspace> workspace_;
