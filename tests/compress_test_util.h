@@ -19,6 +19,31 @@
 namespace shrinkray::testing {
 
 // The recipe, or an empty one after a test failure naming the parse error.
+// Scales every weight of `group` in decoder layer `layer` by 0.97: what
+// compressing the group would do to the passes after it (the executor tests:
+// anything kept from before is then stale).
+inline void PerturbGroup(LlamaModel& model, int layer, LinearGroup group) {
+  const ModelConfig& c = model.config();
+  LayerWeights& w = model.mutable_layer(layer);
+  auto scale = [](float* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) p[i] *= 0.97f;
+  };
+  const size_t C = c.hidden_size, I = c.intermediate_size, QD = c.q_dim(), KVD = c.kv_dim();
+  switch (group) {
+    case LinearGroup::kQkv:
+      scale(w.q_proj, QD * C);
+      scale(w.k_proj, KVD * C);
+      scale(w.v_proj, KVD * C);
+      break;
+    case LinearGroup::kO: scale(w.o_proj, C * QD); break;
+    case LinearGroup::kGateUp:
+      scale(w.gate_proj, I * C);
+      scale(w.up_proj, I * C);
+      break;
+    case LinearGroup::kDown: scale(w.down_proj, C * I); break;
+  }
+}
+
 inline Recipe MustParseRecipe(const std::string& yaml) {
   auto r = ParseRecipe(yaml, "test");
   EXPECT_TRUE(r.ok()) << r.status();

@@ -23,6 +23,7 @@
 #include "core/pipeline/layer_executor.h"
 #include "core/tokenizer/tokenizer.h"
 #include "cuda_test_util.h"
+#include "compress_test_util.h"
 #include "gtest/gtest.h"
 #include "test_data.h"
 
@@ -44,36 +45,13 @@ double RelativeMaxDiff(const std::vector<float>& a, const std::vector<float>& b)
   return scale > 0 ? diff / scale : diff;
 }
 
-// Scales every weight of `group` in `layer` by 0.97: what compressing it
-// would do to the passes after it (anything kept from before is stale).
-void Perturb(LlamaModel& model, int layer, LinearGroup group) {
-  const ModelConfig& c = model.config();
-  LayerWeights& w = model.mutable_layer(layer);
-  auto scale = [](float* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) p[i] *= 0.97f;
-  };
-  const size_t C = c.hidden_size, I = c.intermediate_size, QD = c.q_dim(), KVD = c.kv_dim();
-  switch (group) {
-    case LinearGroup::kQkv:
-      scale(w.q_proj, QD * C);
-      scale(w.k_proj, KVD * C);
-      scale(w.v_proj, KVD * C);
-      break;
-    case LinearGroup::kO: scale(w.o_proj, C * QD); break;
-    case LinearGroup::kGateUp:
-      scale(w.gate_proj, I * C);
-      scale(w.up_proj, I * C);
-      break;
-    case LinearGroup::kDown: scale(w.down_proj, C * I); break;
-  }
-}
 
 class CudaLayerExecutorTest : public CudaTest {
  protected:
   // Runs both executors over every layer of `model` as a true-sequential
   // job does: per group a statistics pass (Hessian and Wanda norm compared
   // within the bounds, max diff over max value), then the group's weights
-  // change (Perturb) and both executors are told; then the output pass.
+  // change (testing::PerturbGroup) and both executors are told; then the output pass.
   // Once more with every group observed in one pass. `kept`: the GPU
   // executor's max_kept_blocks (3: passes resume from kept block outputs).
   void CompareOn(LlamaModel& model, const std::vector<int32_t>& tokens, int windows, int seqlen,
@@ -129,7 +107,7 @@ class CudaLayerExecutorTest : public CudaTest {
           worst_norm = std::max(worst_norm, dn);
         }
         for (LinearGroup g : pass) {
-          Perturb(model, l, g);
+          testing::PerturbGroup(model, l, g);
           cpu->WeightsChanged(l, g);
           gpu->WeightsChanged(l, g);
         }

@@ -11,6 +11,7 @@
 #include "core/calib/layer_statistics.h"
 #include "core/model/llama.h"
 #include "core/model/synthetic.h"
+#include "compress_test_util.h"
 #include "gtest/gtest.h"
 #include "test_data.h"
 
@@ -19,29 +20,6 @@ namespace {
 
 constexpr LinearGroup kGroups[] = {LinearGroup::kQkv, LinearGroup::kO, LinearGroup::kGateUp, LinearGroup::kDown};
 
-// Scales group `g`'s weights in `layer` by 0.97 (what compressing it would do
-// to the passes after it).
-void Perturb(LlamaModel& model, int layer, LinearGroup g) {
-  const ModelConfig& c = model.config();
-  LayerWeights& w = model.mutable_layer(layer);
-  auto scale = [](float* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) p[i] *= 0.97f;
-  };
-  const size_t C = c.hidden_size, I = c.intermediate_size, QD = c.q_dim(), KVD = c.kv_dim();
-  switch (g) {
-    case LinearGroup::kQkv:
-      scale(w.q_proj, QD * C);
-      scale(w.k_proj, KVD * C);
-      scale(w.v_proj, KVD * C);
-      break;
-    case LinearGroup::kO: scale(w.o_proj, C * QD); break;
-    case LinearGroup::kGateUp:
-      scale(w.gate_proj, I * C);
-      scale(w.up_proj, I * C);
-      break;
-    case LinearGroup::kDown: scale(w.down_proj, C * I); break;
-  }
-}
 
 // Every Hessian and Wanda norm of every pass, in order, and the Hessian of a
 // last statistics pass over the final hidden states.
@@ -78,7 +56,7 @@ std::vector<std::vector<float>> RunJob(const std::filesystem::path& dir, int kep
       for (LinearGroup g : pass) {
         seen.push_back(stats.hessian(g)->HessianF32());
         seen.push_back(stats.act_norm(g)->scaler_row());
-        Perturb(**model, l, g);
+        testing::PerturbGroup(**model, l, g);
         executor->WeightsChanged(l, g);
       }
     }
