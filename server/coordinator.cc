@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/pipeline/job_runner.h"
+#include "core/util/compute_device.h"
 #include "core/util/status_macros.h"
 #include "proto/job_spec_conversion.h"
 
@@ -50,10 +51,13 @@ bool IsRetryable(int32_t code) {
   }
 }
 
+// `device` is a registered worker's (checked by RegisterWorker): a job that
+// asks for cuda runs on any cuda:N worker.
 bool DeviceMatches(v1::DevicePreference preference, const std::string& device) {
+  const absl::StatusOr<ComputeDevice> parsed = ParseComputeDevice(device);
   switch (preference) {
-    case v1::DEVICE_PREFERENCE_CPU: return device == "cpu";
-    case v1::DEVICE_PREFERENCE_CUDA: return device == "cuda";
+    case v1::DEVICE_PREFERENCE_CPU: return parsed.ok() && !parsed->is_cuda();
+    case v1::DEVICE_PREFERENCE_CUDA: return parsed.ok() && parsed->is_cuda();
     default: return true;
   }
 }
@@ -336,11 +340,9 @@ void Coordinator::Unwatch(const std::string& id, const JobWatcher* watcher) {
 
 absl::StatusOr<v1::WorkerRegistered> Coordinator::RegisterWorker(const v1::WorkerHello& hello, WorkerSink sink) {
   if (hello.name().empty()) return absl::InvalidArgumentError("worker hello: name is empty");
-  const std::string& device = hello.capabilities().device();
-  if (device != "cpu" && device != "cuda") {
-    return absl::InvalidArgumentError(absl::StrCat("worker hello: capabilities.device must be cpu or cuda, got '",
-                                                   device, "'"));
-  }
+  const absl::StatusOr<ComputeDevice> device =
+      ParseComputeDevice(hello.capabilities().device(), "worker hello: capabilities.device");
+  if (!device.ok()) return device.status();
   absl::MutexLock lock(&mu_);
   // The same worker reconnecting before its old stream was noticed dead.
   if (auto it = worker_ids_by_name_.find(hello.name()); it != worker_ids_by_name_.end()) {

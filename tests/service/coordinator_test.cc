@@ -191,6 +191,42 @@ TEST_F(CoordinatorTest, DevicePreferenceIsRespected) {
   EXPECT_TRUE(cpu.Assignments().empty());
 }
 
+// A multi-GPU host runs one worker per GPU (--device cuda:N): a job asking
+// for cuda runs on any of them, one asking for the CPU on none.
+TEST_F(CoordinatorTest, CudaJobsRunOnCudaNWorkers) {
+  v1::JobSpec spec = Spec();
+  spec.set_device(v1::DEVICE_PREFERENCE_CUDA);
+  auto job = coordinator_->SubmitJob(spec);
+  ASSERT_TRUE(job.ok());
+  FakeWorker gpu3;
+  Register(gpu3, "gpu3", "cuda:3");
+  EXPECT_EQ(coordinator_->GetJob(job->id())->state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(gpu3.Assignments().size(), 1u);
+
+  v1::JobSpec cpu_spec = Spec();
+  cpu_spec.set_output_path((root_ / "out-cpu").string());
+  cpu_spec.set_device(v1::DEVICE_PREFERENCE_CPU);
+  auto cpu_job = coordinator_->SubmitJob(cpu_spec);
+  ASSERT_TRUE(cpu_job.ok()) << cpu_job.status();
+  FakeWorker gpu0;
+  Register(gpu0, "gpu0", "cuda");
+  EXPECT_EQ(coordinator_->GetJob(cpu_job->id())->state(), v1::JOB_STATE_QUEUED);
+  EXPECT_TRUE(gpu0.Assignments().empty());
+}
+
+TEST_F(CoordinatorTest, UnknownWorkerDeviceIsRefusedNamingIt) {
+  for (const std::string bad : {"tpu", "cuda:x", "cuda:-1", ""}) {
+    FakeWorker w;
+    v1::WorkerHello hello;
+    hello.set_name("w");
+    hello.mutable_capabilities()->set_device(bad);
+    auto r = coordinator_->RegisterWorker(hello, w.Sink());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_EQ(r.status().message(),
+              "worker hello: capabilities.device must be cpu, cuda or cuda:N, got '" + bad + "'");
+  }
+}
+
 TEST_F(CoordinatorTest, PermanentErrorFailsTheJobAtOnce) {
   FakeWorker a;
   Register(a, "a");
