@@ -56,7 +56,7 @@ class Worker::Session {
     h->set_version("shrinkray 0.1.0");
     h->set_metrics_address(options_.metrics_address);
     v1::WorkerCapabilities* caps = h->mutable_capabilities();
-    caps->set_device(options_.device);
+    caps->set_device(options_.device.ToString());
     caps->set_memory_bytes(HostMemoryBytes());
     caps->set_cpu_cores(static_cast<int32_t>(std::thread::hardware_concurrency()));
     if (!Write(hello)) return false;
@@ -206,6 +206,7 @@ class Worker::Session {
       c.size = a.world_size();
       c.timeout = options_.comm_timeout;
       c.interface_address = CommAddress();
+      c.device = options_.device.index;
       auto store = MakeCoordinatorStore(v1::WorkerService::NewStub(channel_), options_.token, a.job_id(), a.attempt());
       auto made = MakeHostCommunicator(options_.comm_backend, store, c);
       if (!made.ok()) return made.status();
@@ -214,7 +215,8 @@ class Worker::Session {
     }
     job->compress.layerwise.solvers = options_.solvers;
     job->compress.layerwise.executors = options_.executors;
-    job->compress.layerwise.device = options_.device;
+    job->compress.layerwise.device = options_.device.ToString();
+    job->distill_runners = options_.distill_runners;
     // Rank 0 speaks for the job; the others would repeat its events.
     const bool speaks = a.rank() == 0;
     const int64_t tokens_per_layer =

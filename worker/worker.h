@@ -12,8 +12,10 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "core/distill/distill_device.h"
 #include "core/pipeline/layer_executor.h"
 #include "core/pipeline/solver_backend.h"
+#include "core/util/compute_device.h"
 #include "worker/worker_metrics.h"
 
 namespace shrinkray {
@@ -21,7 +23,11 @@ namespace shrinkray {
 struct WorkerOptions {
   std::string coordinator = "127.0.0.1:50051";
   std::string name;             // stable across reconnects; default hostname-pid
-  std::string device = "cpu";  // "cpu" or "cuda"
+  // Where jobs run (cpu, cuda:N), reported to the coordinator; the
+  // factories below are this device's (device_factories.h). The NCCL
+  // communicator of a job (comm_backend nccl) lives on cuda:N too (cuda:0 on a
+  // CPU worker).
+  ComputeDevice device;
   std::string token;            // bearer token, empty: none
   std::string tls_ca_pem;       // root certificate; empty: plaintext
   std::string metrics_address;  // reported in the hello
@@ -29,11 +35,13 @@ struct WorkerOptions {
   // 127.0.0.1 when the coordinator is on loopback, else this host's name.
   std::string comm_address;
   std::string comm_backend = "gloo";  // "gloo" or "nccl" (host-staged)
-  // device "cuda": GPTQ/SparseGPT solves of every job run here. Not owned;
-  // must outlive the worker. Null: the CPU.
+  // GPTQ/SparseGPT solves of every job run here. Not owned; must outlive the
+  // worker. Null: the CPU.
   SolverBackend* solvers = nullptr;
-  // device "cuda": the layer forwards and statistics (empty: the CPU).
+  // The layer forwards and statistics (empty: the CPU).
   LayerExecutorFactory executors;
+  // A distill stage's training (empty: the CPU).
+  distill::DistillRunnerFactory distill_runners;
   absl::Duration comm_timeout = absl::Minutes(30);  // one collective's limit
   absl::Duration initial_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(5);

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/io/text_file.h"
+#include "core/pipeline/device_factories.h"
 #include "core/util/flags.h"
 #include "core/util/status_macros.h"
 #include "prometheus/registry.h"
@@ -26,9 +27,9 @@ namespace {
 constexpr const char* kUsage = R"(usage: shrinkray-worker [flags]
   --coordinator HOST:PORT      the coordinator (default 127.0.0.1:50051)
   --metrics-listen HOST:PORT   Prometheus /metrics (default 0.0.0.0:9091; empty: off)
-  --device cpu|cuda            what this worker runs jobs on (default cpu); cuda: the layer
-                               forwards, statistics, GPTQ/SparseGPT solves and distillation
-                               on the GPU
+  --device cpu|cuda|cuda:N     what this worker runs jobs on (default cpu); cuda:N: the layer
+                               forwards, statistics, GPTQ/SparseGPT solves, distillation and
+                               NCCL collectives on GPU N (cuda = cuda:0): one worker per GPU
   --name NAME                  stable worker name (default HOSTNAME-PID)
   --token-file FILE            bearer token for the coordinator
   --tls-ca FILE                root certificate: dial with TLS
@@ -54,15 +55,13 @@ absl::Status Run(const std::vector<std::string>& args) {
   }
   WorkerOptions options;
   options.coordinator = flags.Get("coordinator", "127.0.0.1:50051");
-  options.device = flags.Get("device", "cpu");
-  if (options.device != "cpu" && options.device != "cuda") {
-    return absl::InvalidArgumentError(absl::StrCat("--device must be cpu or cuda, got '", options.device, "'"));
-  }
-  // --device cuda: the GPU solvers (a clear error without CUDA or a GPU,
-  // before the worker registers).
+  SR_ASSIGN_OR_RETURN(options.device, ParseComputeDevice(flags.Get("device", "cpu"), "--device"));
+  // The device's factories: a clear error without CUDA or that GPU, before
+  // the worker registers.
   SR_ASSIGN_OR_RETURN(std::unique_ptr<SolverBackend> solvers, MakeSolverBackend(options.device));
   options.solvers = solvers.get();
   SR_ASSIGN_OR_RETURN(options.executors, MakeLayerExecutorFactory(options.device));
+  SR_ASSIGN_OR_RETURN(options.distill_runners, MakeDistillRunnerFactory(options.device));
   options.comm_address = flags.Get("comm-address", "");
   options.comm_backend = flags.Get("comm-backend", "gloo");
   if (options.comm_backend != "gloo" && options.comm_backend != "nccl") {
@@ -90,7 +89,7 @@ absl::Status Run(const std::vector<std::string>& args) {
     options.metrics_address = endpoint->address();
   }
   std::printf("shrinkray-worker %s: coordinator %s, device %s, metrics %s\n", options.name.c_str(),
-              options.coordinator.c_str(), options.device.c_str(), endpoint ? endpoint->address().c_str() : "off");
+              options.coordinator.c_str(), options.device.ToString().c_str(), endpoint ? endpoint->address().c_str() : "off");
   std::fflush(stdout);
   Worker worker(options, &metrics);
   std::signal(SIGINT, OnSignal);

@@ -14,9 +14,11 @@
 #include "core/io/text_file.h"
 #include "core/model/llama.h"
 #include "core/pipeline/compress.h"
+#include "core/pipeline/device_factories.h"
 #include "core/pipeline/job_runner.h"
 #include "core/pipeline/recipe.h"
 #include "core/tokenizer/tokenizer.h"
+#include "core/util/compute_device.h"
 #include "core/util/status_macros.h"
 
 namespace shrinkray::cli {
@@ -61,11 +63,12 @@ absl::Status RunCompress(const Args& args) {
   if (batch_windows < 0) return absl::InvalidArgumentError("--batch-windows must be >= 0");
   SR_ASSIGN_OR_RETURN(OutputFormat format, ParseOutputFormat(flags.Get("format", "dense")));
   SR_ASSIGN_OR_RETURN(Recipe recipe, LoadRecipe(recipe_path));
-  // --device cuda: the layer forwards, their statistics and the GPTQ/SparseGPT
-  // solves on the GPU.
-  const std::string device = flags.Get("device", "cpu");
+  // --device cuda[:N]: the layer forwards, their statistics, the GPTQ/SparseGPT
+  // solves and a recipe's distill stage on that GPU.
+  SR_ASSIGN_OR_RETURN(const ComputeDevice device, ParseComputeDevice(flags.Get("device", "cpu"), "--device"));
   SR_ASSIGN_OR_RETURN(std::unique_ptr<SolverBackend> solvers, MakeSolverBackend(device));
   SR_ASSIGN_OR_RETURN(LayerExecutorFactory executors, MakeLayerExecutorFactory(device));
+  SR_ASSIGN_OR_RETURN(distill::DistillRunnerFactory distill_runners, MakeDistillRunnerFactory(device));
 
   CompressOptions options;
   options.model_dir = model_dir;
@@ -80,7 +83,7 @@ absl::Status RunCompress(const Args& args) {
   options.layerwise.batch_windows = static_cast<int>(batch_windows);
   options.layerwise.solvers = solvers.get();
   options.layerwise.executors = executors;
-  options.layerwise.device = device;
+  options.layerwise.device = device.ToString();
   options.layerwise.progress = [](const std::string& line) {
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
@@ -92,6 +95,7 @@ absl::Status RunCompress(const Args& args) {
   SR_ASSIGN_OR_RETURN(job.recipe_yaml, ReadTextFile(recipe_path));
   job.recipe_source = recipe_path;
   job.compress = options;
+  job.distill_runners = distill_runners;
   if (flags.Has("eval")) {
     job.evaluation = JobEvaluation{flags.Get("eval", ""), static_cast<int>(eval_seqlen), eval_max_chars};
   }

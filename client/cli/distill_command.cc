@@ -10,7 +10,7 @@
 // (sequence-level KD, core/distill/teacher_samples.h) to --data, or is the
 // whole training set without --data; the text is written to
 // teacher_samples.txt in --out.
-// --device cuda runs the same training on one GPU (core/distill/
+// --device cuda[:N] runs the same training on that GPU (core/distill/
 // distill_device.h: online teacher with full logits, forward KL; the same
 // checkpoints); the evaluation stays on the CPU.
 #include <unistd.h>
@@ -42,8 +42,10 @@
 #include "core/io/text_file.h"
 #include "core/model/config.h"
 #include "core/model/llama.h"
+#include "core/pipeline/device_factories.h"
 #include "core/pipeline/eval.h"
 #include "core/tokenizer/tokenizer.h"
+#include "core/util/compute_device.h"
 #include "core/util/flags.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -288,11 +290,8 @@ absl::Status RunDistill(const Args& args) {
   if (fs::exists(out_dir) && !flags.Has("overwrite")) {
     return Invalid(absl::StrCat("--out ", out_dir, " exists; pass --overwrite to replace it"));
   }
-  const std::string device = flags.Get("device", "cpu");
-  if (device != "cpu" && device != "cuda") {
-    return Invalid(absl::StrCat("--device must be cpu or cuda, got '", device, "'"));
-  }
-  if (device == "cuda") {
+  SR_ASSIGN_OR_RETURN(const ComputeDevice device, ParseComputeDevice(flags.Get("device", "cpu"), "--device"));
+  if (device.is_cuda()) {
     // What the GPU path does not do, named by flag before anything is loaded.
     for (const char* flag : {"top-k", "top-k-mode", "teacher-cache"}) {
       if (flags.Has(flag)) {
@@ -304,8 +303,9 @@ absl::Status RunDistill(const Args& args) {
       return Invalid(absl::StrCat("--loss ", flags.Get("loss", "kl"),
                                   " is not supported with --device cuda (kl only); use --device cpu"));
     }
-    SR_RETURN_IF_ERROR(distill::CheckCudaDistillDevice());
   }
+  // The device's runner, checked before anything is loaded (empty: the CPU).
+  SR_ASSIGN_OR_RETURN(const distill::DistillRunnerFactory runners, MakeDistillRunnerFactory(device));
 
   // Teacher, tokenizer, data.
   const auto t_start = std::chrono::steady_clock::now();
@@ -495,7 +495,7 @@ absl::Status RunDistill(const Args& args) {
     SR_RETURN_IF_ERROR(distill::WriteStudentFolder(init_dir, student, teacher_dir, /*overwrite=*/true));
   }
 
-  auto trainer_or = distill::MakeDistillRunner(device, options, *teacher, data, std::move(student.weights));
+  auto trainer_or = distill::MakeDistillRunner(runners, options, *teacher, data, std::move(student.weights));
   if (!trainer_or.ok()) {
     if (!init_dir.empty()) fs::remove_all(init_dir);
     return NameFlag(trainer_or.status());
@@ -530,7 +530,7 @@ absl::Status RunDistill(const Args& args) {
               options.teacher_mode == distill::TeacherMode::kOnlineLogits
                   ? ""
                   : absl::StrFormat(", top-%d %s", options.top_k, flags.Get("top-k-mode", "renormalize")).c_str(),
-              device == "cpu" ? "" : absl::StrCat(", on ", device).c_str());
+              device.is_cuda() ? absl::StrCat(", on ", device.ToString()).c_str() : "");
   std::fflush(stdout);
   json metrics = json::array();
   const int64_t first_step = trainer.step();
@@ -589,7 +589,7 @@ absl::Status RunDistill(const Args& args) {
         {"top_k_mode", flags.Get("top-k-mode", "renormalize")},
         {"teacher_cache", flags.Get("teacher-cache", "")}, {"seed", seed},
         {"checkpoint_dir", flags.Get("checkpoint-dir", "")}, {"checkpoint_every", checkpoint_every},
-        {"log_every", log_every}, {"device", device}}},
+        {"log_every", log_every}, {"device", device.ToString()}}},
       {"resume_note", trainer.resume_note()},
       {"fingerprint", trainer.fingerprint()},
       {"trained_steps", trained_steps},

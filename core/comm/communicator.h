@@ -69,6 +69,9 @@ struct CommOptions {
   int size = 1;
   absl::Duration timeout = absl::Seconds(60);
   std::string interface_address = "127.0.0.1";  // Gloo: the address peers dial
+  // NCCL: the CUDA device (cuda:N) the communicator's state and staging
+  // buffers live on; collectives make it current and restore the caller's.
+  int device = 0;
 };
 
 // One rank: every collective is a no-op copy (single-worker jobs, tests).
@@ -80,7 +83,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeGlooCommunicator(std::shared_p
 
 // NCCL (CUDA builds only; elsewhere Unimplemented): the unique id goes through
 // `store`; collectives run on the communicator's own stream; buffers are device
-// pointers on the current device.
+// pointers on options.device (FailedPrecondition when it is not visible).
 absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(std::shared_ptr<Store> store,
                                                                    const CommOptions& options);
 

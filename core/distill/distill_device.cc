@@ -1,8 +1,9 @@
-// MakeDistillRunner: the device by name, the CPU runner (DistillTrainer
-// behind the DistillRunner interface) and CheckCudaDistillOptions, in
-// shrinkray_core in every build: the service's distill stage
-// (core/pipeline/staged_job.cc) picks its device at run time, and programs
-// that never train (the coordinator, the unit tests) link core alone.
+// MakeDistillRunner: a device's runner through its factory, else the CPU
+// runner (DistillTrainer behind the DistillRunner interface), and
+// CheckCudaDistillOptions, in shrinkray_core in every build. Core never names
+// the CUDA runner itself: programs that choose a device inject its factory
+// (MakeDistillRunnerFactory, core/pipeline/device_factories.h), so programs
+// that never train on a GPU (the coordinator, the unit tests) link core alone.
 #include "core/distill/distill_device.h"
 
 #include <utility>
@@ -11,15 +12,6 @@
 #include "core/util/status_macros.h"
 
 namespace shrinkray::distill {
-
-// CUDA builds define the CUDA runner in shrinkray_cuda, which links after
-// core and which core-only programs do not link at all: so core refers to it
-// weakly. shrinkray_cuda's link options pull its definition into every
-// program that links it (core/kernels/cuda/CMakeLists.txt); elsewhere it is
-// null, as in builds without CUDA.
-[[gnu::weak]] absl::StatusOr<std::unique_ptr<DistillRunner>> MakeCudaDistillRunner(
-    const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
-    train::ParameterStore student);
 
 namespace {
 
@@ -74,22 +66,12 @@ absl::Status CheckCudaDistillOptions(const DistillTrainerOptions& o) {
 }
 
 absl::StatusOr<std::unique_ptr<DistillRunner>> MakeDistillRunner(
-    const std::string& device, const DistillTrainerOptions& options, const LlamaModel& teacher,
+    const DistillRunnerFactory& runners, const DistillTrainerOptions& options, const LlamaModel& teacher,
     const TrainData& data, train::ParameterStore student) {
-  if (device == "cpu") {
-    SR_ASSIGN_OR_RETURN(std::unique_ptr<DistillTrainer> trainer,
-                        DistillTrainer::Create(options, teacher, data, std::move(student)));
-    return std::unique_ptr<DistillRunner>(new CpuDistillRunner(std::move(trainer), options.steps));
-  }
-  if (device == "cuda") {
-    if (MakeCudaDistillRunner == nullptr) {
-      return absl::UnimplementedError(
-          "device cuda: this program was built without CUDA (configure with -DSHRINKRAY_CUDA=ON and "
-          "link shrinkray_cuda); use device cpu");
-    }
-    return MakeCudaDistillRunner(options, teacher, data, std::move(student));
-  }
-  return absl::InvalidArgumentError(absl::StrCat("device must be cpu or cuda, got '", device, "'"));
+  if (runners) return runners(options, teacher, data, std::move(student));
+  SR_ASSIGN_OR_RETURN(std::unique_ptr<DistillTrainer> trainer,
+                      DistillTrainer::Create(options, teacher, data, std::move(student)));
+  return std::unique_ptr<DistillRunner>(new CpuDistillRunner(std::move(trainer), options.steps));
 }
 
 }  // namespace shrinkray::distill

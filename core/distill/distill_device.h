@@ -1,6 +1,6 @@
-// Where a distillation run trains: the device chosen by name.
-//   "cpu":  DistillTrainer (distill_trainer.h), every option.
-//   "cuda": the same run on one CUDA device through LlamaCudaTrainer
+// Where a distillation run trains.
+//   cpu:    DistillTrainer (distill_trainer.h), every option.
+//   cuda:N: the same run on CUDA device N through LlamaCudaTrainer
 //           (core/kernels/cuda/distill_cuda.cc): the teacher as a bf16
 //           inference model, the student in bf16 mixed precision (fp32 master
 //           weights, gradients and AdamW moments; bf16 activations), the fused
@@ -11,6 +11,9 @@
 //           forward KL (teacher_mode kOnlineLogits, Divergence::kForwardKL),
 //           one rank; anything else is InvalidArgument naming the option
 //           (CheckCudaDistillOptions, before any device work).
+// A program picks the device at run time with MakeDistillRunnerFactory
+// (core/pipeline/device_factories.h) and hands the factory to core (e.g.
+// CompressionJob.distill_runners), as it does the layer executors.
 // Both step alike: Step() / Run() report StepMetrics, SaveStudent writes the
 // student exactly as DistillTrainer::SaveStudent does, and both write and
 // resume the same checkpoints (distill_checkpoint.h; the fingerprint leaves
@@ -19,6 +22,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -35,7 +39,7 @@ class DistillRunner {
  public:
   virtual ~DistillRunner() = default;
 
-  virtual std::string device() const = 0;  // "cpu", "cuda"
+  virtual std::string device() const = 0;  // "cpu", "cuda:N"
   // One optimizer step. FailedPrecondition after options.steps.
   virtual absl::StatusOr<StepMetrics> Step() = 0;
   virtual int64_t step() const = 0;         // steps taken (a resumed run counts its checkpoint's)
@@ -57,25 +61,27 @@ class DistillRunner {
 // OK. MakeCudaDistillRunner refuses the same, after the CPU trainer's checks.
 absl::Status CheckCudaDistillOptions(const DistillTrainerOptions& options);
 
-// Whether MakeCudaDistillRunner can work here, before anything is loaded:
-// Unimplemented naming the build without CUDA, FailedPrecondition when no
-// device is visible, else OK.
-absl::Status CheckCudaDistillDevice();
-
-// The CUDA runner on the current device (defined only in CUDA builds, in
-// shrinkray_cuda: call it through MakeDistillRunner elsewhere;
-// FailedPrecondition when no device is visible). Same arguments and
-// lifetimes as DistillTrainer::Create; resumes from options.checkpoint_dir as
-// DistillTrainer::Create does.
+// The CUDA runner on device `device` (cuda:N): CUDA builds define it in
+// shrinkray_cuda, builds without CUDA as Unimplemented naming the build
+// (cuda_distill_stub.cc); FailedPrecondition when that device is not
+// visible. Same arguments and lifetimes as DistillTrainer::Create; resumes
+// from options.checkpoint_dir as DistillTrainer::Create does.
 absl::StatusOr<std::unique_ptr<DistillRunner>> MakeCudaDistillRunner(
-    const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
+    int device, const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
     train::ParameterStore student);
 
-// By device name: "cpu" (DistillTrainer::Create), "cuda" (MakeCudaDistillRunner;
-// Unimplemented naming the build in a program without it), anything else
-// InvalidArgument naming it.
+// Makes a run's runner on a device (MakeDistillRunnerFactory binds one);
+// empty means the CPU's DistillTrainer. A device runner refuses the options
+// CheckCudaDistillOptions names and answers Unimplemented for a model it does
+// not implement: a caller that may fall back checks the first and trains on
+// the CPU after the second (core/pipeline/staged_job.cc).
+using DistillRunnerFactory = std::function<absl::StatusOr<std::unique_ptr<DistillRunner>>(
+    const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
+    train::ParameterStore student)>;
+
+// `runners`' runner, or the CPU's (DistillTrainer::Create) when it is empty.
 absl::StatusOr<std::unique_ptr<DistillRunner>> MakeDistillRunner(
-    const std::string& device, const DistillTrainerOptions& options, const LlamaModel& teacher,
+    const DistillRunnerFactory& runners, const DistillTrainerOptions& options, const LlamaModel& teacher,
     const TrainData& data, train::ParameterStore student);
 
 }  // namespace shrinkray::distill

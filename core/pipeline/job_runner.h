@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/distill/distill_device.h"
 #include "core/distill/distill_trainer.h"
 #include "core/pipeline/compress.h"
 #include "core/pipeline/recipe.h"
@@ -45,6 +46,11 @@ struct CompressionJob {
   CompressOptions compress;  // layerwise.progress/on_layer_done/on_resume/cancel are set by the runner
   // The job's ranks (null: one worker). Rank 0 writes and evaluates the output.
   Communicator* comm = nullptr;
+  // Where a distill stage trains: a device's runners (MakeDistillRunnerFactory,
+  // core/pipeline/device_factories.h), as compress.layerwise.executors are
+  // its layer forwards'; empty: the CPU. Options or a model the device's
+  // runner does not serve train on the CPU, with a log line saying why.
+  distill::DistillRunnerFactory distill_runners;
   std::optional<JobEvaluation> evaluation;
 };
 

@@ -43,12 +43,10 @@ class SolverBackend {
   long cpu_fallbacks_ = 0;
 };
 
-// The GPU backend on the current CUDA device (CUDA builds; elsewhere
-// Unimplemented naming the build, FailedPrecondition without a device).
-absl::StatusOr<std::unique_ptr<SolverBackend>> MakeCudaSolverBackend();
-
-// By device name: "cpu" -> null (the CPU solvers), "cuda" -> MakeCudaSolverBackend,
-// anything else InvalidArgument naming it.
-absl::StatusOr<std::unique_ptr<SolverBackend>> MakeSolverBackend(const std::string& device);
+// The GPU backend on CUDA device `device` (cuda:N; CUDA builds, elsewhere
+// Unimplemented naming the build; FailedPrecondition when that device is not
+// visible). Programs choosing the device at run time call MakeSolverBackend
+// (device_factories.h).
+absl::StatusOr<std::unique_ptr<SolverBackend>> MakeCudaSolverBackend(int device);
 
 }  // namespace shrinkray

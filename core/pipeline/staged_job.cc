@@ -253,25 +253,25 @@ absl::StatusOr<DistillOutcome> RunDistill(const CompressionJob& job, const Recip
   // The job's device trains when it can serve the run, else the CPU, saying
   // why: the GPU runner takes one rank (o.comm) and only some options
   // (distill_device.h), and a model it does not implement is Unimplemented.
-  std::string device = job.compress.layerwise.device.empty() ? "cpu" : job.compress.layerwise.device;
+  distill::DistillRunnerFactory runners = job.distill_runners;
   std::string cpu_reason;
-  if (device == "cuda") {
+  if (runners) {
     const absl::Status supported = distill::CheckCudaDistillOptions(o);
     if (!supported.ok()) {
       cpu_reason = std::string(supported.message());
-      device = "cpu";
+      runners = nullptr;
     }
   }
   const ModelConfig sc = student->weights.config();
   const long student_params = static_cast<long>(student->weights.size());
-  auto trainer_or = distill::MakeDistillRunner(device, o, *teacher, data, std::move(student->weights));
-  if (absl::IsUnimplemented(trainer_or.status()) && device == "cuda") {
+  auto trainer_or = distill::MakeDistillRunner(runners, o, *teacher, data, std::move(student->weights));
+  if (absl::IsUnimplemented(trainer_or.status()) && runners) {
     // The student was moved into the failed runner: made again for the CPU.
     cpu_reason = std::string(trainer_or.status().message());
-    device = "cpu";
+    runners = nullptr;
     student = init_student();
     if (!student.ok()) return student.status();
-    trainer_or = distill::MakeDistillRunner(device, o, *teacher, data, std::move(student->weights));
+    trainer_or = distill::MakeDistillRunner(runners, o, *teacher, data, std::move(student->weights));
   }
   if (!trainer_or.ok()) return InStage(trainer_or.status(), source);
   if (!cpu_reason.empty() && observer.log) observer.log(absl::StrCat("distill on the CPU: ", cpu_reason));
@@ -285,7 +285,7 @@ absl::StatusOr<DistillOutcome> RunDistill(const CompressionJob& job, const Recip
         "from %s; %d steps x %d windows on %d rank(s)%s%s",
         teacher->num_parameters(), student_params, sc.num_hidden_layers, sc.intermediate_size,
         sc.num_attention_heads, static_cast<long>(data.num_windows()), seqlen, data.source(), d.steps, d.batch,
-        ranks, device == "cpu" ? "" : absl::StrCat(", on ", device),
+        ranks, trainer.device() == "cpu" ? "" : absl::StrCat(", on ", trainer.device()),
         outcome.note.empty() ? "" : absl::StrCat("; ", outcome.note)));
   }
   if (observer.progress) observer.progress("distill", static_cast<int>(first), d.steps, share * first / d.steps);

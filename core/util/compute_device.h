@@ -29,6 +29,14 @@ struct ComputeDevice {
 // `field` and the value: "device must be cpu, cuda or cuda:N, got 'cuda:x'".
 absl::StatusOr<ComputeDevice> ParseComputeDevice(absl::string_view text, absl::string_view field = "device");
 
+// Whether `device` can be used here, before any work: OK for the CPU; for
+// cuda:N, Unimplemented naming the build when it has no CUDA, else
+// FailedPrecondition when no GPU is visible or N is not below the number
+// visible ("device cuda:3: 1 CUDA device(s) visible"). Defined with the CUDA
+// kernels (shrinkray_cuda, core/kernels/cuda/cuda_check.cc: a program calling
+// it links that library) or, in builds without CUDA, in cuda_device_stub.cc.
+absl::Status CheckComputeDevice(const ComputeDevice& device);
+
 // What every `cuda:N` entry point answers in a build without CUDA.
 absl::Status CudaNotBuiltError(const ComputeDevice& device);
 

@@ -29,6 +29,7 @@
 #include "core/algo/gptq.h"
 #include "core/algo/sparsegpt.h"
 #include "core/pipeline/layer_executor.h"
+#include "core/pipeline/device_factories.h"
 #include "core/pipeline/solver_backend.h"
 #include "core/io/text_file.h"
 #include "core/tokenizer/tokenizer.h"
@@ -266,7 +267,7 @@ class CheckedBackend final : public SolverBackend {
 class CompressGpuSolverJobTest : public CompressCudaJobTest {};
 
 TEST_P(CompressGpuSolverJobTest, GpuSolvesMatchCpuJob) {
-  absl::StatusOr<std::unique_ptr<SolverBackend>> gpu = MakeSolverBackend("cuda");
+  absl::StatusOr<std::unique_ptr<SolverBackend>> gpu = MakeSolverBackend(ComputeDevice::Cuda(0));
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   CheckedBackend solvers(std::move(*gpu));
   const fs::path out = root_ / "gpu";
@@ -318,9 +319,9 @@ TEST_P(CompressGpuSolverJobTest, GpuSolvesMatchCpuJob) {
 class CompressGpuForwardJobTest : public CompressCudaJobTest {};
 
 TEST_P(CompressGpuForwardJobTest, DeviceForwardsMatchCpuJobPerplexity) {
-  absl::StatusOr<std::unique_ptr<SolverBackend>> gpu = MakeSolverBackend("cuda");
+  absl::StatusOr<std::unique_ptr<SolverBackend>> gpu = MakeSolverBackend(ComputeDevice::Cuda(0));
   ASSERT_TRUE(gpu.ok()) << gpu.status();
-  absl::StatusOr<LayerExecutorFactory> executors = MakeLayerExecutorFactory("cuda");
+  absl::StatusOr<LayerExecutorFactory> executors = MakeLayerExecutorFactory(ComputeDevice::Cuda(0));
   ASSERT_TRUE(executors.ok()) << executors.status();
   const fs::path out = root_ / "gpu-forward";
   CompressOptions o = Options(out);

@@ -1,4 +1,4 @@
-// Distillation on the GPU (core/distill/distill_device.h, "cuda" runner in
+// Distillation on the GPU (core/distill/distill_device.h, the cuda:0 runner in
 // core/kernels/cuda/distill_cuda.cc) against the CPU DistillTrainer on the
 // real stories260K: the 5-layer teacher into a depth-pruned student keeping
 // layers {0, 2, 4}, 30 steps of 8 windows of 128 tokens (micro-batches of 4,
@@ -30,7 +30,7 @@
 // GPU run destroyed after step 10 of 20 (as a killed worker) and made again
 // resumes at step 10 and ends where an uninterrupted GPU run ends; a CPU
 // checkpoint goes on on the GPU and the GPU's goes back to the CPU. And the
-// service's distill stage (RunCompressionJob, layerwise.device "cuda") trains
+// service's distill stage (RunCompressionJob with the cuda:0 runners) trains
 // on the GPU.
 #include <algorithm>
 #include <cmath>
@@ -49,9 +49,12 @@
 #include "core/io/safetensors.h"
 #include "core/io/text_file.h"
 #include "core/model/llama.h"
+#include "core/pipeline/device_factories.h"
 #include "core/pipeline/eval.h"
 #include "core/pipeline/job_runner.h"
 #include "core/tokenizer/tokenizer.h"
+#include "core/util/compute_device.h"
+#include "core/util/status_macros.h"
 #include "cuda/cuda_test_util.h"
 #include "gtest/gtest.h"
 #include "test_data.h"
@@ -105,12 +108,19 @@ class DistillCudaTest : public cuda_test::CudaTest {
     return std::move(student->weights);
   }
 
-  // A runner of `device` for the depth student.
+  // A runner of `device` ("cpu", "cuda:0") for the depth student, as the CLI
+  // makes it.
   absl::StatusOr<std::unique_ptr<distill::DistillRunner>> MakeRunner(
       const std::string& device, const distill::DistillTrainerOptions& o) const {
+    SR_ASSIGN_OR_RETURN(const distill::DistillRunnerFactory runners, Runners(device));
     auto student = Student();
     if (!student.ok()) return student.status();
-    return distill::MakeDistillRunner(device, o, *teacher_, *data_, std::move(*student));
+    return distill::MakeDistillRunner(runners, o, *teacher_, *data_, std::move(*student));
+  }
+
+  static absl::StatusOr<distill::DistillRunnerFactory> Runners(const std::string& device) {
+    SR_ASSIGN_OR_RETURN(const ComputeDevice parsed, ParseComputeDevice(device));
+    return MakeDistillRunnerFactory(parsed);
   }
 
   // The CLI's defaults at --steps 30 --batch 8 --micro-batch 4 --seqlen 128.
@@ -177,7 +187,7 @@ TEST_F(DistillCudaTest, Stories260KDepthStudentMatchesCpu) {
   RunResult cpu, gpu;
   run("cpu", &cpu);
   if (HasFatalFailure()) return;
-  run("cuda", &gpu);
+  run("cuda:0", &gpu);
   if (HasFatalFailure()) return;
   ASSERT_EQ(cpu.steps.size(), 30u);
   ASSERT_EQ(gpu.steps.size(), 30u);
@@ -212,7 +222,7 @@ TEST_F(DistillCudaTest, Stories260KDepthStudentMatchesCpu) {
 // What the GPU path does not do is refused before any device work, naming
 // the option.
 TEST_F(DistillCudaTest, RejectsWhatOnlyTheCpuDoes) {
-  auto make = [&](const distill::DistillTrainerOptions& o) { return MakeRunner("cuda", o).status(); };
+  auto make = [&](const distill::DistillTrainerOptions& o) { return MakeRunner("cuda:0", o).status(); };
   distill::DistillTrainerOptions o = Options();
   o.teacher_mode = distill::TeacherMode::kOnlineTopK;
   absl::Status st = make(o);
@@ -267,7 +277,7 @@ double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
 TEST_F(DistillCudaTest, ResumedGpuRunEndsWhereAnUninterruptedOneEnds) {
   const fs::path root = testing::MakeTempDir("distill-cuda-resume");
   distill::DistillTrainerOptions o = CheckpointedOptions();
-  auto make = [&] { return MakeRunner("cuda", o); };
+  auto make = [&] { return MakeRunner("cuda:0", o); };
 
   o.checkpoint_dir = root / "straight";
   std::vector<distill::StepMetrics> straight;
@@ -344,7 +354,7 @@ TEST_F(DistillCudaTest, CheckpointsMoveBetweenTheCpuAndTheGpu) {
   }
   ASSERT_TRUE(fs::exists(root / "ckpt" / "step-00000010.safetensors"));
 
-  auto gpu = make("cuda");
+  auto gpu = make("cuda:0");
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   EXPECT_EQ((*gpu)->fingerprint(), cpu_fingerprint);
   const std::string& gpu_note = (*gpu)->resume_note();
@@ -372,8 +382,8 @@ TEST_F(DistillCudaTest, CheckpointsMoveBetweenTheCpuAndTheGpu) {
   fs::remove_all(root, ec);
 }
 
-// The service's distill stage with the job's device "cuda" (as a GPU worker
-// sets it) trains on the GPU: no "distill on the CPU" line, the start line
+// The service's distill stage with the job's cuda:0 runners (as a GPU worker
+// passes them) trains on the GPU: no "distill on the CPU" line, the start line
 // says so, every step's metrics arrive, and its first loss is the CPU job's
 // within bf16 rounding.
 TEST_F(DistillCudaTest, DistillStageOfAJobTrainsOnTheGpu) {
@@ -392,27 +402,33 @@ TEST_F(DistillCudaTest, DistillStageOfAJobTrainsOnTheGpu) {
     job.compress.out_dir = root / device;
     job.compress.calibration = {8, 128, 0};
     job.compress.layerwise.device = device;
+    absl::StatusOr<distill::DistillRunnerFactory> runners = Runners(device);
     Ran r;
+    if (!runners.ok()) {
+      r.result = runners.status();
+      return r;
+    }
+    job.distill_runners = *runners;
     JobObserver observer;
     observer.log = [&](const std::string& line) { r.log.push_back(line); };
     observer.on_train_step = [&](const distill::StepMetrics& m) { r.steps.push_back(m); };
     r.result = RunCompressionJob(job, observer);
     return r;
   };
-  const Ran gpu = run("cuda");
+  const Ran gpu = run("cuda:0");
   ASSERT_TRUE(gpu.result.ok()) << gpu.result.status();
   const Ran cpu = run("cpu");
   ASSERT_TRUE(cpu.result.ok()) << cpu.result.status();
   std::string gpu_log;
   for (const std::string& line : gpu.log) gpu_log += line + "\n";
   EXPECT_EQ(gpu_log.find("distill on the CPU"), std::string::npos) << gpu_log;
-  EXPECT_NE(gpu_log.find("rank(s), on cuda"), std::string::npos) << gpu_log;
+  EXPECT_NE(gpu_log.find("rank(s), on cuda:0"), std::string::npos) << gpu_log;
   ASSERT_EQ(gpu.steps.size(), 4u);
   ASSERT_EQ(cpu.steps.size(), 4u);
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ(gpu.steps[i].step, static_cast<int64_t>(i + 1));
   EXPECT_LE(std::abs(gpu.steps[0].loss - cpu.steps[0].loss) / cpu.steps[0].loss, kFirstLossRelTol)
       << "step 1: gpu " << gpu.steps[0].loss << " cpu " << cpu.steps[0].loss;
-  auto model = LlamaModel::Load(root / "cuda");
+  auto model = LlamaModel::Load(root / "cuda:0");
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_EQ((*model)->config().num_hidden_layers, 3);
   std::error_code ec;

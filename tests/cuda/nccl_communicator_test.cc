@@ -129,17 +129,25 @@ TEST_F(NcclCommunicatorTest, TwoRanksOnTwoGpus) {
   std::vector<std::thread> threads;
   for (int rank = 0; rank < 2; ++rank) {
     threads.emplace_back([&, rank] {
-      if (cudaSetDevice(rank) != cudaSuccess) {
-        errors[rank] = "cudaSetDevice";
-        return;
-      }
+      // Each rank names its GPU (CommOptions.device) from a thread whose
+      // current device is 0, which the communicator leaves as it is.
       CommOptions options;
       options.rank = rank;
       options.size = 2;
       options.timeout = absl::Seconds(60);
+      options.device = rank;
       absl::StatusOr<std::unique_ptr<Communicator>> comm = MakeNcclCommunicator(store, options);
       if (!comm.ok()) {
         errors[rank] = comm.status().ToString();
+        return;
+      }
+      int current = -1;
+      if (cudaGetDevice(&current) != cudaSuccess || current != 0) {
+        errors[rank] = absl::StrCat("current device after MakeNcclCommunicator: ", current, ", want 0");
+        return;
+      }
+      if (cudaSetDevice(rank) != cudaSuccess) {  // the buffer on the rank's GPU
+        errors[rank] = "cudaSetDevice";
         return;
       }
       const size_t n = 1000003;

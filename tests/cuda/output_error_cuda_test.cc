@@ -9,6 +9,7 @@
 
 #include "core/kernels/cuda/output_error_cuda.h"
 #include "core/pipeline/apply_stages.h"
+#include "core/pipeline/device_factories.h"
 #include "core/pipeline/solver_backend.h"
 #include "cuda_test_util.h"
 #include "gtest/gtest.h"
@@ -48,7 +49,7 @@ TEST_F(OutputErrorCudaTest, MatchesTheCpuError) {
     EXPECT_GT(cpu, 1e-4) << rows << "x" << cols;
     EXPECT_NEAR(gpu / cpu, 1.0, 1e-5) << rows << "x" << cols << ": cpu " << cpu << " gpu " << gpu;
     // What the pipeline calls: the backend's method, through the helper.
-    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<SolverBackend> backend, MakeSolverBackend("cuda"));
+    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<SolverBackend> backend, MakeSolverBackend(ComputeDevice::Cuda(0)));
     SR_ASSERT_OK_AND_ASSIGN(double via, RelativeOutputErrorOn(backend.get(), w, q, rows, cols, h));
     EXPECT_EQ(via, gpu);
   }

@@ -21,6 +21,8 @@
 #include <vector>
 
 #include "core/distill/distill_device.h"
+#include "core/pipeline/device_factories.h"
+#include "core/util/compute_device.h"
 #include "core/model/demo_model.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/server_builder.h"
@@ -107,6 +109,10 @@ class DistillJobTest : public ::testing::Test {
       o.coordinator = address_;
       o.name = "distill-worker-" + std::to_string(i);
       o.device = worker_device_;
+      // As shrinkray-worker does: the device's distill runners go with it.
+      absl::StatusOr<distill::DistillRunnerFactory> runners = MakeDistillRunnerFactory(worker_device_);
+      ASSERT_TRUE(runners.ok()) << runners.status();
+      o.distill_runners = *runners;
       o.comm_timeout = absl::Seconds(120);
       w->worker = std::make_unique<Worker>(o, w->metrics.get());
       Worker* raw = w->worker.get();
@@ -164,7 +170,7 @@ class DistillJobTest : public ::testing::Test {
     out->job = got.job();
   }
 
-  std::string worker_device_ = "cpu";  // set before SetUp
+  ComputeDevice worker_device_;  // the CPU unless set before SetUp
   std::filesystem::path root_;
   std::string address_;
   std::unique_ptr<Coordinator> coordinator_;
@@ -312,16 +318,16 @@ TEST_F(DistillJobTest, StudentLargerThanTeacherFailsTheJobNamingTheField) {
   EXPECT_THAT(job.error().message(), HasSubstr("cannot be deeper"));
 }
 
-// GPU workers (device "cuda"; CUDA builds on a machine with a GPU, else
+// GPU workers (device cuda:0; CUDA builds on a machine with a GPU, else
 // skipped): a one-worker job's distill stage trains on the GPU, a two-worker
 // job's on the CPU, saying why on the job's log; the per-step events are the
 // same either way.
 class DistillJobCudaTest : public DistillJobTest {
  protected:
   void SetUp() override {
-    const absl::Status device = distill::CheckCudaDistillDevice();
+    const absl::Status device = CheckComputeDevice(ComputeDevice::Cuda(0));
     if (!device.ok()) GTEST_SKIP() << "no CUDA device: " << device.message();
-    worker_device_ = "cuda";
+    worker_device_ = ComputeDevice::Cuda(0);
     DistillJobTest::SetUp();
   }
 

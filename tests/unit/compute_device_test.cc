@@ -1,10 +1,17 @@
-// --device values (core/util/compute_device.h).
+// --device values (core/util/compute_device.h) and, in builds without CUDA,
+// what every cuda:N entry point answers (core's stubs; CUDA builds link them
+// from shrinkray_cuda, which this binary does not: tests/cuda covers those).
 #include "core/util/compute_device.h"
 
 #include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+
+#if SHRINKRAY_CUDA_STUBS
+#include "core/distill/distill_device.h"
+#include "core/pipeline/device_factories.h"
+#endif
 
 namespace shrinkray {
 namespace {
@@ -53,6 +60,44 @@ TEST(CudaNotBuiltError, NamesTheDeviceAndTheBuild) {
   EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented);
   EXPECT_EQ(st.message(),
             "device cuda:1: shrinkray was built without CUDA (configure with -DSHRINKRAY_CUDA=ON); use device cpu");
+}
+
+// Every cuda:N entry point of a build without CUDA: Unimplemented naming the
+// device; the CPU's are "none" (the CPU paths).
+TEST(CudaEntryPoints, BuildWithoutCudaNamesTheDevice) {
+#if SHRINKRAY_CUDA_STUBS
+  const ComputeDevice cuda1 = ComputeDevice::Cuda(1);
+  const std::string want = "device cuda:1: shrinkray was built without CUDA";
+  auto expect_unimplemented = [&](const absl::Status& st, const char* what) {
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented) << what << ": " << st;
+    EXPECT_THAT(std::string(st.message()), ::testing::StartsWith(want)) << what;
+  };
+  expect_unimplemented(CheckComputeDevice(cuda1), "CheckComputeDevice");
+  expect_unimplemented(MakeSolverBackend(cuda1).status(), "MakeSolverBackend");
+  expect_unimplemented(MakeLayerExecutorFactory(cuda1).status(), "MakeLayerExecutorFactory");
+  expect_unimplemented(MakeLayerExecutorFactory("cuda:1").status(), "MakeLayerExecutorFactory by name");
+  expect_unimplemented(MakeDistillRunnerFactory(cuda1).status(), "MakeDistillRunnerFactory");
+  expect_unimplemented(MakeCudaLayerExecutor(1, LayerExecutorSpec{}).status(), "MakeCudaLayerExecutor");
+
+  EXPECT_TRUE(CheckComputeDevice(ComputeDevice::Cpu()).ok());
+  absl::StatusOr<std::unique_ptr<SolverBackend>> solvers = MakeSolverBackend(ComputeDevice::Cpu());
+  ASSERT_TRUE(solvers.ok()) << solvers.status();
+  EXPECT_EQ(*solvers, nullptr);
+  absl::StatusOr<LayerExecutorFactory> executors = MakeLayerExecutorFactory(ComputeDevice::Cpu());
+  ASSERT_TRUE(executors.ok()) << executors.status();
+  EXPECT_FALSE(*executors);
+  absl::StatusOr<distill::DistillRunnerFactory> runners = MakeDistillRunnerFactory(ComputeDevice::Cpu());
+  ASSERT_TRUE(runners.ok()) << runners.status();
+  EXPECT_FALSE(*runners);
+
+  // By name: the same parse, so a bad value names itself.
+  absl::StatusOr<LayerExecutorFactory> bad = MakeLayerExecutorFactory("cuda:x");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_EQ(bad.status().message(), "device must be cpu, cuda or cuda:N, got 'cuda:x'");
+#else
+  GTEST_SKIP() << "a CUDA build: core's stubs are not compiled (tests/cuda/device_index_cuda_test.cc covers the "
+                  "real entry points)";
+#endif
 }
 
 }  // namespace

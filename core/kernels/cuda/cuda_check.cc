@@ -1,6 +1,9 @@
 #include "core/kernels/cuda/cuda_check.h"
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/util/compute_device.h"
+#include "core/util/status_macros.h"
 
 namespace shrinkray {
 
@@ -38,13 +41,26 @@ absl::StatusOr<int> CudaDeviceCount() {
   return count;
 }
 
-absl::StatusOr<int> RequireCudaDevice() {
-  absl::StatusOr<int> devices = CudaDeviceCount();
-  if (!devices.ok()) return devices.status();
-  if (*devices == 0) return absl::FailedPreconditionError("device cuda: no CUDA device is visible to this process");
-  int device = 0;
-  SR_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  return device;
+absl::Status CheckComputeDevice(const ComputeDevice& device) {
+  if (!device.is_cuda()) return absl::OkStatus();
+  const std::string name = device.ToString();
+  if (device.index < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("device ", name, ": the index must be >= 0"));
+  }
+  SR_ASSIGN_OR_RETURN(const int devices, CudaDeviceCount());
+  if (devices == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("device ", name, ": no CUDA device is visible to this process"));
+  }
+  if (device.index >= devices) {
+    return absl::FailedPreconditionError(absl::StrCat("device ", name, ": ", devices, " CUDA device(s) visible"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UseCudaDevice(int index) {
+  SR_RETURN_IF_ERROR(CheckComputeDevice(ComputeDevice::Cuda(index)));
+  SR_CUDA_RETURN_IF_ERROR(cudaSetDevice(index));
+  return absl::OkStatus();
 }
 
 }  // namespace shrinkray

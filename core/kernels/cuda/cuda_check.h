@@ -26,9 +26,35 @@ absl::Status CudaStatus(cudaError_t err, const char* expr, const char* file, int
 // back or skip cleanly.
 absl::StatusOr<int> CudaDeviceCount();
 
-// The current device's ordinal for `device cuda` work; FailedPrecondition
-// ("device cuda: no CUDA device is visible to this process") without one.
-absl::StatusOr<int> RequireCudaDevice();
+// Makes CUDA device `index` current on the calling thread for `device
+// cuda:N` work, after CheckComputeDevice (core/util/compute_device.h):
+// FailedPrecondition without a GPU or when `index` is not below the number
+// visible. State made on a device belongs to it: an object that keeps any
+// stores the index and makes it current again on every call, since callers
+// may come from other threads.
+absl::Status UseCudaDevice(int index);
+
+// Makes `device` current for the scope and restores the caller's device (for
+// code that must not change which device its caller's thread uses, e.g. a
+// communicator's collectives). Failures are ignored: the CUDA calls in the
+// scope report a broken context themselves.
+class CudaDeviceGuard {
+ public:
+  explicit CudaDeviceGuard(int device) {
+    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device) {
+      restore_ = cudaSetDevice(device) == cudaSuccess;
+    }
+  }
+  ~CudaDeviceGuard() {
+    if (restore_) (void)cudaSetDevice(previous_);
+  }
+  CudaDeviceGuard(const CudaDeviceGuard&) = delete;
+  CudaDeviceGuard& operator=(const CudaDeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+  bool restore_ = false;
+};
 
 }  // namespace shrinkray
 

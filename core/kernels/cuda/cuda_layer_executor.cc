@@ -29,6 +29,7 @@
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/hessian_cuda.h"
 #include "core/kernels/cuda/llama_cuda.h"
+#include "core/pipeline/device_factories.h"
 #include "core/pipeline/layer_executor.h"
 #include "core/util/status_macros.h"
 
@@ -51,6 +52,7 @@ class CudaLayerExecutor final : public LayerExecutor {
   CudaLayerExecutor(const LayerExecutorSpec& spec, int device, cudaStream_t stream)
       : spec_(spec), config_(*spec.config), device_(device), stream_(stream) {}
   ~CudaLayerExecutor() override {
+    CudaDeviceGuard guard(device_);
     hidden_ = {};
     kept_ = {};
     weights_ = {};
@@ -268,7 +270,7 @@ class CudaLayerExecutor final : public LayerExecutor {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeCudaLayerExecutor(const LayerExecutorSpec& spec) {
+absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeCudaLayerExecutor(int device, const LayerExecutorSpec& spec) {
   if (spec.config == nullptr || spec.windows <= 0 || spec.seqlen <= 0 || spec.batch_windows <= 0) {
     return absl::InvalidArgumentError("cuda executor: empty spec");
   }
@@ -276,12 +278,19 @@ absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeCudaLayerExecutor(const Layer
     return absl::UnimplementedError("float64 Hessians are accumulated on the CPU (the GPU accumulates in float32)");
   }
   SR_RETURN_IF_ERROR(CheckCudaForwardSupport(*spec.config));
-  SR_ASSIGN_OR_RETURN(const int device, RequireCudaDevice());
+  SR_RETURN_IF_ERROR(UseCudaDevice(device));
   cudaStream_t stream = nullptr;
   SR_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   auto executor = std::make_unique<CudaLayerExecutor>(spec, device, stream);
   SR_RETURN_IF_ERROR(executor->Init(RopeInverseFrequencies(*spec.config)));
   return std::unique_ptr<LayerExecutor>(std::move(executor));
+}
+
+absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeCudaLayerExecutor(const LayerExecutorSpec& spec) {
+  int device = 0;
+  // Without a visible device the indexed call says so, by name.
+  if (cudaGetDevice(&device) != cudaSuccess) device = 0;
+  return MakeCudaLayerExecutor(device, spec);
 }
 
 }  // namespace shrinkray

@@ -1,6 +1,6 @@
 // The GPU SolverBackend (core/pipeline/solver_backend.h): GPTQ and SparseGPT
 // of the layerwise pipeline solved by GptqCuda / SparseGptCuda on one stream
-// of the current device, host in and host out. What the GPU solvers do not
+// of its device (cuda:N), host in and host out. What the GPU solvers do not
 // support they answer Unimplemented, and ApplyStage solves that matrix on the
 // CPU instead (GPTQ after a pruning stage: keep mask; SparseGPT with joint
 // quantization).
@@ -24,6 +24,7 @@ class CudaSolverBackend final : public SolverBackend {
  public:
   CudaSolverBackend(int device, cudaStream_t stream) : device_(device), stream_(stream) {}
   ~CudaSolverBackend() override {
+    CudaDeviceGuard guard(device_);
     if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
   }
 
@@ -65,8 +66,8 @@ class CudaSolverBackend final : public SolverBackend {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<SolverBackend>> MakeCudaSolverBackend() {
-  SR_ASSIGN_OR_RETURN(const int device, RequireCudaDevice());
+absl::StatusOr<std::unique_ptr<SolverBackend>> MakeCudaSolverBackend(int device) {
+  SR_RETURN_IF_ERROR(UseCudaDevice(device));
   cudaStream_t stream = nullptr;
   SR_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   return std::unique_ptr<SolverBackend>(new CudaSolverBackend(device, stream));

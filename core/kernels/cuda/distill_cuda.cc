@@ -1,5 +1,5 @@
 // distill::MakeCudaDistillRunner (core/distill/distill_device.h): the CPU
-// DistillTrainer's run on one CUDA device through LlamaCudaTrainer.
+// DistillTrainer's run on one CUDA device (cuda:N) through LlamaCudaTrainer.
 //
 // Per optimizer step, as DistillTrainer::Step:
 //   * the next global batch of windows from TrainData (same order, same
@@ -45,6 +45,7 @@
 #include "core/train/adamw.h"
 #include "core/train/llama_trainer_model.h"
 #include "core/train/lr_schedule.h"
+#include "core/util/compute_device.h"
 #include "core/util/status_macros.h"
 
 namespace shrinkray::distill {
@@ -57,21 +58,35 @@ struct OwnedStream {
   OwnedStream() = default;
   OwnedStream(const OwnedStream&) = delete;
   OwnedStream& operator=(const OwnedStream&) = delete;
-  ~OwnedStream() {
+  ~OwnedStream() { Reset(); }
+  void Reset() {
     if (stream != nullptr) {
       (void)cudaStreamSynchronize(stream);
       (void)cudaStreamDestroy(stream);
     }
+    stream = nullptr;
   }
 };
 
 class CudaDistillRunner final : public DistillRunner {
  public:
   static absl::StatusOr<std::unique_ptr<DistillRunner>> Create(
-      const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
+      int device, const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
       train::ParameterStore student);
+  ~CudaDistillRunner() override {
+    // The device state goes while its device is current: the thread that
+    // drops the runner may have another one current.
+    CudaDeviceGuard guard(device_);
+    teacher_.reset();
+    student_.reset();
+    tokens_ = {};
+    targets_ = {};
+    kl_rows_ = {};
+    ce_rows_ = {};
+    stream_.Reset();
+  }
 
-  std::string device() const override { return "cuda"; }
+  std::string device() const override { return ComputeDevice::Cuda(device_).ToString(); }
   absl::StatusOr<StepMetrics> Step() override;
   int64_t step() const override { return step_; }
   int64_t total_steps() const override { return options_.steps; }
@@ -81,9 +96,9 @@ class CudaDistillRunner final : public DistillRunner {
                            const std::filesystem::path& tokenizer_dir, bool overwrite) override;
 
  private:
-  CudaDistillRunner(const DistillTrainerOptions& options, const TrainData& data,
+  CudaDistillRunner(int device, const DistillTrainerOptions& options, const TrainData& data,
                     train::ParameterStore store, train::LrSchedule schedule)
-      : options_(options), data_(data), store_(std::move(store)), schedule_(std::move(schedule)) {}
+      : device_(device), options_(options), data_(data), store_(std::move(store)), schedule_(std::move(schedule)) {}
 
   // Adds the micro-batch's gradient; adds its rows' KL and CE to sums.
   absl::Status MicroBatch(const std::vector<int64_t>& windows, float inv_rows, double sums[2]);
@@ -91,6 +106,7 @@ class CudaDistillRunner final : public DistillRunner {
   absl::Status WriteCheckpoint();
 
   OwnedStream stream_;  // first: destroyed last
+  int device_;  // the CUDA ordinal; every entry point makes it current (callers' threads may differ)
   DistillTrainerOptions options_;
   const TrainData& data_;
   train::ParameterStore store_;  // the student's layout; a host copy for checkpoints and SaveStudent
@@ -108,7 +124,7 @@ class CudaDistillRunner final : public DistillRunner {
 };
 
 absl::StatusOr<std::unique_ptr<DistillRunner>> CudaDistillRunner::Create(
-    const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
+    int device, const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
     train::ParameterStore student) {
   // The CPU trainer's checks first, so that a bad run fails the same way on
   // both devices; then what only the CPU does; then the device.
@@ -118,12 +134,12 @@ absl::StatusOr<std::unique_ptr<DistillRunner>> CudaDistillRunner::Create(
   SR_RETURN_IF_ERROR(CheckCudaDistillOptions(options));
   SR_RETURN_IF_ERROR(train::AdamW::Create(options.adamw).status());  // the CPU's option checks
   SR_ASSIGN_OR_RETURN(train::LrSchedule schedule, train::LrSchedule::Create(options.lr));
-  SR_RETURN_IF_ERROR(CheckCudaDistillDevice());
+  SR_RETURN_IF_ERROR(UseCudaDevice(device));
   SR_ASSIGN_OR_RETURN(std::string fingerprint,
                       DistillRunFingerprint(options, student, teacher, data));
 
   std::unique_ptr<CudaDistillRunner> r(
-      new CudaDistillRunner(options, data, std::move(student), std::move(schedule)));
+      new CudaDistillRunner(device, options, data, std::move(student), std::move(schedule)));
   r->fingerprint_ = std::move(fingerprint);
   r->adamw_.beta1 = static_cast<float>(options.adamw.beta1);
   r->adamw_.beta2 = static_cast<float>(options.adamw.beta2);
@@ -209,6 +225,7 @@ absl::StatusOr<StepMetrics> CudaDistillRunner::Step() {
     return absl::FailedPreconditionError(
         absl::StrCat("the run is complete: ", step_, " of ", options_.steps, " steps"));
   }
+  SR_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   const auto start = std::chrono::steady_clock::now();
   Position next;
   const std::vector<int64_t> global = data_.GlobalBatch(position_, options_.global_batch, &next);
@@ -255,32 +272,17 @@ absl::Status CudaDistillRunner::WriteCheckpoint() {
 absl::Status CudaDistillRunner::SaveStudent(const std::filesystem::path& out_dir,
                                             const std::filesystem::path& tokenizer_dir,
                                             bool overwrite) {
+  SR_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   SR_RETURN_IF_ERROR(student_->DownloadParams(store_.params()));
   return WriteDistilledStudent(store_, step_, fingerprint_, out_dir, tokenizer_dir, overwrite);
 }
 
 }  // namespace
 
-// Pulled in by name through shrinkray_cuda's link options, so that this
-// object (the runner core's MakeDistillRunner refers to weakly) is in every
-// program linking shrinkray_cuda: core/kernels/cuda/CMakeLists.txt.
-extern "C" {
-extern const int shrinkray_cuda_distill_runner_anchor;
-const int shrinkray_cuda_distill_runner_anchor = 1;
-}
-
-absl::Status CheckCudaDistillDevice() {
-  SR_ASSIGN_OR_RETURN(const int devices, CudaDeviceCount());
-  if (devices == 0) {
-    return absl::FailedPreconditionError("device cuda: no CUDA device is visible to this process");
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::unique_ptr<DistillRunner>> MakeCudaDistillRunner(
-    const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
+    int device, const DistillTrainerOptions& options, const LlamaModel& teacher, const TrainData& data,
     train::ParameterStore student) {
-  return CudaDistillRunner::Create(options, teacher, data, std::move(student));
+  return CudaDistillRunner::Create(device, options, teacher, data, std::move(student));
 }
 
 }  // namespace shrinkray::distill

@@ -26,8 +26,12 @@ namespace {
 
 class HostStagedCommunicator final : public Communicator {
  public:
-  explicit HostStagedCommunicator(std::unique_ptr<Communicator> device)
-      : Communicator(device->timeout()), device_(std::move(device)) {}
+  HostStagedCommunicator(std::unique_ptr<Communicator> device, int gpu)
+      : Communicator(device->timeout()), device_(std::move(device)), gpu_(gpu) {}
+  ~HostStagedCommunicator() override {
+    CudaDeviceGuard guard(gpu_);
+    staging_.Reset();
+  }
 
   int rank() const override { return device_->rank(); }
   int size() const override { return device_->size(); }
@@ -95,6 +99,7 @@ class HostStagedCommunicator final : public Communicator {
   absl::Status InPlace(void* data, size_t count, CommDType dtype, Fn&& collective) {
     std::lock_guard<std::mutex> lock(mu_);
     SR_RETURN_IF_ERROR(CheckUsable());
+    CudaDeviceGuard guard(gpu_);  // the staging buffer is on the communicator's device
     const size_t bytes = count * CommDTypeSize(dtype);
     SR_RETURN_IF_ERROR(Reserve(bytes));
     SR_RETURN_IF_ERROR(Copy(staging_.data(), data, bytes, cudaMemcpyHostToDevice, "copy to the device"));
@@ -108,6 +113,7 @@ class HostStagedCommunicator final : public Communicator {
   absl::Status Gather(const void* input, size_t in_bytes, void* output, size_t out_bytes, Fn&& collective) {
     std::lock_guard<std::mutex> lock(mu_);
     SR_RETURN_IF_ERROR(CheckUsable());
+    CudaDeviceGuard guard(gpu_);  // the staging buffer is on the communicator's device
     const size_t in_slot = (in_bytes + 255) / 256 * 256;  // keep the output aligned
     SR_RETURN_IF_ERROR(Reserve(in_slot + out_bytes));
     uint8_t* in = staging_.data();
@@ -118,6 +124,7 @@ class HostStagedCommunicator final : public Communicator {
   }
 
   std::unique_ptr<Communicator> device_;
+  const int gpu_;  // CommOptions.device
   std::mutex mu_;
   DeviceBuffer<uint8_t> staging_;
   absl::Status failure_;
@@ -129,7 +136,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeHostStagedNcclCommunicator(std
                                                                              const CommOptions& options) {
   absl::StatusOr<std::unique_ptr<Communicator>> device = MakeNcclCommunicator(std::move(store), options);
   if (!device.ok()) return device.status();
-  return std::unique_ptr<Communicator>(new HostStagedCommunicator(std::move(*device)));
+  return std::unique_ptr<Communicator>(new HostStagedCommunicator(std::move(*device), options.device));
 }
 
 }  // namespace shrinkray

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/comm/communicator.h"
 #include "core/kernels/cuda/cuda_check.h"
+#include "core/util/compute_device.h"
 
 namespace shrinkray {
 namespace {
@@ -56,23 +57,6 @@ absl::Status NcclStatus(ncclResult_t r, const std::string& what, ncclComm_t comm
     default: return absl::InternalError(msg);
   }
 }
-
-// Makes `device` current for the scope and restores the caller's device.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device) {
-      restore_ = cudaSetDevice(device) == cudaSuccess;
-    }
-  }
-  ~DeviceGuard() {
-    if (restore_) (void)cudaSetDevice(previous_);
-  }
-
- private:
-  int previous_ = -1;
-  bool restore_ = false;
-};
 
 // Short sleeps while polling: collectives are usually quick, so spin a little
 // before yielding the CPU, but never burn a core for a whole timeout.
@@ -121,7 +105,7 @@ class NcclCommunicator final : public Communicator {
         size_(size) {}
 
   ~NcclCommunicator() override {
-    DeviceGuard guard(device_);
+    CudaDeviceGuard guard(device_);
     if (comm_ != nullptr) {
       // A healthy communicator flushes (bounded by the timeout) and is
       // destroyed; anything else is aborted, which never waits on peers.
@@ -236,7 +220,7 @@ class NcclCommunicator final : public Communicator {
           absl::StrCat(what, ": communicator unusable after an earlier error: ", failure_.ToString()));
     }
     if (noop) return absl::OkStatus();
-    DeviceGuard guard(device_);
+    CudaDeviceGuard guard(device_);
     absl::Status st = IssueAndWait(what, issue);
     if (!st.ok()) {
       failure_ = st;
@@ -300,11 +284,12 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(std::shared_p
   if (options.timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": timeout must be positive"));
   }
-  const absl::StatusOr<int> devices = CudaDeviceCount();
-  if (!devices.ok()) return devices.status();
-  if (*devices == 0) return absl::FailedPreconditionError(absl::StrCat(what, ": no CUDA device"));
-  int device = 0;
-  SR_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  const int device = options.device;
+  if (absl::Status st = CheckComputeDevice(ComputeDevice::Cuda(device)); !st.ok()) {
+    return absl::Status(st.code(), absl::StrCat(what, ": ", st.message()));
+  }
+  // NCCL binds the communicator to the current device; the caller's stays.
+  CudaDeviceGuard guard(device);
   const absl::Time deadline = absl::Now() + options.timeout;
 
   // Rendezvous: rank 0 makes the id (it holds rank 0's bootstrap address),
