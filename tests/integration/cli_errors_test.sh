@@ -3,6 +3,7 @@
 set -u
 CLI=$1
 DATA=${SHRINKRAY_SHARED_DATA:-$2}
+WORKER=${3:-}  # shrinkray-worker, for its flag errors (skipped when not given)
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 fails=0; passes=0
 
@@ -39,6 +40,15 @@ expect_error "distill zero teacher samples" "--teacher-samples must be positive,
 expect_error "distill negative teacher samples" "--teacher-samples must be positive, got -4" "$CLI" distill --teacher x --out "$tmp/s" --keep-layers 0 --teacher-samples -4
 expect_error "distill sample temperature 0" "--teacher-sample-temperature must be positive, got 0" "$CLI" distill --teacher x --out "$tmp/s" --keep-layers 0 --teacher-samples 8 --teacher-sample-temperature 0
 expect_error "distill sample flag alone" "--teacher-sample-seed needs --teacher-samples N" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --teacher-sample-seed 3
+# --device: cpu, cuda or cuda:N; a GPU that is not there (or a build without
+# CUDA) is named before anything is loaded: "device cuda:99: <why>".
+expect_error "distill bad device" "--device must be cpu, cuda or cuda:N, got 'cuda:-1'" "$CLI" distill --teacher x --data y --out "$tmp/s" --keep-layers 0 --device cuda:-1
+expect_error "distill gpu not there" "device cuda:99: " "$CLI" distill --teacher "$tmp/none" --data y --out "$tmp/s" --keep-layers 0 --device cuda:99
+if [ -n "$WORKER" ]; then
+  expect_error "worker bad device" "--device must be cpu, cuda or cuda:N, got 'gpu'" "$WORKER" --device gpu --metrics-listen ""
+  expect_error "worker bad device index" "--device must be cpu, cuda or cuda:N, got 'cuda:1x'" "$WORKER" --device cuda:1x --metrics-listen ""
+  expect_error "worker gpu not there" "device cuda:99: " "$WORKER" --device cuda:99 --metrics-listen "" --coordinator 127.0.0.1:1
+fi
 # A distill stage in a recipe (shrinkray compress): the recipe's errors name the
 # file, the stage and the field, before anything is loaded; the student's size
 # against the teacher once the model's config is read (the demo model: 2 layers,
@@ -55,6 +65,8 @@ expect_error "recipe distill not first" "stage 1 (distill): a distill stage must
 expect_error "recipe distill no student" "stage 0 (distill): needs 'student'" r "- distill: {steps: 3}"
 expect_error "recipe distill deeper student" "stage 0 (distill): field 'student.keep_layers': keeps 3 layers but the teacher has 2; a pruned student cannot be deeper" r "[{distill: {student: {keep_layers: [0, 1, 2]}}}, {gptq: {}}]"
 expect_error "recipe distill layer out of range" "field 'student.keep_layers': layer 5 is outside the teacher's 2 layers" r "- distill: {student: {keep_layers: [0, 5]}}"
+expect_error "compress bad device" "--device must be cpu, cuda or cuda:N, got 'cuda:x'" r "[{gptq: {}}]" --device cuda:x
+expect_error "compress gpu not there" "device cuda:99: " r "[{gptq: {}}]" --device cuda:99
 expect_error "recipe distill wider MLP" "field 'student.mlp_width': intermediate size 400 is larger than the teacher's 172; pruning cannot widen" r "- distill: {student: {mlp_width: 400}}"
 expect_error "recipe distill more heads" "field 'student.heads': 16 heads is more than the teacher's 8" r "- distill: {student: {heads: 16}}"
 expect_error "recipe distill top-k > vocab" "field 'top_k': top_k 100000 is larger than the teacher's vocabulary" r "- distill: {student: {keep_layers: [0]}, top_k: 100000}"
