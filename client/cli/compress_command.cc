@@ -42,7 +42,7 @@ absl::Status RunCompress(const Args& args) {
       Flags flags, Flags::Parse(args,
                                 {"model", "recipe", "calib", "num-samples", "seqlen", "seed", "out", "format",
                                  "eval", "eval-max-chars", "eval-seqlen", "batch-windows", "device"},
-                                {"overwrite", "compare-rtn", "print-matrices"}));
+                                {"overwrite", "compare-rtn", "print-matrices", "no-overlap-io"}));
   SR_ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
   SR_ASSIGN_OR_RETURN(std::string recipe_path, flags.Required("recipe"));
   SR_ASSIGN_OR_RETURN(std::string calib_path, flags.Required("calib"));
@@ -79,6 +79,7 @@ absl::Status RunCompress(const Args& args) {
   options.calibration.seed = static_cast<uint64_t>(seed);
   options.format = format;
   options.overwrite = flags.Has("overwrite");
+  options.overlap_io = !flags.Has("no-overlap-io");
   options.layerwise.compare_rtn = flags.Has("compare-rtn");
   options.layerwise.batch_windows = static_cast<int>(batch_windows);
   options.layerwise.solvers = solvers.get();
@@ -133,8 +134,9 @@ absl::Status RunCompress(const Args& args) {
     std::printf("solves          %ld on %s, %ld on the CPU (options the device does not support)\n",
                 solvers->device_solves(), solvers->name().c_str(), solvers->cpu_fallbacks());
   }
-  std::printf("seconds         %.2f (load %.2f, calibration %.2f, write %.2f)\n", report.total_seconds,
-              report.load_seconds, report.calibration_seconds, report.write_seconds);
+  std::printf("seconds         %.2f (load %.2f, calibration %.2f, write %.2f, waited for I/O %.2f)\n",
+              report.total_seconds, report.load_seconds, report.calibration_seconds, report.write_seconds,
+              report.io_wait_seconds);
   std::printf("output          %s (report.json inside)\n", out_dir.c_str());
   if (recipe.distill.has_value()) {
     // A distill chain: one row per stage (also OUT/results.md and results.json).

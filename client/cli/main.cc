@@ -16,7 +16,7 @@ constexpr char kUsage[] =
     "\n"
     "commands:\n"
     "  compress  --model DIR --recipe FILE --calib FILE --out DIR [--num-samples 128] [--seqlen 2048]\n"
-    "            [--seed 0] [--format dense|gptq|compressed-tensors] [--overwrite] [--compare-rtn]\n"
+    "            [--seed 0] [--format dense|gptq|compressed-tensors] [--overwrite] [--compare-rtn] [--no-overlap-io]\n"
     "            [--print-matrices] [--eval FILE [--eval-max-chars N] [--eval-seqlen 256]]\n"
     "            [--device cpu|cuda|cuda:N (cuda = cuda:0)]\n"
     "            layerwise GPTQ/SparseGPT/Wanda/magnitude/RTN with a YAML recipe (docs/recipes.md)\n"

@@ -18,6 +18,7 @@
 #include "core/model/config.h"
 #include "core/pipeline/layer_checkpoint.h"
 #include "core/tokenizer/tokenizer.h"
+#include "core/util/serial_worker.h"
 #include "core/util/status_macros.h"
 #include "core/pipeline/linear_result_codec.h"
 
@@ -608,6 +609,16 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
     write_seconds += Seconds(write_start);
     return status;
   };
+  // Overlapped I/O (CompressOptions::overlap_io): `writes` hands rank 0's
+  // finished layers to the writer and their checkpoints, in model order,
+  // while the next layer computes; `reads` loads layer l+1 from the source
+  // while layer l computes. Declared after everything their tasks touch, so
+  // an early return finishes (or joins) them first.
+  std::unique_ptr<SerialWorker> writes =
+      options.overlap_io ? std::make_unique<SerialWorker>(/*max_waiting=*/1) : SerialWorker::InLine();
+  std::unique_ptr<SerialWorker> reads =
+      options.overlap_io ? std::make_unique<SerialWorker>(/*max_waiting=*/0) : SerialWorker::InLine();
+  int layer_being_read = -1;
   const std::vector<LlamaModel::NamedParameter> parameters = model->Parameters();
   auto write_outside_layers = [&](bool after_layers) -> absl::Status {
     if (!leader) return absl::OkStatus();
@@ -633,7 +644,22 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
     model->ReleaseEmbeddings();
     return absl::OkStatus();
   };
-  hooks.before_layer = [&](int layer) { return model->LoadLayer(layer); };
+  hooks.before_layer = [&](int layer) -> absl::Status {
+    if (layer_being_read == layer) {
+      layer_being_read = -1;
+      SR_RETURN_IF_ERROR(reads->Wait());
+    } else {
+      SR_RETURN_IF_ERROR(reads->Submit([&model, layer] { return model->LoadLayer(layer); }));
+      SR_RETURN_IF_ERROR(reads->Wait());
+    }
+    // The layers run in order, so the next one is wanted next (touching only
+    // its own arena; layer `layer` is not written by LoadLayer(layer + 1)).
+    if (options.overlap_io && layer + 1 < config.num_hidden_layers) {
+      SR_RETURN_IF_ERROR(reads->Submit([&model, layer] { return model->LoadLayer(layer + 1); }));
+      layer_being_read = layer + 1;
+    }
+    return absl::OkStatus();
+  };
   hooks.first_layer = resume.first_layer;
   hooks.restore_layer = [&](int layer, bool load, LayerwiseResult& result) -> absl::Status {
     SR_ASSIGN_OR_RETURN(PersistedLayer saved, ReadLayerCheckpoint(partial, layer));
@@ -658,7 +684,7 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
     }
     result.matrices.insert(result.matrices.end(), saved.matrices.begin(), saved.matrices.end());
     result.layer_seconds.push_back(saved.seconds);
-    return write(saved.tensors);
+    return writes->Submit([&write, tensors = std::move(saved.tensors)] { return write(tensors); });
   };
   hooks.release_layer = [&](int layer) { model->ReleaseLayer(layer); };
   hooks.after_layer = [&](int layer, LayerwiseResult& result) -> absl::Status {
@@ -694,10 +720,6 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
       entries.push_back(std::move(entry));
     }
     model->ReleaseLayer(layer);
-    SR_RETURN_IF_ERROR(write(entries));
-    // Persisted after the writer accepted the layer: a layer the writer
-    // rejects is never resumed.
-    const auto checkpoint_start = Clock::now();
     PersistedLayer done;
     done.layer = layer;
     done.seconds = result.layer_seconds.back();
@@ -705,12 +727,25 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
     for (const MatrixReport& m : result.matrices) {
       if (m.layer == layer) done.matrices.push_back(m);
     }
-    absl::Status status = WriteLayerCheckpoint(partial, done);
-    checkpoint_seconds += Seconds(checkpoint_start);
-    return status;
+    return writes->Submit([&, done = std::move(done)] {
+      SR_RETURN_IF_ERROR(write(done.tensors));
+      // Persisted after the writer accepted the layer: a layer the writer
+      // rejects is never resumed.
+      const auto checkpoint_start = Clock::now();
+      absl::Status status = WriteLayerCheckpoint(partial, done);
+      checkpoint_seconds += Seconds(checkpoint_start);
+      return status;
+    });
   };
-  SR_ASSIGN_OR_RETURN(LayerwiseResult result,
-                      RunLayerwise(*model, recipe, calibration, options.layerwise, hooks));
+  absl::StatusOr<LayerwiseResult> layerwise = RunLayerwise(*model, recipe, calibration, options.layerwise, hooks);
+  // The last layers' writes (and a read nothing waits for) end before the
+  // result counts: a failed write is the run's error.
+  const absl::Status written = writes->Wait();
+  (void)reads->Wait();  // a read no layer waited for: moot
+  if (!layerwise.ok()) return layerwise.status();
+  SR_RETURN_IF_ERROR(written);
+  LayerwiseResult result = std::move(*layerwise);
+  report.io_wait_seconds = writes->blocked_seconds() + reads->blocked_seconds();
   SR_RETURN_IF_ERROR(CheckCancelled(options.layerwise.cancel, "writing the output"));
   report.embed_seconds = result.embed_seconds;
   report.layer_seconds = result.layer_seconds;

@@ -139,6 +139,11 @@ struct CompressOptions {
   // compare_rtn, batch size) equals this run's; false discards them. Layers
   // are checkpointed either way.
   bool resume = true;
+  // Write each finished layer (and its checkpoint) on a thread of its own
+  // while the next layer computes, and read the next layer from the source
+  // checkpoint while this one computes. Same output bytes either way; false
+  // keeps all of it in line (for measuring what the overlap hides).
+  bool overlap_io = true;
   LayerwiseOptions layerwise;
 };
 

@@ -85,6 +85,7 @@ nlohmann::json CompressReport::ToJson() const {
         {"embed_seconds", embed_seconds},
         {"layer_seconds", layer_seconds},
         {"write_seconds", write_seconds},
+        {"io_wait_seconds", io_wait_seconds},
         {"total_seconds", total_seconds}}},
   };
 }

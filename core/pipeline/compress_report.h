@@ -61,7 +61,11 @@ struct CompressReport {
   double load_seconds = 0.0;
   double calibration_seconds = 0.0;
   double embed_seconds = 0.0;
-  double write_seconds = 0.0;
+  double write_seconds = 0.0;  // encoding + writing, on the writer thread when overlapped
+  // What the layers waited for I/O: the writer thread falling behind, the
+  // next layer's read not done yet, the last writes (all of write_seconds
+  // when the I/O is not overlapped: CompressOptions::overlap_io).
+  double io_wait_seconds = 0.0;
   double total_seconds = 0.0;
   std::vector<nlohmann::json> dense_fallbacks;  // {module, reason} the writer kept dense
 

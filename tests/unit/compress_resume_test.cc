@@ -283,6 +283,53 @@ TEST_F(CompressResumeTest, JobRunnerReportsTheResume) {
   EXPECT_THAT(stages, ::testing::ElementsAre("load 0/0", "calibrate 2/4", "calibrate 3/4", "calibrate 4/4", "done 0/0"));
 }
 
+// Writing and checkpointing on the writer thread (and reading the next layer
+// ahead) changes nothing in the output, and the in-line run reports its I/O
+// as waited for.
+TEST_F(CompressResumeTest, OverlappedAndInLineIoWriteTheSameBytes) {
+  for (OutputFormat format : {OutputFormat::kGptq, OutputFormat::kCompressedTensors}) {
+    const std::string tag(OutputFormatName(format));
+    SCOPED_TRACE(tag);
+    CompressOptions overlapped = Options("overlapped-" + tag, format);
+    ASSERT_TRUE(overlapped.overlap_io);  // the default
+    CompressOptions in_line = Options("in-line-" + tag, format);
+    in_line.overlap_io = false;
+    auto a = RunCompression(MustParse(kSparseThenGptq), overlapped);
+    auto b = RunCompression(MustParse(kSparseThenGptq), in_line);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    ExpectSameOutput(overlapped.out_dir, in_line.out_dir);
+    EXPECT_GT(b->io_wait_seconds, 0.0);
+    const nlohmann::json j = nlohmann::json::parse(ReadBytes(in_line.out_dir / "report.json"));
+    EXPECT_EQ(j["timings"]["io_wait_seconds"].get<double>(), b->io_wait_seconds);
+  }
+}
+
+// A layer the writer thread cannot persist fails the run with that error,
+// within one layer of it, in both modes; the finished layers before it stay.
+TEST_F(CompressResumeTest, FailedCheckpointWriteFailsTheRun) {
+  for (bool overlap : {true, false}) {
+    SCOPED_TRACE(overlap ? "overlapped" : "in line");
+    const std::string out = overlap ? "broken-overlapped" : "broken-in-line";
+    CompressOptions o = Options(out, OutputFormat::kGptq);
+    o.overlap_io = overlap;
+    std::vector<int> done;
+    o.layerwise.on_layer_done = [&](const LayerDone& d) {
+      done.push_back(d.layer);
+      if (d.layer != 0) return;
+      // Before layer 0 is handed to the writer: its checkpoint folder becomes a file.
+      const fs::path layers = dir_ / (out + ".partial") / "layers";
+      fs::remove_all(layers);
+      std::ofstream(layers) << "not a folder";
+    };
+    auto report = RunCompression(MustParse(kGptqActOrder), o);
+    ASSERT_FALSE(report.ok());
+    EXPECT_THAT(std::string(report.status().message()), HasSubstr("layer-00000"));
+    EXPECT_LE(done.size(), overlap ? 2u : 1u);
+    EXPECT_FALSE(fs::exists(dir_ / out));
+  }
+}
+
 TEST(LayerCheckpointTest, RoundTripsEveryKindOfEntry) {
   const fs::path partial = testing::MakeTempDir("layer-ckpt") / "out.partial";
   ASSERT_TRUE(StartLayerCheckpoint(partial, {{"x", 1}}).ok());
