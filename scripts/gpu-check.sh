@@ -323,7 +323,7 @@ section_compress_job() {
   fi
   local phases
   phases=$(/usr/bin/env python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); t=r["timings"]; p=t["phases"]
-print("forward %.1f s, solve %.1f s, error %.1f s, write %.1f s + checkpoints %.1f s (waited for I/O %.1f s), calibration %.1f s, load %.1f s, %d matrices" % (p["forward_seconds"], p["solve_seconds"], p.get("error_seconds", 0), t.get("write_seconds", 0), t.get("checkpoint_seconds", 0), t.get("io_wait_seconds", 0), t.get("calibration_seconds", 0), t.get("load_seconds", 0), len(r["matrices"])))' \
+print("load %.1f s, forward %.1f s, solve %.1f s, error %.1f s, write %.1f s + checkpoints %.1f s (waited for I/O %.1f s), calibration %.1f s, open %.1f s, %d matrices" % (p.get("load_seconds", 0), p["forward_seconds"], p["solve_seconds"], p.get("error_seconds", 0), t.get("write_seconds", 0), t.get("checkpoint_seconds", 0), t.get("io_wait_seconds", 0), t.get("calibration_seconds", 0), t.get("load_seconds", 0), len(r["matrices"])))' \
     "$work/out/report.json" 2>&1)
   grep -q "layer forwards on the CPU" "$log" && { STATUS=FAIL; NOTE="forwards fell back to the CPU"; return; }
   cp "$work/out/report.json" "$LOGDIR/compress-job-report.json"

@@ -266,7 +266,7 @@ absl::Status CheckRecipeTargets(const ModelConfig& config, const Recipe& recipe)
 }
 
 nlohmann::json LayerwisePhases::ToJson() const {
-  return {{"forward_seconds", forward}, {"allreduce_seconds", allreduce}, {"solve_seconds", solve},
+  return {{"load_seconds", load}, {"forward_seconds", forward}, {"allreduce_seconds", allreduce}, {"solve_seconds", solve},
           {"error_seconds", error}, {"broadcast_seconds", broadcast}};
 }
 
@@ -391,6 +391,7 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
     const auto layer_start = Clock::now();
     const LayerwisePhases phases_before = result.phases;
     if (hooks.before_layer) SR_RETURN_IF_ERROR(hooks.before_layer(l));
+    result.phases.load += Seconds(layer_start);
     const size_t first_row = result.matrices.size();
     std::vector<LinearSlot>& slots = plan[l];
     for (const std::vector<LinearGroup>& pass : passes) {
@@ -430,10 +431,11 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
     double err = 0.0;
     const size_t rows = result.matrices.size() - first_row;
     for (size_t i = first_row; i < result.matrices.size(); ++i) err += result.matrices[i].error;
-    Progress(options, absl::StrFormat("layer %d/%d: %d matrices, mean error %.6f, %.2f s (forward %.2f, solve %.2f, "
-                                      "error %.2f)",
+    Progress(options, absl::StrFormat("layer %d/%d: %d matrices, mean error %.6f, %.2f s (load %.2f, forward %.2f, "
+                                      "solve %.2f, error %.2f)",
                                       l + 1, config.num_hidden_layers, static_cast<int>(rows),
                                       rows > 0 ? err / static_cast<double>(rows) : 0.0, result.layer_seconds.back(),
+                                      result.phases.load - phases_before.load,
                                       result.phases.forward - phases_before.forward,
                                       result.phases.solve - phases_before.solve,
                                       result.phases.error - phases_before.error));

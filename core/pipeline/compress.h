@@ -102,6 +102,7 @@ struct LayerwiseOptions {
 
 // Wall seconds by phase over the layers (sharded runs: this rank's).
 struct LayerwisePhases {
+  double load = 0.0;        // materialising each layer (the read, or waiting for the read ahead)
   double forward = 0.0;     // layer forwards with statistics, and the output recompute
   double allreduce = 0.0;   // merging statistics across ranks
   double solve = 0.0;       // this rank's GPTQ/SparseGPT/... solves
