@@ -265,6 +265,8 @@ absl::Status CheckRecipeTargets(const ModelConfig& config, const Recipe& recipe)
   return PlanLinears(config, recipe).status();
 }
 
+double LayerwisePhases::Total() const { return load + forward + allreduce + solve + error + broadcast; }
+
 nlohmann::json LayerwisePhases::ToJson() const {
   return {{"load_seconds", load}, {"forward_seconds", forward}, {"allreduce_seconds", allreduce}, {"solve_seconds", solve},
           {"error_seconds", error}, {"broadcast_seconds", broadcast}};
@@ -431,14 +433,18 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
     double err = 0.0;
     const size_t rows = result.matrices.size() - first_row;
     for (size_t i = first_row; i < result.matrices.size(); ++i) err += result.matrices[i].error;
+    // "other": what no phase timer covers (gathering the statistics for the
+    // solvers, copies), so that the line adds up.
+    const double phase_sum = result.phases.Total() - phases_before.Total();
     Progress(options, absl::StrFormat("layer %d/%d: %d matrices, mean error %.6f, %.2f s (load %.2f, forward %.2f, "
-                                      "solve %.2f, error %.2f)",
+                                      "solve %.2f, error %.2f, other %.2f)",
                                       l + 1, config.num_hidden_layers, static_cast<int>(rows),
                                       rows > 0 ? err / static_cast<double>(rows) : 0.0, result.layer_seconds.back(),
                                       result.phases.load - phases_before.load,
                                       result.phases.forward - phases_before.forward,
                                       result.phases.solve - phases_before.solve,
-                                      result.phases.error - phases_before.error));
+                                      result.phases.error - phases_before.error,
+                                      std::max(0.0, result.layer_seconds.back() - phase_sum)));
     if (options.on_layer_done) {
       LayerDone done;
       done.layer = l;

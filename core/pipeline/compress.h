@@ -108,6 +108,7 @@ struct LayerwisePhases {
   double solve = 0.0;       // this rank's GPTQ/SparseGPT/... solves
   double error = 0.0;       // the reported output errors (and RTN's) of those matrices
   double broadcast = 0.0;   // waiting for and receiving other ranks' matrices
+  double Total() const;
   nlohmann::json ToJson() const;
 };
 
