@@ -215,7 +215,6 @@ class Worker::Session {
     }
     job->compress.layerwise.solvers = options_.solvers;
     job->compress.layerwise.executors = options_.executors;
-    job->compress.layerwise.device = options_.device.ToString();
     job->distill_runners = options_.distill_runners;
     // Rank 0 speaks for the job; the others would repeat its events.
     const bool speaks = a.rank() == 0;

@@ -84,7 +84,6 @@ absl::Status RunCompress(const Args& args) {
   options.layerwise.batch_windows = static_cast<int>(batch_windows);
   options.layerwise.solvers = solvers.get();
   options.layerwise.executors = executors;
-  options.layerwise.device = device.ToString();
   options.layerwise.progress = [](const std::string& line) {
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);

@@ -91,13 +91,10 @@ struct LayerwiseOptions {
   SolverBackend* solvers = nullptr;
   // Where the layer forwards and their statistics (Hessians, activation
   // norms) run (core/pipeline/layer_executor.h): empty, the CPU; else the
-  // device's executor, e.g. MakeLayerExecutorFactory("cuda"): fp32 on the
-  // current CUDA device. A run it cannot serve (Unimplemented) falls back to
-  // the CPU with a progress line.
+  // device's executor, e.g. MakeLayerExecutorFactory(cuda:N) of
+  // core/pipeline/device_factories.h. A run it cannot serve (Unimplemented)
+  // falls back to the CPU with a progress line.
   LayerExecutorFactory executors;
-  // The device's name ("cpu", "cuda"), for what is not layerwise: a service
-  // job's distill stage trains on it too.
-  std::string device = "cpu";
 };
 
 // Wall seconds by phase over the layers (sharded runs: this rank's).

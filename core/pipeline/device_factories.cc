@@ -21,11 +21,6 @@ absl::StatusOr<LayerExecutorFactory> MakeLayerExecutorFactory(const ComputeDevic
       [index](const LayerExecutorSpec& spec) { return MakeCudaLayerExecutor(index, spec); });
 }
 
-absl::StatusOr<LayerExecutorFactory> MakeLayerExecutorFactory(const std::string& device) {
-  SR_ASSIGN_OR_RETURN(const ComputeDevice parsed, ParseComputeDevice(device));
-  return MakeLayerExecutorFactory(parsed);
-}
-
 absl::StatusOr<distill::DistillRunnerFactory> MakeDistillRunnerFactory(const ComputeDevice& device) {
   if (!device.is_cuda()) return distill::DistillRunnerFactory();
   SR_RETURN_IF_ERROR(CheckComputeDevice(device));

@@ -27,8 +27,7 @@ namespace shrinkray {
 absl::StatusOr<std::unique_ptr<SolverBackend>> MakeSolverBackend(const ComputeDevice& device);
 
 // Where the layer forwards and statistics run: empty on the CPU, else
-// MakeCudaLayerExecutor on the device's index. (layer_executor.h declares the
-// same by the device's name, parsed with ParseComputeDevice.)
+// MakeCudaLayerExecutor on the device's index.
 absl::StatusOr<LayerExecutorFactory> MakeLayerExecutorFactory(const ComputeDevice& device);
 
 // Where distillation trains: empty on the CPU, else MakeCudaDistillRunner on
@@ -36,8 +35,7 @@ absl::StatusOr<LayerExecutorFactory> MakeLayerExecutorFactory(const ComputeDevic
 absl::StatusOr<distill::DistillRunnerFactory> MakeDistillRunnerFactory(const ComputeDevice& device);
 
 // The CUDA executor on device `device` (cuda:N; CUDA builds, elsewhere
-// Unimplemented naming the build). layer_executor.h's MakeCudaLayerExecutor(spec)
-// is the current device's.
+// Unimplemented naming the build).
 absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeCudaLayerExecutor(int device, const LayerExecutorSpec& spec);
 
 }  // namespace shrinkray

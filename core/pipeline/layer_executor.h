@@ -110,13 +110,6 @@ std::unique_ptr<LayerExecutor> MakeCpuLayerExecutor(const LayerExecutorSpec& spe
 // executor and says why; any other error fails the run.
 using LayerExecutorFactory = std::function<absl::StatusOr<std::unique_ptr<LayerExecutor>>(const LayerExecutorSpec&)>;
 
-// The CUDA executor on the current device (CUDA builds; elsewhere
-// Unimplemented naming the build).
-absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeCudaLayerExecutor(const LayerExecutorSpec& spec);
-
-// By device name, for the programs that pick one at run time: "cpu" -> an
-// empty factory (the CPU executor), "cuda" -> MakeCudaLayerExecutor, anything
-// else InvalidArgument naming it. Defined beside MakeSolverBackend.
-absl::StatusOr<LayerExecutorFactory> MakeLayerExecutorFactory(const std::string& device);
+// The CUDA executor and the factory by device: core/pipeline/device_factories.h.
 
 }  // namespace shrinkray

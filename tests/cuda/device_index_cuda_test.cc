@@ -56,7 +56,6 @@ TEST_F(DeviceIndexTest, AnIndexNotVisibleIsRefusedNamingIt) {
   expect(CheckComputeDevice(missing), "CheckComputeDevice");
   expect(MakeSolverBackend(missing).status(), "MakeSolverBackend");
   expect(MakeLayerExecutorFactory(missing).status(), "MakeLayerExecutorFactory");
-  expect(MakeLayerExecutorFactory(missing.ToString()).status(), "MakeLayerExecutorFactory by name");
   expect(MakeDistillRunnerFactory(missing).status(), "MakeDistillRunnerFactory");
   expect(MakeCudaSolverBackend(count_).status(), "MakeCudaSolverBackend");
   expect(MakeCudaLayerExecutor(count_, spec_).status(), "MakeCudaLayerExecutor");

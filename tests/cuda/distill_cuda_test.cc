@@ -401,7 +401,6 @@ TEST_F(DistillCudaTest, DistillStageOfAJobTrainsOnTheGpu) {
     job.compress.calib_path = train_;
     job.compress.out_dir = root / device;
     job.compress.calibration = {8, 128, 0};
-    job.compress.layerwise.device = device;
     absl::StatusOr<distill::DistillRunnerFactory> runners = Runners(device);
     Ran r;
     if (!runners.ok()) {

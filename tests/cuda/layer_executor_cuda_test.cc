@@ -20,6 +20,7 @@
 #include "core/calib/layer_statistics.h"
 #include "core/model/llama.h"
 #include "core/model/synthetic.h"
+#include "core/pipeline/device_factories.h"
 #include "core/pipeline/layer_executor.h"
 #include "core/tokenizer/tokenizer.h"
 #include "cuda_test_util.h"
@@ -63,7 +64,7 @@ class CudaLayerExecutorTest : public CudaTest {
     spec.batch_windows = batch_windows;
     spec.max_kept_blocks = kept;
     std::unique_ptr<LayerExecutor> cpu = MakeCpuLayerExecutor(spec);
-    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<LayerExecutor> gpu, MakeCudaLayerExecutor(spec));
+    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<LayerExecutor> gpu, MakeCudaLayerExecutor(0, spec));
     EXPECT_EQ(gpu->device(), "cuda");
     SR_ASSERT_OK(cpu->Embed(model, tokens));
     SR_ASSERT_OK(gpu->Embed(model, tokens));
@@ -169,7 +170,7 @@ TEST_F(CudaLayerExecutorTest, Float64HessiansAreLeftToTheCpu) {
   spec.seqlen = 8;
   spec.batch_windows = 1;
   spec.precision = HessianPrecision::kFloat64;
-  absl::StatusOr<std::unique_ptr<LayerExecutor>> gpu = MakeCudaLayerExecutor(spec);
+  absl::StatusOr<std::unique_ptr<LayerExecutor>> gpu = MakeCudaLayerExecutor(0, spec);
   EXPECT_EQ(gpu.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(gpu.status().message().find("float64 Hessians"), std::string::npos) << gpu.status();
 }

@@ -286,11 +286,4 @@ absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeCudaLayerExecutor(int device,
   return std::unique_ptr<LayerExecutor>(std::move(executor));
 }
 
-absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeCudaLayerExecutor(const LayerExecutorSpec& spec) {
-  int device = 0;
-  // Without a visible device the indexed call says so, by name.
-  if (cudaGetDevice(&device) != cudaSuccess) device = 0;
-  return MakeCudaLayerExecutor(device, spec);
-}
-
 }  // namespace shrinkray
