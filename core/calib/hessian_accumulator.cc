@@ -12,11 +12,13 @@
 namespace shrinkray {
 
 HessianAccumulator::HessianAccumulator(int dim, HessianPrecision precision)
-    : dim_(dim), precision_(precision) {
-  const size_t n = static_cast<size_t>(dim) * dim;
-  if (precision == HessianPrecision::kFloat64) {
-    h64_.assign(n, 0.0);
-  } else {
+    : dim_(dim), precision_(precision) {}
+
+void HessianAccumulator::Allocate() {
+  const size_t n = static_cast<size_t>(dim_) * dim_;
+  if (precision_ == HessianPrecision::kFloat64) {
+    if (h64_.size() != n) h64_.assign(n, 0.0);
+  } else if (h32_.size() != n) {
     h32_.assign(n, 0.0f);
   }
 }
@@ -29,6 +31,7 @@ absl::Status HessianAccumulator::Add(const float* x, long rows, int samples) {
   if (rows > INT32_MAX) {
     return absl::InvalidArgumentError("HessianAccumulator::Add: too many rows for one batch");
   }
+  Allocate();
   const long n_old = n_;
   n_ += samples;
   symmetric_ = false;  // syrk updates the upper triangle only
@@ -72,6 +75,7 @@ std::vector<float> HessianAccumulator::HessianF32() const {
   // Whole already (the column-order mirror below costs a cache miss per value).
   if (symmetric_) return h32_;
   std::vector<float> out(d * d);
+  if (h32_.empty() && h64_.empty()) return out;  // nothing accumulated
   for (size_t i = 0; i < d; ++i) {
     for (size_t j = i; j < d; ++j) {
       const float v = precision_ == HessianPrecision::kFloat64 ? static_cast<float>(h64_[i * d + j])
@@ -83,9 +87,23 @@ std::vector<float> HessianAccumulator::HessianF32() const {
   return out;
 }
 
+absl::Span<const float> HessianAccumulator::SymmetricF32() {
+  if (precision_ != HessianPrecision::kFloat32) return {};
+  Allocate();
+  if (!symmetric_) {
+    const size_t d = static_cast<size_t>(dim_);
+    for (size_t i = 0; i < d; ++i) {
+      for (size_t j = i + 1; j < d; ++j) h32_[j * d + i] = h32_[i * d + j];
+    }
+    symmetric_ = true;
+  }
+  return h32_;
+}
+
 std::vector<double> HessianAccumulator::HessianF64() const {
   const size_t d = static_cast<size_t>(dim_);
   std::vector<double> out(d * d);
+  if (h32_.empty() && h64_.empty()) return out;  // nothing accumulated
   for (size_t i = 0; i < d; ++i) {
     for (size_t j = i; j < d; ++j) {
       const double v = precision_ == HessianPrecision::kFloat64 ? h64_[i * d + j]
@@ -98,6 +116,7 @@ std::vector<double> HessianAccumulator::HessianF64() const {
 }
 
 absl::Status HessianAccumulator::MergeAcrossRanks(Communicator& comm) {
+  Allocate();  // a rank without windows adds zeros
   const size_t d = static_cast<size_t>(dim_);
   // Upper triangle (the valid part) as sums H·n, plus n, in one buffer.
   std::vector<double> buffer;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "core/algo/hessian_inverse.h"
 
 namespace shrinkray {
@@ -43,6 +44,10 @@ class HessianAccumulator {
 
   // Full symmetric [dim, dim] in float32 (converted when accumulated in double).
   std::vector<float> HessianF32() const;
+  // The same values without a copy, float32 accumulators only: the lower
+  // triangle is mirrored in place (once; a later Add or merge undoes it) and
+  // the view stays valid until the accumulator next changes.
+  absl::Span<const float> SymmetricF32();
   // Full symmetric [dim, dim] in float64 (widened when accumulated in float).
   std::vector<double> HessianF64() const;
 
@@ -50,6 +55,10 @@ class HessianAccumulator {
   int dim_;
   HessianPrecision precision_;
   long n_ = 0;
+  // Allocated (zeroed) by the first Add or merge: an H that the GPU hands
+  // over whole (Assign) never pays for a zeroed d² buffer first.
+  void Allocate();
+
   std::vector<float> h32_;  // upper triangle valid; all of it when symmetric_
   bool symmetric_ = false;  // set by Assign
   std::vector<double> h64_;

@@ -162,7 +162,7 @@ std::vector<int> MatrixOwners(const std::vector<const LinearSlot*>& slots, int s
 
 // Runs every stage of `slot` on its weight; the report row and final state.
 absl::Status SolveMatrix(const LinearSlot& slot, int layer, LinearGroup group, const float* view,
-                         const LinearInputStats& input, const std::vector<float>& h32,
+                         const LinearInputStats& input, absl::Span<const float> h32,
                          const LayerwiseOptions& options, LinearState* state, MatrixReport* report,
                          double* error_seconds) {
   const size_t numel = static_cast<size_t>(slot.rows) * slot.cols;
@@ -212,14 +212,23 @@ absl::Status BroadcastMatrix(Communicator& comm, int owner, LinearState* state, 
 }
 
 absl::Status CompressGroup(LlamaModel& model, int layer, LinearGroup group, std::vector<LinearSlot>& slots,
-                           const LayerStatistics& stats, const Recipe& recipe, const LayerwiseOptions& options,
+                           LayerStatistics& stats, const Recipe& recipe, const LayerwiseOptions& options,
                            LayerwiseResult* result) {
-  const HessianAccumulator* hessian = stats.hessian(group);
+  HessianAccumulator* hessian = stats.mutable_hessian(group);
   if (hessian == nullptr) return absl::InternalError("no Hessian for a targeted group");
-  const std::vector<float> h32 = hessian->HessianF32();
+  // float32: the accumulator's own storage, made symmetric in place (no d²
+  // copy); float64 runs also get a float32 copy for the errors.
+  std::vector<float> h32_copy;
   std::vector<double> h64;
-  if (recipe.hessian_dtype() == HessianPrecision::kFloat64) h64 = hessian->HessianF64();
-  LinearInputStats input{absl::Span<const float>(h32), absl::Span<const double>(h64), {}};
+  absl::Span<const float> h32;
+  if (hessian->precision() == HessianPrecision::kFloat64) {
+    h32_copy = hessian->HessianF32();
+    h32 = h32_copy;
+    h64 = hessian->HessianF64();
+  } else {
+    h32 = hessian->SymmetricF32();
+  }
+  LinearInputStats input{h32, absl::Span<const double>(h64), {}};
   if (const ActivationNormAccumulator* a = stats.act_norm(group)) input.scaler = a->scaler_row();
 
   LayerWeights& weights = model.mutable_layer(layer);

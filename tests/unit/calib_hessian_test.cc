@@ -1,5 +1,6 @@
 // The running-average Hessian and Wanda accumulators against a direct float64
 // computation of (2/n)·Σ x xᵀ and Σx²/n, with uneven batches of samples.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -130,6 +131,29 @@ TEST(CalibHessianAccumulatorTest, AssignReplacesStateAndChecksShape) {
   EXPECT_EQ(a.num_samples(), 4);
   EXPECT_EQ(a.scaler_row(), (std::vector<float>{1.0f, 2.0f, 3.0f}));
   EXPECT_EQ(a.Assign({1.0f}, 1).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// SymmetricF32 is HessianF32 without the copy: the same values bit for bit,
+// also after more batches (the in-place mirror must not leak into the
+// accumulation), and zeros when nothing was accumulated.
+TEST(CalibHessianAccumulatorTest, SymmetricViewEqualsTheCopyAcrossMoreBatches) {
+  const std::vector<float> x = RandomRows(4 * kSeqlen, 5);
+  HessianAccumulator acc(kDim, HessianPrecision::kFloat32);
+  EXPECT_EQ(acc.HessianF32(), std::vector<float>(kDim * kDim, 0.0f));
+  EXPECT_EQ(acc.HessianF64(), std::vector<double>(kDim * kDim, 0.0));
+  HessianAccumulator reference(kDim, HessianPrecision::kFloat32);
+  for (int batch = 0; batch < 4; ++batch) {
+    const float* rows = x.data() + static_cast<size_t>(batch) * kSeqlen * kDim;
+    ASSERT_TRUE(acc.Add(rows, kSeqlen, 1).ok());
+    ASSERT_TRUE(reference.Add(rows, kSeqlen, 1).ok());
+    const std::vector<float> copy = reference.HessianF32();
+    const absl::Span<const float> view = acc.SymmetricF32();
+    ASSERT_EQ(view.size(), copy.size());
+    EXPECT_TRUE(std::equal(view.begin(), view.end(), copy.begin())) << "after batch " << batch;
+    EXPECT_EQ(acc.HessianF32(), copy);
+  }
+  HessianAccumulator f64(kDim, HessianPrecision::kFloat64);
+  EXPECT_TRUE(f64.SymmetricF32().empty());
 }
 
 }  // namespace
