@@ -87,6 +87,23 @@ std::vector<double> RopeInverseFrequencies(const ModelConfig& config) {
   return ComputeInvFreq(config);
 }
 
+template <typename T>
+void RopeTables(const std::vector<double>& inv_freq, int seqlen, std::vector<T>* cos, std::vector<T>* sin) {
+  const size_t half = inv_freq.size();
+  cos->assign(static_cast<size_t>(seqlen) * half, T(0));
+  sin->assign(cos->size(), T(0));
+  for (int t = 0; t < seqlen; ++t) {
+    for (size_t i = 0; i < half; ++i) {
+      const double angle = t * inv_freq[i];
+      (*cos)[t * half + i] = static_cast<T>(std::cos(angle));
+      (*sin)[t * half + i] = static_cast<T>(std::sin(angle));
+    }
+  }
+}
+
+template void RopeTables<float>(const std::vector<double>&, int, std::vector<float>*, std::vector<float>*);
+template void RopeTables<double>(const std::vector<double>&, int, std::vector<double>*, std::vector<double>*);
+
 template <typename Self, typename Fn>
 void LlamaModel::VisitEmbeddings(Self& self, Fn&& fn) {
   const ModelConfig& c = self.config_;
@@ -440,16 +457,9 @@ absl::Status LlamaModel::LayerForwardStaged(int layer, const LayerWeights& w, in
       rmsnorm_forward(q.data(), nullptr, q.data(), w.q_norm, N * NH, HD, c.rms_norm_eps);
       rmsnorm_forward(k.data(), nullptr, k.data(), w.k_norm, N * NKV, HD, c.rms_norm_eps);
     }
-    // cos/sin in double, then rounded once: positions restart at 0 in each row.
-    const int half = HD / 2;
-    std::vector<float> cos_table(static_cast<size_t>(seqlen) * half), sin_table(cos_table.size());
-    for (int t = 0; t < seqlen; ++t) {
-      for (int i = 0; i < half; ++i) {
-        const double angle = t * inv_freq_[i];
-        cos_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(angle));
-        sin_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(angle));
-      }
-    }
+    // Positions restart at 0 in each row.
+    std::vector<float> cos_table, sin_table;
+    RopeTables(inv_freq_, seqlen, &cos_table, &sin_table);
     rope_forward(q.data(), q.data(), cos_table.data(), sin_table.data(), batch, seqlen, NH, HD);
     rope_forward(k.data(), k.data(), cos_table.data(), sin_table.data(), batch, seqlen, NKV, HD);
     attention_forward(b.attention, q.data(), k.data(), v.data(), batch, seqlen, NH, NKV, HD,

@@ -61,6 +61,13 @@ using LinearInputObserver =
 // runs the same decoder without a LlamaModel.
 std::vector<double> RopeInverseFrequencies(const ModelConfig& config);
 
+// cos/sin tables [seqlen, inv_freq.size()] of positions 0..seqlen-1, each
+// angle evaluated in double and rounded once to T: the one table every
+// forward (CPU, CUDA, training) uses, so they rotate by the same values.
+// Instantiated for float and double.
+template <typename T>
+void RopeTables(const std::vector<double>& inv_freq, int seqlen, std::vector<T>* cos, std::vector<T>* sin);
+
 // InvalidArgument "<who>: layer L is missing a weight view" when `w` lacks a
 // view that a decoder layer of `config` needs (biases are optional).
 absl::Status CheckLayerWeightViews(const ModelConfig& config, int layer, const LayerWeights& w,

@@ -77,21 +77,6 @@ void RmsNormBackward(T* dinp, T* dweight, const T* dout, const T* inp, const T* 
 }
 
 template <typename T>
-void RopeTables(const std::vector<double>& inv_freq, int seqlen, std::vector<T>* cos,
-                std::vector<T>* sin) {
-  const size_t half = inv_freq.size();
-  cos->assign(static_cast<size_t>(seqlen) * half, T(0));
-  sin->assign(cos->size(), T(0));
-  for (int t = 0; t < seqlen; ++t) {
-    for (size_t i = 0; i < half; ++i) {
-      const double angle = t * inv_freq[i];
-      (*cos)[t * half + i] = static_cast<T>(std::cos(angle));
-      (*sin)[t * half + i] = static_cast<T>(std::sin(angle));
-    }
-  }
-}
-
-template <typename T>
 void RopeForward(T* out, const T* inp, const T* cos, const T* sin, int B, int S, int NH, int HD) {
   const int half = HD / 2;
   for (int b = 0; b < B; ++b) {
@@ -316,8 +301,6 @@ void CrossEntropyBackward(T* dlogits, const T* probs, const int32_t* targets, lo
   template void EmbeddingBackward<T>(T*, const T*, const int32_t*, long, int);                \
   template void RmsNormForward<T>(T*, T*, const T*, const T*, long, int, T);                  \
   template void RmsNormBackward<T>(T*, T*, const T*, const T*, const T*, const T*, long, int); \
-  template void RopeTables<T>(const std::vector<double>&, int, std::vector<T>*,               \
-                              std::vector<T>*);                                               \
   template void RopeForward<T>(T*, const T*, const T*, const T*, int, int, int, int);         \
   template void RopeBackward<T>(T*, const T*, const T*, const T*, int, int, int, int);        \
   template void LinearForward<T>(T*, const T*, const T*, const T*, int, int, int);            \

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/model/llama.h"
+
 namespace shrinkray::train {
 
 // Row-major C[M, N] = alpha * op(A) @ op(B) + beta * C, op(X) = X or X^T; one
@@ -36,11 +38,8 @@ template <typename T>
 void RmsNormBackward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight,
                      const T* rstd, long N, int C);
 
-// cos/sin tables [seqlen, HD/2] from RoPE inverse frequencies, evaluated in
-// double then rounded once (as LlamaModel does).
-template <typename T>
-void RopeTables(const std::vector<double>& inv_freq, int seqlen, std::vector<T>* cos,
-                std::vector<T>* sin);
+// cos/sin tables [seqlen, HD/2]: the model's (core/model/llama.h).
+using ::shrinkray::RopeTables;
 // HF rotate_half RoPE on rows [B, S, NH, HD] (see rope_forward). It is a
 // rotation, so the backward is the transposed rotation of dout; it needs no
 // cache. Forward may run in place; backward's dinp must not alias dout.

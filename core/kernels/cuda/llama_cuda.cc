@@ -47,14 +47,8 @@ absl::StatusOr<CudaLayerWorkspace> CudaLayerWorkspace::Create(const ModelConfig&
     return absl::InvalidArgumentError("CudaLayerWorkspace: inv_freq is not [head_dim/2]");
   }
   // RoPE tables exactly as LlamaModel::LayerForward builds them.
-  std::vector<float> cos_table(static_cast<size_t>(seqlen) * half), sin_table(cos_table.size());
-  for (int t = 0; t < seqlen; ++t) {
-    for (int i = 0; i < half; ++i) {
-      const double angle = t * inv_freq[i];
-      cos_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(angle));
-      sin_table[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(angle));
-    }
-  }
+  std::vector<float> cos_table, sin_table;
+  RopeTables(inv_freq, seqlen, &cos_table, &sin_table);
   CudaLayerWorkspace ws;
   ws.max_rows_ = max_rows;
   ws.seqlen_ = seqlen;
