@@ -245,10 +245,15 @@ absl::Status CompressGroup(LlamaModel& model, int layer, LinearGroup group, std:
   // then each matrix goes out from its owner in slot order.
   auto start = Clock::now();
   double error_seconds = 0.0;
-  for (size_t i = 0; i < targeted.size(); ++i) {
-    if (owners[i] != rank) continue;
-    SR_RETURN_IF_ERROR(SolveMatrix(*targeted[i], layer, group, weights.*(targeted[i]->view), input, h32, options,
-                                   &states[i], &reports[i], &error_seconds));
+  {
+    // h32 stays as it is until the group's solves and errors are done: a
+    // device backend copies and prepares it once for all of them.
+    const HeldHessian held(options.solvers, h32);
+    for (size_t i = 0; i < targeted.size(); ++i) {
+      if (owners[i] != rank) continue;
+      SR_RETURN_IF_ERROR(SolveMatrix(*targeted[i], layer, group, weights.*(targeted[i]->view), input, h32, options,
+                                     &states[i], &reports[i], &error_seconds));
+    }
   }
   result->phases.solve += Seconds(start) - error_seconds;
   result->phases.error += error_seconds;

@@ -32,6 +32,15 @@ class SolverBackend {
                                              int cols, absl::Span<const float> h) {
     return absl::UnimplementedError("output error on the device");
   }
+  // From HoldHessian until ReleaseHessian the caller keeps `h` (a float32
+  // Hessian) unchanged at its address, and passes that same span to the
+  // solves and errors of the matrices that share it (a group's q/k/v, gate/up).
+  // A backend may then keep it on the device, and what it derived from it
+  // (dead columns, permutation, inverse factor), instead of copying and
+  // preparing it again for every matrix. Calls with any other span work as
+  // before. Use HeldHessian, which releases on every path.
+  virtual void HoldHessian(absl::Span<const float> h) {}
+  virtual void ReleaseHessian() {}
   // Matrices solved on the device / handed back to the CPU (Unimplemented).
   long device_solves() const { return device_solves_; }
   long cpu_fallbacks() const { return cpu_fallbacks_; }
@@ -41,6 +50,22 @@ class SolverBackend {
  private:
   long device_solves_ = 0;
   long cpu_fallbacks_ = 0;
+};
+
+// Holds `h` in `backend` (may be null) for the scope's lifetime.
+class HeldHessian {
+ public:
+  HeldHessian(SolverBackend* backend, absl::Span<const float> h) : backend_(backend) {
+    if (backend_ != nullptr) backend_->HoldHessian(h);
+  }
+  ~HeldHessian() {
+    if (backend_ != nullptr) backend_->ReleaseHessian();
+  }
+  HeldHessian(const HeldHessian&) = delete;
+  HeldHessian& operator=(const HeldHessian&) = delete;
+
+ private:
+  SolverBackend* backend_;
 };
 
 // The GPU backend on CUDA device `device` (cuda:N; CUDA builds, elsewhere

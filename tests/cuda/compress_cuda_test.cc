@@ -206,6 +206,9 @@ class CheckedBackend final : public SolverBackend {
  public:
   explicit CheckedBackend(std::unique_ptr<SolverBackend> gpu) : gpu_(std::move(gpu)) {}
   std::string name() const override { return gpu_->name(); }
+  // Held as the job holds it: the GPU solves below use its held copy.
+  void HoldHessian(absl::Span<const float> h) override { gpu_->HoldHessian(h); }
+  void ReleaseHessian() override { gpu_->ReleaseHessian(); }
 
   absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
                                   const GptqOptions& options) override {

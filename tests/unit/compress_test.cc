@@ -295,6 +295,81 @@ TEST_F(CompressSyntheticTest, ExecutorFallsBackToTheCpuOnlyWhenUnimplemented) {
   EXPECT_THAT(failed.status().message(), HasSubstr("no CUDA device"));
 }
 
+// A backend that solves on the CPU and records how the pipeline held the
+// Hessians: the contract a device backend's cached copy relies on.
+class HoldRecordingBackend final : public SolverBackend {
+ public:
+  std::string name() const override { return "recording"; }
+  void HoldHessian(absl::Span<const float> h) override {
+    if (!held_.empty()) ++nested_holds;
+    held_ = h;
+    held_copy_.assign(h.begin(), h.end());
+    ++holds;
+  }
+  void ReleaseHessian() override {
+    held_ = {};
+    ++releases;
+  }
+  absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
+                                  const GptqOptions& options) override {
+    See(h, cols);
+    return GptqQuantize(w, rows, cols, h, options);
+  }
+  absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols,
+                                            absl::Span<const float> h, const SparseGptOptions& options) override {
+    See(h, cols);
+    return SparseGptPrune(w, rows, cols, h, options);
+  }
+  absl::StatusOr<double> OutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
+                                     absl::Span<const float> h) override {
+    See(h, cols);
+    return absl::UnimplementedError("the CPU computes it");
+  }
+
+  int holds = 0, releases = 0, nested_holds = 0;
+  int calls = 0, calls_outside_hold = 0, calls_changed_values = 0;
+  bool holding() const { return !held_.empty(); }
+
+ private:
+  // Every call must pass the held span itself, with the values it had when held.
+  void See(absl::Span<const float> h, int cols) {
+    ++calls;
+    EXPECT_EQ(h.size(), static_cast<size_t>(cols) * cols);
+    if (held_.empty() || h.data() != held_.data() || h.size() != held_.size()) {
+      ++calls_outside_hold;
+      return;
+    }
+    calls_changed_values += !std::equal(h.begin(), h.end(), held_copy_.begin());
+  }
+
+  absl::Span<const float> held_;
+  std::vector<float> held_copy_;
+};
+
+TEST_F(CompressSyntheticTest, EachGroupsHessianIsHeldUnchangedAcrossItsSolvesAndErrors) {
+  const Recipe recipe = MustParse("[{gptq: {bits: 4, group_size: 16}}]");
+  ASSERT_TRUE(RunCompression(recipe, Options("plain")).ok());
+  for (const bool sequential : {true, false}) {
+    SCOPED_TRACE(sequential ? "true_sequential" : "one pass");
+    const Recipe r = sequential ? recipe : MustParse("[{gptq: {bits: 4, group_size: 16, true_sequential: false}}]");
+    HoldRecordingBackend backend;
+    CompressOptions o = Options(sequential ? "held-seq" : "held-one");
+    o.layerwise.solvers = &backend;
+    ASSERT_TRUE(RunCompression(r, o).ok());
+    // One hold per group and layer (2 layers x 4 groups), released each time.
+    EXPECT_EQ(backend.holds, 2 * 4);
+    EXPECT_EQ(backend.releases, backend.holds);
+    EXPECT_EQ(backend.nested_holds, 0);
+    EXPECT_FALSE(backend.holding());
+    // 14 matrices: a solve, its error and its RTN comparison each, all on the
+    // held span with its held values.
+    EXPECT_EQ(backend.calls, 3 * 14);
+    EXPECT_EQ(backend.calls_outside_hold, 0);
+    EXPECT_EQ(backend.calls_changed_values, 0);
+    if (sequential) testing::ExpectSameFiles(dir_ / "plain", dir_ / "held-seq");
+  }
+}
+
 TEST_F(CompressSyntheticTest, CancelledRunLeavesNoFolder) {
   CancellationToken cancel;
   CompressOptions o = Options("cancelled");

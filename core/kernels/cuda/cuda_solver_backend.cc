@@ -4,12 +4,21 @@
 // support they answer Unimplemented, and ApplyStage solves that matrix on the
 // CPU instead (GPTQ after a pruning stage: keep mask; SparseGPT with joint
 // quantization).
+//
+// The solvers (their cuBLAS/cuSOLVER handles and workspaces) live as long as
+// the backend. While the pipeline holds a group's Hessian (HoldHessian) it is
+// copied to the device once, on first use, and each solver prepares it (dead
+// columns, permutation, damping, the Cholesky chain) once per set of options
+// that the preparation reads: q, k and v then share one copy and one
+// preparation, and the matrix errors read the same copy. The results are those
+// of a preparation per matrix (the same kernels on the same input).
 #include <cuda_runtime_api.h>
 
 #include <memory>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/algo/validation.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/gptq_cuda.h"
 #include "core/kernels/cuda/output_error_cuda.h"
@@ -20,21 +29,84 @@
 namespace shrinkray {
 namespace {
 
+// What a preparation of the held Hessian was made with: it serves a solve
+// whose key is equal (the same hold, and the options the preparation reads).
+struct PreparedFor {
+  long hold = 0;  // 0: nothing reusable
+  bool act_order = false;
+  double damp = 0.0;
+  double damp_auto_increment = 0.0;
+  bool operator==(const PreparedFor&) const = default;
+};
+
 class CudaSolverBackend final : public SolverBackend {
  public:
   CudaSolverBackend(int device, cudaStream_t stream) : device_(device), stream_(stream) {}
   ~CudaSolverBackend() override {
     CudaDeviceGuard guard(device_);
+    gptq_.reset();
+    sparsegpt_.reset();
+    held_device_ = {};
     if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
   }
 
   std::string name() const override { return "cuda"; }
 
+  void HoldHessian(absl::Span<const float> h) override {
+    held_ = h;
+    held_on_device_ = false;
+    ++hold_;
+  }
+  void ReleaseHessian() override {
+    held_ = {};
+    held_on_device_ = false;
+    ++hold_;  // nothing prepared under the last hold serves again
+  }
+
   absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
                                   const GptqOptions& options) override {
     if (!options.keep_mask.empty()) return absl::UnimplementedError("GPTQ with a keep mask on the GPU");
     SR_RETURN_IF_ERROR(UseDevice());
-    return GptqQuantizeCuda(w, rows, cols, h, options, stream_);
+    if (!Held(h)) return GptqQuantizeCuda(w, rows, cols, h, options, stream_);
+    if (rows <= 0 || cols <= 0 || w.size() != static_cast<size_t>(rows) * cols ||
+        h.size() != static_cast<size_t>(cols) * cols) {
+      return absl::InvalidArgumentError("GptqQuantizeCuda: shape mismatch");
+    }
+    if (gptq_ == nullptr) {
+      SR_ASSIGN_OR_RETURN(gptq_, GptqCuda::Create(stream_));
+      gptq_->set_timing(false);
+    }
+    const PreparedFor key{hold_, options.act_order, options.damp, options.damp_auto_increment};
+    if (!(gptq_prepared_ == key)) {
+      gptq_prepared_ = {};
+      SR_ASSIGN_OR_RETURN(const float* dh, HeldOnDevice());
+      SR_RETURN_IF_ERROR(gptq_->PrepareHessian(dh, cols, options));
+      gptq_prepared_ = key;
+    }
+    return GptqQuantizePrepared(*gptq_, w, rows, options, stream_);
+  }
+
+  absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
+                                            const SparseGptOptions& options) override {
+    if (options.bits > 0) return absl::UnimplementedError("SparseGPT with joint quantization on the GPU");
+    SR_RETURN_IF_ERROR(UseDevice());
+    if (!Held(h)) return SparseGptPruneCuda(w, rows, cols, h, options, stream_);
+    // The checks SparseGptPruneCuda makes, in its order; the Hessian's
+    // (finiteness included) once per hold.
+    SR_RETURN_IF_ERROR(algo_internal::CheckMatrix("w", w, rows, cols));
+    if (sparsegpt_ == nullptr) {
+      SR_ASSIGN_OR_RETURN(sparsegpt_, SparseGptCuda::Create(stream_));
+      sparsegpt_->set_timing(false);
+    }
+    const PreparedFor key{hold_, false, options.damp, options.damp_auto_increment};
+    if (!(sparsegpt_prepared_ == key)) {
+      sparsegpt_prepared_ = {};
+      SR_RETURN_IF_ERROR(algo_internal::CheckMatrix("h", h, cols, cols));
+      SR_ASSIGN_OR_RETURN(const float* dh, HeldOnDevice());
+      SR_RETURN_IF_ERROR(sparsegpt_->PrepareHessian(dh, cols, options));
+      sparsegpt_prepared_ = key;
+    }
+    return SparseGptPrunePrepared(*sparsegpt_, w, rows, options, stream_);
   }
 
   absl::StatusOr<double> OutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
@@ -42,15 +114,12 @@ class CudaSolverBackend final : public SolverBackend {
     SR_RETURN_IF_ERROR(UseDevice());
     SR_ASSIGN_OR_RETURN(DeviceBuffer<float> dw, DeviceBuffer<float>::FromHost(w, stream_));
     SR_ASSIGN_OR_RETURN(DeviceBuffer<float> dq, DeviceBuffer<float>::FromHost(q, stream_));
+    if (Held(h)) {
+      SR_ASSIGN_OR_RETURN(const float* dh, HeldOnDevice());
+      return relative_output_error(dw.data(), dq.data(), rows, cols, dh, stream_);
+    }
     SR_ASSIGN_OR_RETURN(DeviceBuffer<float> dh, DeviceBuffer<float>::FromHost(h, stream_));
     return relative_output_error(dw.data(), dq.data(), rows, cols, dh.data(), stream_);
-  }
-
-  absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
-                                            const SparseGptOptions& options) override {
-    if (options.bits > 0) return absl::UnimplementedError("SparseGPT with joint quantization on the GPU");
-    SR_RETURN_IF_ERROR(UseDevice());
-    return SparseGptPruneCuda(w, rows, cols, h, options, stream_);
   }
 
  private:
@@ -60,8 +129,33 @@ class CudaSolverBackend final : public SolverBackend {
     return absl::OkStatus();
   }
 
+  // `h` is the held Hessian (the same span, not merely equal values).
+  bool Held(absl::Span<const float> h) const {
+    return held_.data() != nullptr && h.data() == held_.data() && h.size() == held_.size();
+  }
+
+  // The held Hessian on the device, copied on its first use in this hold.
+  absl::StatusOr<const float*> HeldOnDevice() {
+    if (!held_on_device_) {
+      if (held_device_.size() < held_.size()) {
+        held_device_ = {};
+        SR_ASSIGN_OR_RETURN(held_device_, DeviceBuffer<float>::Create(held_.size()));
+      }
+      SR_RETURN_IF_ERROR(held_device_.CopyFromHost(held_, stream_));
+      held_on_device_ = true;
+    }
+    return static_cast<const float*>(held_device_.data());
+  }
+
   int device_;
   cudaStream_t stream_;
+  std::unique_ptr<GptqCuda> gptq_;
+  std::unique_ptr<SparseGptCuda> sparsegpt_;
+  absl::Span<const float> held_;  // empty: nothing held
+  long hold_ = 1;                 // which hold (or gap between holds) this is
+  bool held_on_device_ = false;
+  DeviceBuffer<float> held_device_;  // its device copy (grown, reused)
+  PreparedFor gptq_prepared_, sparsegpt_prepared_;
 };
 
 }  // namespace

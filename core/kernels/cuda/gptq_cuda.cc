@@ -217,9 +217,21 @@ absl::StatusOr<GptqResult> GptqQuantizeCuda(absl::Span<const float> w, int rows,
   }
   SR_CUDA_ASSIGN_OR_RETURN(std::unique_ptr<GptqCuda> gptq, GptqCuda::Create(stream));
   gptq->set_timing(false);
+  {
+    SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream));
+    SR_STATUS_RETURN_IF_ERROR(gptq->PrepareHessian(d_h.data(), cols, options));
+  }
+  return GptqQuantizePrepared(*gptq, w, rows, options, stream);
+}
+
+absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const float> w, int rows,
+                                                const GptqOptions& options, cudaStream_t stream) {
+  const int cols = gptq.cols();
+  if (cols == 0) return absl::FailedPreconditionError("GptqQuantizePrepared: no prepared Hessian");
+  if (rows <= 0 || w.size() != static_cast<size_t>(rows) * cols) {
+    return absl::InvalidArgumentError("GptqQuantizePrepared: shape mismatch");
+  }
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_w, DeviceBuffer<float>::FromHost(w, stream));
-  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream));
-  SR_STATUS_RETURN_IF_ERROR(gptq->PrepareHessian(d_h.data(), cols, options));
   const int ng = GptqCuda::NumGroups(cols, options);
   const size_t numel = static_cast<size_t>(rows) * cols;
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<uint8_t> d_codes, DeviceBuffer<uint8_t>::Create(numel));
@@ -235,11 +247,11 @@ absl::StatusOr<GptqResult> GptqQuantizeCuda(absl::Span<const float> w, int rows,
   out.zeros = d_zeros.data();
   out.g_idx = d_gidx.data();
   out.weight = d_q.data();
-  SR_CUDA_ASSIGN_OR_RETURN(SolveReport report, gptq->Quantize(d_w.data(), rows, options, out));
+  SR_CUDA_ASSIGN_OR_RETURN(SolveReport report, gptq.Quantize(d_w.data(), rows, options, out));
 
   GptqResult result;
   result.report = report;
-  result.perm = gptq->perm();
+  result.perm = gptq.perm();
   result.weight.resize(numel);
   SR_STATUS_RETURN_IF_ERROR(d_q.CopyToHost(absl::MakeSpan(result.weight), stream));
   QuantizedWeight& qw = result.quantized;

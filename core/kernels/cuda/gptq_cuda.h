@@ -115,4 +115,11 @@ absl::StatusOr<GptqResult> GptqQuantizeCuda(absl::Span<const float> w, int rows,
                                             absl::Span<const float> h, const GptqOptions& options,
                                             cudaStream_t stream = nullptr);
 
+// The same from an already prepared GptqCuda (PrepareHessian with these
+// options' act_order and damping; `stream` is the one it was made for): what
+// GptqQuantizeCuda does after its PrepareHessian, so matrices that share a
+// Hessian prepare it once.
+absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const float> w, int rows,
+                                                const GptqOptions& options, cudaStream_t stream);
+
 }  // namespace shrinkray

@@ -218,17 +218,27 @@ absl::StatusOr<SparseGptResult> SparseGptPruneCuda(absl::Span<const float> w, in
   SR_STATUS_RETURN_IF_ERROR(algo_internal::CheckMatrix("h", h, cols, cols));
   SR_CUDA_ASSIGN_OR_RETURN(std::unique_ptr<SparseGptCuda> sgpt, SparseGptCuda::Create(stream));
   sgpt->set_timing(false);
+  {
+    SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream));
+    SR_STATUS_RETURN_IF_ERROR(sgpt->PrepareHessian(d_h.data(), cols, options));
+  }
+  return SparseGptPrunePrepared(*sgpt, w, rows, options, stream);
+}
+
+absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl::Span<const float> w,
+                                                       int rows, const SparseGptOptions& options,
+                                                       cudaStream_t stream) {
+  const int cols = sgpt.cols();
+  if (cols == 0) return absl::FailedPreconditionError("SparseGptPrunePrepared: no prepared Hessian");
+  SR_STATUS_RETURN_IF_ERROR(algo_internal::CheckMatrix("w", w, rows, cols));
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_w, DeviceBuffer<float>::FromHost(w, stream));
-  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream));
-  SR_STATUS_RETURN_IF_ERROR(sgpt->PrepareHessian(d_h.data(), cols, options));
-  d_h.Reset();
   const size_t numel = static_cast<size_t>(rows) * cols;
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_q, DeviceBuffer<float>::Create(numel));
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<uint8_t> d_keep, DeviceBuffer<uint8_t>::Create(numel));
   SparseGptCudaOutputs out;
   out.weight = d_q.data();
   out.keep = d_keep.data();
-  SR_CUDA_ASSIGN_OR_RETURN(SparseGptCudaReport rep, sgpt->Prune(d_w.data(), rows, options, out));
+  SR_CUDA_ASSIGN_OR_RETURN(SparseGptCudaReport rep, sgpt.Prune(d_w.data(), rows, options, out));
 
   SparseGptResult result;
   result.weight.resize(numel);

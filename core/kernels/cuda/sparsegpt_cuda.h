@@ -118,4 +118,10 @@ absl::StatusOr<SparseGptResult> SparseGptPruneCuda(absl::Span<const float> w, in
                                                    const SparseGptOptions& options,
                                                    cudaStream_t stream = nullptr);
 
+// The same from an already prepared SparseGptCuda (PrepareHessian with these
+// options' damping; `stream` is the one it was made for), so matrices that
+// share a Hessian prepare it once.
+absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl::Span<const float> w, int rows,
+                                                       const SparseGptOptions& options, cudaStream_t stream);
+
 }  // namespace shrinkray
