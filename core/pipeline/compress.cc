@@ -111,7 +111,7 @@ double ZeroFraction(const std::vector<float>& w) {
 // The RTN error at the quantizing stage's settings, on the weight that stage
 // received (zeros of an earlier pruning stage stay zero under RTN).
 absl::StatusOr<double> RtnError(const RecipeStage& stage, const std::vector<float>& before,
-                                const std::vector<float>& original, int rows, int cols,
+                                absl::Span<const float> original, int rows, int cols,
                                 absl::Span<const float> h, SolverBackend* solvers) {
   RtnOptions o;
   o.bits = stage.bits;
@@ -166,8 +166,10 @@ absl::Status SolveMatrix(const LinearSlot& slot, int layer, LinearGroup group, c
                          const LayerwiseOptions& options, LinearState* state, MatrixReport* report,
                          double* error_seconds) {
   const size_t numel = static_cast<size_t>(slot.rows) * slot.cols;
-  const std::vector<float> original(view, view + numel);
-  state->weight = original;
+  // The model's weight itself, not a copy: nothing writes it until every
+  // matrix of the group is solved (CompressGroup copies the results in after).
+  const absl::Span<const float> original(view, numel);
+  state->weight.assign(view, view + numel);
   report->module = slot.module;
   report->layer = layer;
   report->group = LinearGroupName(group);
