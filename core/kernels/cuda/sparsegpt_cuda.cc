@@ -230,7 +230,11 @@ absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl
                                                        cudaStream_t stream) {
   const int cols = sgpt.cols();
   if (cols == 0) return absl::FailedPreconditionError("SparseGptPrunePrepared: no prepared Hessian");
-  SR_STATUS_RETURN_IF_ERROR(algo_internal::CheckMatrix("w", w, rows, cols));
+  // Its callers check w's values (CheckMatrix, in the CPU solver's order);
+  // only the shape here, so that the d·rows scan is not made twice.
+  if (rows <= 0 || w.size() != static_cast<size_t>(rows) * cols) {
+    return absl::InvalidArgumentError("SparseGptPrunePrepared: shape mismatch");
+  }
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_w, DeviceBuffer<float>::FromHost(w, stream));
   const size_t numel = static_cast<size_t>(rows) * cols;
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_q, DeviceBuffer<float>::Create(numel));

@@ -120,7 +120,8 @@ absl::StatusOr<SparseGptResult> SparseGptPruneCuda(absl::Span<const float> w, in
 
 // The same from an already prepared SparseGptCuda (PrepareHessian with these
 // options' damping; `stream` is the one it was made for), so matrices that
-// share a Hessian prepare it once.
+// share a Hessian prepare it once. The caller has checked w's values
+// (algo_internal::CheckMatrix); this checks its shape only.
 absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl::Span<const float> w, int rows,
                                                        const SparseGptOptions& options, cudaStream_t stream);
 
