@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/tensor/convert.h"
 #include "core/util/status_macros.h"
+#include "core/util/value_range.h"
 #include "nlohmann/json.hpp"
 
 namespace shrinkray {
@@ -85,6 +86,36 @@ T RecipeValue(const json& recipe, const char* key, T fallback) {
   }
 }
 
+// qweight from codes already checked (size, range, bits, cols * bits % 32).
+std::vector<int32_t> PackQweightWords(std::span<const int32_t> codes, int rows, int cols, int bits) {
+  const size_t words_per_column = static_cast<size_t>(cols) * bits / 32;
+  if (32 % bits == 0) {
+    // Whole codes per word (2, 4, 8 bits): word k of row r holds codes
+    // [k * per_word, (k + 1) * per_word) of the row, the first in the low bits.
+    std::vector<int32_t> qweight(words_per_column * rows);
+    const int per_word = 32 / bits;
+    for (int r = 0; r < rows; ++r) {
+      const int32_t* row = codes.data() + static_cast<size_t>(r) * cols;
+      for (size_t k = 0; k < words_per_column; ++k) {
+        uint32_t word = 0;
+        for (int j = 0; j < per_word; ++j) {
+          word |= static_cast<uint32_t>(row[k * per_word + j]) << (j * bits);
+        }
+        qweight[k * rows + r] = static_cast<int32_t>(word);  // modular in C++20
+      }
+    }
+    return qweight;
+  }
+  std::vector<uint32_t> words(words_per_column * rows, 0);
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) {
+      PutBits(words, rows, r, static_cast<uint64_t>(c) * bits, bits,
+              static_cast<uint32_t>(codes[static_cast<size_t>(r) * cols + c]));
+    }
+  }
+  return ToInt32(words);
+}
+
 }  // namespace
 
 std::string_view GptqCheckpointFormatName(GptqZeroFormat format) {
@@ -102,19 +133,11 @@ absl::StatusOr<std::vector<int32_t>> PackGptqQweight(std::span<const int32_t> co
   SR_RETURN_IF_ERROR(CheckStreamLength(cols, bits, "in_features"));
   SR_RETURN_IF_ERROR(CheckSize(codes.size(), static_cast<size_t>(rows) * cols, "codes"));
   const int32_t maxq = (1 << bits) - 1;
-  const size_t words_per_column = static_cast<size_t>(cols) * bits / 32;
-  std::vector<uint32_t> words(words_per_column * rows, 0);
-  for (int r = 0; r < rows; ++r) {
-    for (int c = 0; c < cols; ++c) {
-      const int32_t v = codes[static_cast<size_t>(r) * cols + c];
-      if (v < 0 || v > maxq) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("code ", v, " at [", r, ", ", c, "] outside [0, ", maxq, "]"));
-      }
-      PutBits(words, rows, r, static_cast<uint64_t>(c) * bits, bits, static_cast<uint32_t>(v));
-    }
+  if (const std::optional<size_t> i = FirstOutOfRange(codes, 0, maxq)) {
+    return absl::InvalidArgumentError(absl::StrCat("code ", codes[*i], " at [", *i / cols, ", ", *i % cols,
+                                                   "] outside [0, ", maxq, "]"));
   }
-  return ToInt32(words);
+  return PackQweightWords(codes, rows, cols, bits);
 }
 
 absl::StatusOr<std::vector<int32_t>> UnpackGptqQweight(std::span<const int32_t> qweight, int rows,
@@ -205,14 +228,19 @@ std::string GptqShapeProblem(int out, int in, int bits, int group_size) {
   return "";
 }
 
-absl::StatusOr<GptqTensors> PackGptq(const QuantizedWeight& w, GptqZeroFormat format) {
-  SR_RETURN_IF_ERROR(ValidateQuantizedWeight(w, "gptq"));
+namespace {
+
+// PackGptq of a weight that passed ValidateQuantizedWeight: its codes are
+// not scanned again (10^8 of them per layer at 8B shapes).
+absl::StatusOr<GptqTensors> PackValidated(const QuantizedWeight& w, GptqZeroFormat format) {
+  SR_RETURN_IF_ERROR(CheckGptqBits(w.bits));
+  SR_RETURN_IF_ERROR(CheckStreamLength(w.cols, w.bits, "in_features"));
   GptqTensors t;
   t.bits = w.bits;
   t.rows = w.rows;
   t.cols = w.cols;
   t.num_groups = w.num_groups;
-  SR_ASSIGN_OR_RETURN(t.qweight, PackGptqQweight(w.codes, w.rows, w.cols, w.bits));
+  t.qweight = PackQweightWords(w.codes, w.rows, w.cols, w.bits);
   SR_ASSIGN_OR_RETURN(t.qzeros, PackGptqQzeros(w.zeros, w.num_groups, w.rows, w.bits, format));
   t.scales.resize(w.scales.size());
   for (size_t i = 0; i < w.scales.size(); ++i) {
@@ -224,6 +252,13 @@ absl::StatusOr<GptqTensors> PackGptq(const QuantizedWeight& w, GptqZeroFormat fo
   }
   t.g_idx = w.g_idx;
   return t;
+}
+
+}  // namespace
+
+absl::StatusOr<GptqTensors> PackGptq(const QuantizedWeight& w, GptqZeroFormat format) {
+  SR_RETURN_IF_ERROR(ValidateQuantizedWeight(w, "gptq"));
+  return PackValidated(w, format);
 }
 
 absl::StatusOr<QuantizedWeight> UnpackGptq(const GptqTensors& t, GptqZeroFormat format,
@@ -294,8 +329,9 @@ class GptqEncoder : public FormatEncoder {
       }
       lm_head_quantized_ = lm_head_quantized_ || module == "lm_head";
       // Symmetric zero points are 2^(bits-1) >= 1, which v1 holds; asymmetric
-      // ones may be 0, which only v2 holds (see docs/formats.md).
-      auto packed = PackGptq(*e.quantized, ZeroFormat());
+      // ones may be 0, which only v2 holds (see docs/formats.md). Validated
+      // by MergeUniformScheme above.
+      auto packed = PackValidated(*e.quantized, ZeroFormat());
       if (!packed.ok()) {
         return absl::Status(packed.status().code(),
                             absl::StrCat(module, ": ", packed.status().message()));

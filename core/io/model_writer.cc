@@ -21,6 +21,7 @@
 #include "core/io/text_file.h"
 #include "core/tensor/convert.h"
 #include "core/util/status_macros.h"
+#include "core/util/value_range.h"
 
 namespace shrinkray {
 namespace {
@@ -540,15 +541,11 @@ absl::Status ValidateQuantizedWeight(const QuantizedWeight& w, std::string_view 
                             " with ", w.num_groups, " groups"));
   }
   const int32_t maxq = (1 << w.bits) - 1;
-  for (size_t i = 0; i < rc; ++i) {
-    if (w.codes[i] < 0 || w.codes[i] > maxq) {
-      return bad(absl::StrCat("code ", w.codes[i], " at ", i, " outside [0, ", maxq, "]"));
-    }
+  if (const std::optional<size_t> i = FirstOutOfRange(w.codes, 0, maxq)) {
+    return bad(absl::StrCat("code ", w.codes[*i], " at ", *i, " outside [0, ", maxq, "]"));
   }
-  for (size_t i = 0; i < gr; ++i) {
-    if (w.zeros[i] < 0 || w.zeros[i] > maxq) {
-      return bad(absl::StrCat("zero point ", w.zeros[i], " at ", i, " outside [0, ", maxq, "]"));
-    }
+  if (const std::optional<size_t> i = FirstOutOfRange(w.zeros, 0, maxq)) {
+    return bad(absl::StrCat("zero point ", w.zeros[*i], " at ", *i, " outside [0, ", maxq, "]"));
   }
   for (int c = 0; c < w.cols; ++c) {
     if (w.g_idx[c] < 0 || w.g_idx[c] >= w.num_groups) {
