@@ -373,7 +373,8 @@ absl::Status WriteSafetensors(const std::filesystem::path& path,
 
 absl::Status WriteSafetensorsStreamed(const std::filesystem::path& path,
                                       std::span<const StreamedTensor> tensors,
-                                      const std::map<std::string, std::string>& metadata) {
+                                      const std::map<std::string, std::string>& metadata,
+                                      const ByteSink& observer) {
   SR_RETURN_IF_ERROR(ValidateForWrite(tensors));
 
   std::vector<const StreamedTensor*> sorted;
@@ -414,14 +415,18 @@ absl::Status WriteSafetensorsStreamed(const std::filesystem::path& path,
   const std::string tmp_path = absl::StrCat(final_path, ".tmp.", ::getpid());
   const int fd = ::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("create ", tmp_path));
-  absl::Status status = WriteAll(fd, prefix.data(), prefix.size(), tmp_path);
-  if (status.ok()) status = WriteAll(fd, header.data(), header.size(), tmp_path);
+  auto write = [&](std::span<const std::byte> bytes) {
+    if (observer) SR_RETURN_IF_ERROR(observer(bytes));
+    return WriteAll(fd, bytes.data(), bytes.size(), tmp_path);
+  };
+  absl::Status status = write(std::as_bytes(std::span<const char>(prefix)));
+  if (status.ok()) status = write(std::as_bytes(std::span<const char>(header)));
   for (const StreamedTensor* t : sorted) {
     if (!status.ok()) break;
     uint64_t written = 0;
     status = t->write([&](std::span<const std::byte> bytes) {
       written += bytes.size();
-      return WriteAll(fd, bytes.data(), bytes.size(), tmp_path);
+      return write(bytes);
     });
     if (status.ok() && written != t->nbytes) {
       status = absl::InternalError(absl::StrCat("tensor '", t->name, "': ", written,

@@ -96,8 +96,11 @@ std::vector<StreamedTensor> StreamFromMemory(std::span<const TensorToWrite> tens
 
 // WriteSafetensors for streamed tensors: the same bytes, checks and crash
 // safety; a `write` that passes another byte count than `nbytes` is Internal.
+// `observer` (may be empty) sees every byte of the file as it is written, in
+// order: e.g. to hash the file without reading it back.
 absl::Status WriteSafetensorsStreamed(const std::filesystem::path& path,
                                       std::span<const StreamedTensor> tensors,
-                                      const std::map<std::string, std::string>& metadata = {});
+                                      const std::map<std::string, std::string>& metadata = {},
+                                      const ByteSink& observer = nullptr);
 
 }  // namespace shrinkray

@@ -4,11 +4,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cstring>
 #include <fstream>
 #include <limits>
 #include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "core/io/safetensors.h"
 #include "core/io/text_file.h"
+#include "core/util/parallel.h"
 #include "core/util/status_macros.h"
 
 namespace shrinkray {
@@ -205,10 +208,74 @@ absl::StatusOr<std::string> HashModelFolder(const fs::path& model_dir, const Che
   return hasher.HexDigest();
 }
 
-absl::Status WriteLayerCheckpoint(const fs::path& partial, const PersistedLayer& layer) {
-  std::vector<TensorToWrite> tensors;
-  std::vector<std::vector<uint8_t>> narrow_codes;  // codes of bits <= 8 as U8 (a quarter of I32)
-  narrow_codes.reserve(layer.tensors.size());
+namespace {
+
+// Whether `values` are bit for bit the dequantized codes of `w`, without
+// materialising them (a layer's worth is ~1 GB at 8B shapes).
+bool IsDequantized(const QuantizedWeight& w, const std::vector<float>& values) {
+  if (values.size() != w.codes.size()) return false;
+  constexpr int kRowsPerTask = 64;
+  std::atomic<bool> differ{false};
+  ParallelFor((w.rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
+    // QuantizedWeight::Dequantize's expression, with the row's scales and
+    // zeros gathered first (they are stored [group, row]).
+    std::vector<float> scale(w.num_groups);
+    std::vector<int32_t> zero(w.num_groups);
+    const int end = std::min<int>(w.rows, static_cast<int>(task + 1) * kRowsPerTask);
+    for (int r = static_cast<int>(task) * kRowsPerTask; r < end && !differ.load(std::memory_order_relaxed); ++r) {
+      for (int g = 0; g < w.num_groups; ++g) {
+        scale[g] = w.scales[static_cast<size_t>(g) * w.rows + r];
+        zero[g] = w.zeros[static_cast<size_t>(g) * w.rows + r];
+      }
+      const size_t row = static_cast<size_t>(r) * w.cols;
+      uint32_t bits = 0;
+      for (int c = 0; c < w.cols; ++c) {
+        const int g = w.g_idx[c];
+        const float q = scale[g] * static_cast<float>(w.codes[row + c] - zero[g]);
+        bits |= std::bit_cast<uint32_t>(q) ^ std::bit_cast<uint32_t>(values[row + c]);
+      }
+      if (bits != 0) differ.store(true, std::memory_order_relaxed);
+    }
+  });
+  return !differ.load();
+}
+
+// Codes per byte of the checkpoint's codes tensor: 2 for bits <= 4 (the low
+// nibble first), 1 for bits <= 8, else 0 (stored as I32).
+int CodesPerByte(int bits) { return bits <= 4 ? 2 : bits <= 8 ? 1 : 0; }
+
+// Codes of bits <= 8 stored as bytes (an eighth or a quarter of I32),
+// narrowed a piece at a time while the file is written.
+StreamedTensor NarrowCodes(std::string name, const QuantizedWeight& w) {
+  const std::vector<int32_t>& codes = w.codes;
+  const int per_byte = CodesPerByte(w.bits);
+  const uint64_t nbytes = (codes.size() + per_byte - 1) / per_byte;
+  return {std::move(name), DType::kU8, {static_cast<int64_t>(nbytes)}, nbytes,
+          [&codes, per_byte](const ByteSink& sink) {
+            constexpr size_t kPiece = size_t{4} << 20;  // codes, even
+            std::vector<uint8_t> piece(std::min(kPiece, codes.size()));
+            for (size_t begin = 0; begin < codes.size(); begin += kPiece) {
+              const size_t n = std::min(kPiece, codes.size() - begin);
+              const int32_t* c = codes.data() + begin;
+              size_t out = 0;
+              if (per_byte == 2) {
+                for (size_t i = 0; i + 1 < n; i += 2) piece[out++] = static_cast<uint8_t>(c[i] | (c[i + 1] << 4));
+                if (n % 2 != 0) piece[out++] = static_cast<uint8_t>(c[n - 1]);
+              } else {
+                for (size_t i = 0; i < n; ++i) piece[out++] = static_cast<uint8_t>(c[i]);
+              }
+              SR_RETURN_IF_ERROR(sink(std::as_bytes(std::span<const uint8_t>(piece.data(), out))));
+            }
+            return absl::OkStatus();
+          }};
+}
+
+// The tensors file of WriteLayerCheckpoint; its size and hash through `bytes`
+// and `hasher`, the info file's tensor entries through `entries`.
+absl::Status WriteLayerTensors(const fs::path& partial, const PersistedLayer& layer, json* entries_out,
+                               StableHasher* hasher, uint64_t* bytes_out) {
+  std::vector<TensorToWrite> in_memory;
+  std::vector<StreamedTensor> tensors;
   json entries = json::array();
   for (const CompressedTensorEntry& e : layer.tensors) {
     json entry = {{"name", e.name}, {"shape", e.shape}, {"sparsity", e.sparsity}, {"two_four", e.two_four}};
@@ -216,41 +283,55 @@ absl::Status WriteLayerCheckpoint(const fs::path& partial, const PersistedLayer&
     if (e.quantized.has_value()) {
       const QuantizedWeight& w = *e.quantized;
       const std::vector<int64_t> rc = {w.rows, w.cols}, gr = {w.num_groups, w.rows};
-      const bool narrow = w.bits <= 8;
-      if (narrow) {
-        std::vector<uint8_t>& codes = narrow_codes.emplace_back(w.codes.size());
-        for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<uint8_t>(w.codes[i]);
-        tensors.push_back({CodesName(e.name), DType::kU8, rc, Bytes(codes)});
+      const int per_byte = CodesPerByte(w.bits);
+      if (per_byte > 0) {
+        tensors.push_back(NarrowCodes(CodesName(e.name), w));
       } else {
-        tensors.push_back({CodesName(e.name), DType::kI32, rc, Bytes(w.codes)});
+        in_memory.push_back({CodesName(e.name), DType::kI32, rc, Bytes(w.codes)});
       }
-      tensors.push_back({ScalesName(e.name), DType::kF32, gr, Bytes(w.scales)});
-      tensors.push_back({ZerosName(e.name), DType::kI32, gr, Bytes(w.zeros)});
-      tensors.push_back({GIdxName(e.name), DType::kI32, {w.cols}, Bytes(w.g_idx)});
+      in_memory.push_back({ScalesName(e.name), DType::kF32, gr, Bytes(w.scales)});
+      in_memory.push_back({ZerosName(e.name), DType::kI32, gr, Bytes(w.zeros)});
+      in_memory.push_back({GIdxName(e.name), DType::kI32, {w.cols}, Bytes(w.g_idx)});
       entry["quantized"] = {{"rows", w.rows},         {"cols", w.cols},     {"bits", w.bits},
                             {"group_size", w.group_size}, {"sym", w.sym},   {"act_order", w.act_order},
-                            {"num_groups", w.num_groups}, {"narrow_codes", narrow}};
+                            {"num_groups", w.num_groups}, {"codes_per_byte", per_byte}};
       // The compressed weight is normally exactly its dequantized codes: then
       // storing the codes alone keeps the checkpoint near the packed size.
-      if (!e.values.empty() && w.codes.size() == e.values.size()) {
-        const std::vector<float> dequantized = DequantizeAll(w);
-        if (std::memcmp(dequantized.data(), e.values.data(), e.values.size() * sizeof(float)) == 0) {
-          values = "dequantized";
-        }
-      }
+      if (IsDequantized(w, e.values)) values = "dequantized";
     }
-    if (values == "stored") tensors.push_back({e.name, DType::kF32, e.shape, Bytes(e.values)});
+    if (values == "stored") in_memory.push_back({e.name, DType::kF32, e.shape, Bytes(e.values)});
     entry["values"] = values;
     entries.push_back(std::move(entry));
   }
-  json matrices = json::array();
-  for (const MatrixReport& m : layer.matrices) matrices.push_back(MatrixReportToRecord(m));
+  for (StreamedTensor& t : StreamFromMemory(in_memory)) tensors.push_back(std::move(t));
+  *entries_out = std::move(entries);
+  // The file is hashed as it is written rather than read back.
+  return WriteSafetensorsStreamed(TensorsPath(partial, layer.layer), tensors,
+                                  {{"format", "shrinkray-layer-checkpoint"}},
+                                  [&](std::span<const std::byte> piece) {
+                                    hasher->Update(piece);
+                                    *bytes_out += piece.size();
+                                    return absl::OkStatus();
+                                  });
+}
 
-  const fs::path tensors_path = TensorsPath(partial, layer.layer);
-  SR_RETURN_IF_ERROR(WriteSafetensors(tensors_path, tensors, {{"format", "shrinkray-layer-checkpoint"}}));
+}  // namespace
+
+absl::Status WriteLayerCheckpoint(const fs::path& partial, const PersistedLayer& layer,
+                                  const std::function<absl::Status()>& alongside) {
+  absl::Status beside;
+  std::thread helper;
+  if (alongside) helper = std::thread([&] { beside = alongside(); });
+  json entries;
   StableHasher hasher;
   uint64_t bytes = 0;
-  SR_RETURN_IF_ERROR(HashFile(tensors_path, &hasher, &bytes));
+  const absl::Status written = WriteLayerTensors(partial, layer, &entries, &hasher, &bytes);
+  if (helper.joinable()) helper.join();
+  SR_RETURN_IF_ERROR(beside);
+  SR_RETURN_IF_ERROR(written);
+
+  json matrices = json::array();
+  for (const MatrixReport& m : layer.matrices) matrices.push_back(MatrixReportToRecord(m));
   const json info = {{"version", kLayerCheckpointVersion},
                      {"layer", layer.layer},
                      {"seconds", layer.seconds},
@@ -315,11 +396,18 @@ absl::StatusOr<PersistedLayer> ReadLayerCheckpoint(const fs::path& partial, int 
         w.act_order = q.at("act_order").get<bool>();
         w.num_groups = q.at("num_groups").get<int>();
         const int64_t rc = static_cast<int64_t>(w.rows) * w.cols, gr = static_cast<int64_t>(w.num_groups) * w.rows;
-        const bool narrow = q.at("narrow_codes").get<bool>();
-        SR_ASSIGN_OR_RETURN(const TensorInfo* codes, find(CodesName(e.name), narrow ? DType::kU8 : DType::kI32, rc));
+        const int per_byte = q.at("codes_per_byte").get<int>();
+        if (per_byte != CodesPerByte(w.bits)) {
+          return bad(absl::StrCat("tensor ", e.name, ": ", per_byte, " codes per byte for ", w.bits, " bits"));
+        }
+        SR_ASSIGN_OR_RETURN(const TensorInfo* codes,
+                            find(CodesName(e.name), per_byte > 0 ? DType::kU8 : DType::kI32,
+                                 per_byte > 0 ? (rc + per_byte - 1) / per_byte : rc));
         w.codes.resize(static_cast<size_t>(rc));
-        if (narrow) {
-          const auto* p = reinterpret_cast<const uint8_t*>(codes->data);
+        const auto* p = reinterpret_cast<const uint8_t*>(codes->data);
+        if (per_byte == 2) {
+          for (int64_t i = 0; i < rc; ++i) w.codes[static_cast<size_t>(i)] = (p[i / 2] >> (4 * (i % 2))) & 15;
+        } else if (per_byte == 1) {
           for (int64_t i = 0; i < rc; ++i) w.codes[static_cast<size_t>(i)] = p[i];
         } else {
           std::memcpy(w.codes.data(), codes->data, codes->nbytes);

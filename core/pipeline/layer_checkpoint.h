@@ -6,8 +6,11 @@
 //   OUT.partial/job.json                     the run's fingerprint (model,
 //                                            recipe, calibration, format ...)
 //   OUT.partial/layers/layer-00003.safetensors  layer 3's tensors as handed to
-//                                            the writer: compressed f32 values,
-//                                            quantized codes/scales/zeros/g_idx
+//                                            the writer: compressed f32 values
+//                                            (unless they are the dequantized
+//                                            codes), quantized codes (bytes for
+//                                            bits <= 8, two to a byte for bits
+//                                            <= 4), scales/zeros/g_idx
 //   OUT.partial/layers/layer-00003.json      what else the writer and
 //                                            report.json need (sparsity, 2:4,
 //                                            quantization settings, the
@@ -22,6 +25,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -38,7 +42,7 @@ namespace shrinkray {
 
 // Bumped whenever what a checkpoint holds or means changes: an older one is
 // then discarded rather than misread.
-inline constexpr int kLayerCheckpointVersion = 1;
+inline constexpr int kLayerCheckpointVersion = 2;  // 2: codes of bits <= 4 two to a byte
 
 // The entries of OUT.partial that belong to the checkpoint, in the order they
 // are removed once the output is complete (job.json first: without it the
@@ -77,7 +81,12 @@ struct PersistedLayer {
 };
 
 // Writes layer `layer.layer` into `partial`/layers (which must exist).
-absl::Status WriteLayerCheckpoint(const std::filesystem::path& partial, const PersistedLayer& layer);
+// `alongside` (may be empty) runs on another thread while the tensors file is
+// written (RunCompression: the output writer taking the same layer, which
+// only reads it too); the layer is committed (its .json) only when both
+// succeeded, and alongside's error comes first.
+absl::Status WriteLayerCheckpoint(const std::filesystem::path& partial, const PersistedLayer& layer,
+                                  const std::function<absl::Status()>& alongside = nullptr);
 // Whether layer `layer` is complete and intact (both files, sizes and the
 // hash of the tensors file), without decoding it. DataLoss/NotFound otherwise.
 absl::Status VerifyLayerCheckpoint(const std::filesystem::path& partial, int layer);

@@ -11,6 +11,7 @@
 #include <iterator>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -414,13 +415,94 @@ TEST(LayerCheckpointTest, RoundTripsEveryKindOfEntry) {
   EXPECT_EQ(back->matrices[0].ToJson().dump(), m.ToJson().dump());
   EXPECT_EQ(back->matrices[0].error, m.error);
   EXPECT_EQ(back->matrices[0].rtn_error, m.rtn_error);
-  // The 4-bit codes went to disk as bytes, the quantized values as codes only.
+  // The 4-bit codes went to disk two to a byte, the quantized values as codes only.
   auto file = SafetensorsFile::Open(partial / "layers" / "layer-00005.safetensors");
   ASSERT_TRUE(file.ok());
   EXPECT_EQ((*file)->Find("model.layers.5.mlp.m0.weight#codes")->dtype, DType::kU8);
+  EXPECT_EQ((*file)->Find("model.layers.5.mlp.m0.weight#codes")->numel(), 12);
   EXPECT_EQ((*file)->Find("model.layers.5.mlp.m2.weight#codes")->dtype, DType::kI32);
   EXPECT_EQ((*file)->Find("model.layers.5.mlp.m0.weight"), nullptr);
   EXPECT_NE((*file)->Find("model.layers.5.mlp.m1.weight"), nullptr);
+}
+
+// Codes of up to 4 bits go two to a byte (an odd count leaves half a byte),
+// up to 8 bits one to a byte, and come back exactly, at every width.
+TEST(LayerCheckpointTest, CodesAreStoredInTheFewestWholeBytes) {
+  const fs::path partial = testing::MakeTempDir("layer-ckpt-codes") / "out.partial";
+  ASSERT_TRUE(StartLayerCheckpoint(partial, {{"x", 1}}).ok());
+  PersistedLayer layer;
+  layer.layer = 0;
+  const std::vector<int> widths = {2, 3, 4, 5, 8};
+  for (int bits : widths) {
+    QuantizedWeight w;
+    w.rows = 3;
+    w.cols = 5;  // 15 codes: odd
+    w.bits = bits;
+    w.num_groups = 1;
+    for (int i = 0; i < 15; ++i) w.codes.push_back((i * 11 + bits) % (1 << bits));
+    w.codes[14] = (1 << bits) - 1;  // the top code in the last, lone half byte
+    w.scales = {0.5f, 0.25f, 0.125f};
+    w.zeros = {0, 1, (1 << bits) - 1};
+    w.g_idx.assign(5, 0);
+    CompressedTensorEntry e;
+    e.name = absl::StrCat("model.layers.0.mlp.w", bits, ".weight");
+    e.shape = {3, 5};
+    e.quantized = std::move(w);
+    layer.tensors.push_back(std::move(e));
+  }
+  ASSERT_TRUE(WriteLayerCheckpoint(partial, layer).ok());
+  auto file = SafetensorsFile::Open(partial / "layers" / "layer-00000.safetensors");
+  ASSERT_TRUE(file.ok());
+  for (int bits : widths) {
+    const TensorInfo* codes = (*file)->Find(absl::StrCat("model.layers.0.mlp.w", bits, ".weight#codes"));
+    ASSERT_NE(codes, nullptr) << bits;
+    EXPECT_EQ(codes->dtype, DType::kU8) << bits;
+    EXPECT_EQ(codes->numel(), bits <= 4 ? 8 : 15) << bits;
+  }
+  auto back = ReadLayerCheckpoint(partial, 0);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->tensors.size(), widths.size());
+  for (size_t i = 0; i < widths.size(); ++i) {
+    ASSERT_TRUE(back->tensors[i].quantized.has_value());
+    EXPECT_EQ(back->tensors[i].quantized->codes, layer.tensors[i].quantized->codes) << widths[i];
+  }
+}
+
+// The output writer's Add runs beside the tensors file (another thread); the
+// layer is committed only when the Add succeeded too, and its error is the
+// one returned.
+TEST(LayerCheckpointTest, CommitsOnlyWhenWhatRunsAlongsideSucceeds) {
+  const fs::path partial = testing::MakeTempDir("layer-ckpt-alongside") / "out.partial";
+  ASSERT_TRUE(StartLayerCheckpoint(partial, {{"x", 1}}).ok());
+  PersistedLayer layer;
+  layer.layer = 0;
+  CompressedTensorEntry norm;
+  norm.name = "model.layers.0.input_layernorm.weight";
+  norm.shape = {4};
+  norm.values = {1, 2, 3, 4};
+  layer.tensors.push_back(norm);
+
+  std::thread::id alongside_thread;
+  const absl::Status refused = WriteLayerCheckpoint(partial, layer, [&] {
+    alongside_thread = std::this_thread::get_id();
+    return absl::InvalidArgumentError("the writer refuses layer 0");
+  });
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_EQ(refused.message(), "the writer refuses layer 0");
+  EXPECT_NE(alongside_thread, std::thread::id());
+  EXPECT_NE(alongside_thread, std::this_thread::get_id());
+  EXPECT_EQ(VerifyLayerCheckpoint(partial, 0).code(), absl::StatusCode::kNotFound);
+
+  int calls = 0;
+  ASSERT_TRUE(WriteLayerCheckpoint(partial, layer, [&] {
+                ++calls;
+                return absl::OkStatus();
+              }).ok());
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(VerifyLayerCheckpoint(partial, 0).ok());
+  auto resume = PrepareLayerCheckpoint(partial, {{"x", 1}}, 4, /*resume=*/true);
+  ASSERT_TRUE(resume.ok()) << resume.status();
+  EXPECT_EQ(resume->first_layer, 1);
 }
 
 TEST(StableHasherTest, PiecesDoNotMatter) {

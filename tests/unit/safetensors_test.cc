@@ -301,5 +301,31 @@ TEST(SafetensorsTest, WriterRejectsBadTensors) {
   EXPECT_TRUE(fs::is_empty(path.parent_path()));
 }
 
+// The observer sees exactly the file's bytes, in order, header included; an
+// observer's error is the write's and leaves no file.
+TEST(SafetensorsTest, ObserverSeesEveryByteOfTheFile) {
+  const fs::path dir = testing::MakeTempDir("st-observer");
+  const auto a = AsBytes(std::vector<float>{1, 2, 3, 4, 5, 6});
+  const auto b = AsBytes(std::vector<int32_t>{7, -8});
+  const std::vector<TensorToWrite> tensors = {{"z", DType::kF32, {2, 3}, a}, {"a", DType::kI32, {2}, b}};
+  std::string seen;
+  ASSERT_TRUE(WriteSafetensorsStreamed(dir / "x.safetensors", StreamFromMemory(tensors), {{"k", "v"}},
+                                       [&](std::span<const std::byte> piece) {
+                                         seen.append(reinterpret_cast<const char*>(piece.data()), piece.size());
+                                         return absl::OkStatus();
+                                       })
+                  .ok());
+  const std::string file = ReadAll(dir / "x.safetensors");
+  EXPECT_EQ(file.size(), 8 + 8 * ((file.size() - 8) / 8));  // header padded to 8
+  EXPECT_TRUE(seen == file) << seen.size() << " bytes seen, " << file.size() << " in the file";
+
+  const absl::Status refused = WriteSafetensorsStreamed(
+      dir / "y.safetensors", StreamFromMemory(tensors), {},
+      [](std::span<const std::byte>) { return absl::DataLossError("observer refuses"); });
+  EXPECT_EQ(refused.code(), absl::StatusCode::kDataLoss) << refused;
+  EXPECT_FALSE(fs::exists(dir / "y.safetensors"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 1);
+}
+
 }  // namespace
 }  // namespace shrinkray
