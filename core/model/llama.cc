@@ -250,6 +250,10 @@ absl::Status LlamaModel::LoadLayer(int layer) {
         absl::StrCat("LoadLayer: layer ", layer, " outside [0, ", config_.num_hidden_layers, ")"));
   }
   if (layer_loaded(layer)) return absl::OkStatus();
+  {
+    std::lock_guard<std::mutex> lock(spare_arena_mutex_);
+    layer_arenas_[layer].swap(spare_arena_);  // ReadInto overwrites every value
+  }
   absl::Status status = ReadInto(*checkpoint_, *quantization_, layer_arenas_[layer],
                                  [&](auto&& fn) { VisitLayer(*this, layer, fn); });
   checkpoint_->ReleasePages(absl::StrCat("model.layers.", layer, "."));
@@ -259,8 +263,11 @@ absl::Status LlamaModel::LoadLayer(int layer) {
 
 void LlamaModel::ReleaseLayer(int layer) {
   if (!streaming() || layer < 0 || layer >= config_.num_hidden_layers) return;
-  std::vector<float>().swap(layer_arenas_[layer]);
   layers_[layer] = LayerWeights{};
+  std::vector<float> arena;
+  arena.swap(layer_arenas_[layer]);
+  std::lock_guard<std::mutex> lock(spare_arena_mutex_);
+  if (arena.capacity() > spare_arena_.capacity()) spare_arena_.swap(arena);  // the other is freed
 }
 
 bool LlamaModel::layer_loaded(int layer) const {

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -96,9 +97,11 @@ class LlamaModel {
 
   // Streaming models only (else FailedPrecondition): read decoder layer
   // `layer`'s weights into an allocation of their own and point layer(layer)
-  // at them (a no-op when loaded); Release frees them and nulls the views (a
-  // no-op for a model loaded whole). Loading also drops the checkpoint pages
-  // it read from memory. Forward needs every part loaded.
+  // at them (a no-op when loaded); Release frees them (keeping one layer's
+  // allocation for the next load) and nulls the views (a no-op for a model
+  // loaded whole). Loading also drops the checkpoint pages it read from
+  // memory. Forward needs every part loaded. Loading and releasing distinct
+  // layers from two threads is safe.
   bool streaming() const { return checkpoint_ != nullptr; }
   absl::Status LoadLayer(int layer);
   void ReleaseLayer(int layer);
@@ -196,6 +199,12 @@ class LlamaModel {
   std::vector<float> embed_arena_;
   std::vector<float> head_arena_;
   std::vector<std::vector<float>> layer_arenas_;
+  // A released layer's allocation, kept for the next LoadLayer: every layer
+  // has the same size, so the next one is read into memory already mapped
+  // instead of ~1 GB (8B shapes) of fresh zeroed pages. Load and Release run
+  // on different threads in RunCompression (reader, pipeline).
+  std::mutex spare_arena_mutex_;
+  std::vector<float> spare_arena_;
   float* embed_tokens_ = nullptr;  // [V, C]
   float* final_norm_ = nullptr;    // [C]
   float* lm_head_ = nullptr;       // [V, C] (== embed_tokens_ when tied)

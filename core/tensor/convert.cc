@@ -117,6 +117,28 @@ float BF16ToF32(uint16_t bits) {
   return std::bit_cast<float>(x);
 }
 
+namespace {
+
+// BF16ToF32 over an array, in fixed blocks so that the compiler vectorizes
+// it at -O2 too (a layer of an 8B checkpoint is 2 * 10^8 values).
+void BF16ArrayToF32(float* dst, const void* src, size_t count) {
+  constexpr size_t kBlock = 64;
+  size_t i = 0;
+  for (; i + kBlock <= count; i += kBlock) {
+    uint16_t in[kBlock];
+    std::memcpy(in, static_cast<const char*>(src) + i * sizeof(uint16_t), sizeof(in));
+    uint32_t out[kBlock];
+    for (size_t j = 0; j < kBlock; ++j) {
+      const uint32_t x = static_cast<uint32_t>(in[j]) << 16;
+      out[j] = x | ((x & kF32AbsMask) > kF32Inf ? kF32QuietBit : 0u);
+    }
+    std::memcpy(dst + i, out, sizeof(out));
+  }
+  for (; i < count; ++i) dst[i] = BF16ToF32(LoadAt<uint16_t>(src, i));
+}
+
+}  // namespace
+
 absl::Status ConvertToF32(float* dst, const void* src, DType src_dtype, size_t count) {
   if (count == 0) return absl::OkStatus();  // memcpy on null is UB even for 0 bytes.
   switch (src_dtype) {
@@ -130,7 +152,7 @@ absl::Status ConvertToF32(float* dst, const void* src, DType src_dtype, size_t c
       for (size_t i = 0; i < count; ++i) dst[i] = F16ToF32(LoadAt<uint16_t>(src, i));
       return absl::OkStatus();
     case DType::kBF16:
-      for (size_t i = 0; i < count; ++i) dst[i] = BF16ToF32(LoadAt<uint16_t>(src, i));
+      BF16ArrayToF32(dst, src, count);
       return absl::OkStatus();
     case DType::kI64:
       ConvertByValue<int64_t>(dst, src, count);

@@ -230,6 +230,19 @@ std::vector<float> ToF32(const std::vector<T>& values, DType dtype) {
   return out;
 }
 
+// The array conversion (vectorized in blocks) gives BF16ToF32's bits for
+// every pattern, NaNs quieted, in the blocks and in the tail.
+TEST(ConvertArrayTest, BF16ArrayMatchesTheScalarConversionOnEveryPattern) {
+  std::vector<uint16_t> patterns(65536 + 37);
+  for (size_t i = 0; i < patterns.size(); ++i) patterns[i] = static_cast<uint16_t>(i * 40503u);
+  for (size_t i = 0; i < 65536; ++i) patterns[i] = static_cast<uint16_t>(i);
+  const std::vector<float> out = ToF32(patterns, DType::kBF16);
+  for (size_t i = 0; i < patterns.size(); ++i) {
+    ASSERT_EQ(std::bit_cast<uint32_t>(out[i]), std::bit_cast<uint32_t>(BF16ToF32(patterns[i])))
+        << "pattern " << patterns[i] << " at " << i;
+  }
+}
+
 TEST(ConvertArrayTest, ToF32ByValue) {
   using V = std::vector<float>;
   EXPECT_EQ(ToF32(std::vector<double>{1.5, -2.25, 1e300}, DType::kF64),

@@ -694,6 +694,7 @@ TEST(LlamaStreamingTest, LoadedLayerForwardEqualsTheFullModel) {
     EXPECT_EQ(hidden, expected);
     m.ReleaseEmbeddings();
 
+    const float* previous_start = nullptr;
     for (int l = 0; l < s.layers; ++l) {
       EXPECT_EQ(m.LayerForward(l, m.layer(l), kBatch, kSeqLen, hidden).code(),
                 absl::StatusCode::kInvalidArgument);  // not loaded: no views
@@ -706,6 +707,9 @@ TEST(LlamaStreamingTest, LoadedLayerForwardEqualsTheFullModel) {
       const auto layer_params = m.LayerParameters(l);
       const auto full_params = f.LayerParameters(l);
       ASSERT_EQ(layer_params.size(), full_params.size());
+      // The released layer's allocation was read into (and holds this layer's values).
+      if (l > 0) EXPECT_EQ(layer_params[0].data, previous_start);
+      previous_start = layer_params[0].data;
       for (size_t i = 0; i < layer_params.size(); ++i) {
         EXPECT_EQ(layer_params[i].name, full_params[i].name);
         auto values = m.ReadParameter(layer_params[i]);
