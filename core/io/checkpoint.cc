@@ -277,14 +277,24 @@ absl::Status WriteCheckpointStreamed(const std::filesystem::path& dir,
     if (shards_left > 0 && (tensors_left == shards_left || reached)) ++shard;
   }
 
-  json weight_map = json::object();
+  std::map<std::string, std::string> weight_map;
   for (int s = 0; s < num_shards; ++s) {
-    const std::string file_name =
-        absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, num_shards);
+    const std::string file_name = ShardFileName(s, num_shards);
     SR_RETURN_IF_ERROR(WriteSafetensorsStreamed(dir / file_name, shards[s], metadata));
     for (const StreamedTensor& t : shards[s]) weight_map[t.name] = file_name;
   }
-  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", std::move(weight_map)}};
+  return WriteCheckpointIndex(dir, weight_map, total);
+}
+
+std::string SingleCheckpointFileName() { return kSingleFile; }
+
+std::string ShardFileName(int shard, int num_shards) {
+  return absl::StrFormat("model-%05d-of-%05d.safetensors", shard + 1, num_shards);
+}
+
+absl::Status WriteCheckpointIndex(const std::filesystem::path& dir,
+                                  const std::map<std::string, std::string>& weight_map, uint64_t total_size) {
+  json index = {{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map}};
   // Names were checked as valid UTF-8 by WriteSafetensors, so dump cannot throw.
   const std::string text = index.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
   // The index goes last: until it exists the folder is not a sharded checkpoint.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -61,5 +62,13 @@ absl::Status WriteCheckpoint(const std::filesystem::path& dir,
 absl::Status WriteCheckpointStreamed(
     const std::filesystem::path& dir, std::span<const StreamedTensor> tensors, int num_shards = 1,
     const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+
+// The file names WriteCheckpoint uses: model.safetensors, and
+// model-0000i-of-0000N.safetensors for shard i (from 0) of N.
+std::string SingleCheckpointFileName();
+std::string ShardFileName(int shard, int num_shards);
+// model.safetensors.index.json of a sharded checkpoint (tensor -> file).
+absl::Status WriteCheckpointIndex(const std::filesystem::path& dir,
+                                  const std::map<std::string, std::string>& weight_map, uint64_t total_size);
 
 }  // namespace shrinkray

@@ -16,6 +16,7 @@
 #include "core/io/checkpoint.h"
 #include "core/io/compressed_tensors_format.h"
 #include "core/io/safetensors.h"
+#include "core/io/shard_stream.h"
 #include "core/io/dense_format.h"
 #include "core/io/gptq_format.h"
 #include "core/io/text_file.h"
@@ -253,7 +254,9 @@ absl::Status WriteCompressedModel(const std::filesystem::path& out_dir,
   return writer->Finish().status();
 }
 
-// An encoded tensor parked in the scratch file until the shards are written.
+// An encoded tensor that is part of the output only under some facts, parked
+// in the scratch file until they are known (every other tensor goes straight
+// into the shards).
 struct ParkedTensor {
   std::string name;
   DType dtype = DType::kF32;
@@ -271,7 +274,8 @@ struct CompressedModelWriter::State {
   CompressedModelSpec header;
   OutputFormat format = OutputFormat::kDense;
   std::unique_ptr<FormatEncoder> encoder;
-  std::ofstream scratch;
+  std::unique_ptr<ShardStream> shards;
+  std::ofstream scratch;  // opened for the first parked tensor
   uint64_t scratch_bytes = 0;
   std::vector<ParkedTensor> parked;
   SparsityTally sparsity;
@@ -279,7 +283,15 @@ struct CompressedModelWriter::State {
   absl::Status failed;
   bool finished = false;
 
-  absl::Status Park(OwnedTensor t, const FactCondition& when) {
+  absl::Status Take(OwnedTensor t, const FactCondition& when) {
+    if (when.always()) {
+      const TensorToWrite view{t.name, t.dtype, t.shape, t.data};
+      return shards->Add(StreamFromMemory({&view, 1})[0]);
+    }
+    if (!scratch.is_open()) {
+      scratch.open(scratch_path, std::ios::binary | std::ios::trunc);
+      if (!scratch) return absl::InternalError(absl::StrCat("create ", scratch_path.string()));
+    }
     scratch.write(reinterpret_cast<const char*>(t.data.data()),
                   static_cast<std::streamsize>(t.data.size()));
     if (!scratch) return absl::InternalError(absl::StrCat("write ", scratch_path.string()));
@@ -302,8 +314,9 @@ struct CompressedModelWriter::State {
       prefixes.insert(std::move(prefix));
     }
     SR_RETURN_IF_ERROR(encoder->Add(tensors, [this](OwnedTensor t, const FactCondition& when) {
-      return Park(std::move(t), when);
+      return Take(std::move(t), when);
     }));
+    shards->StartWriteback();
     sparsity.Add(tensors);
     done_prefixes.merge(prefixes);
     return absl::OkStatus();
@@ -311,46 +324,43 @@ struct CompressedModelWriter::State {
 
   absl::StatusOr<std::vector<DenseFallback>> Finish() {
     SR_ASSIGN_OR_RETURN(FormatOutput output, encoder->Finish());
-    scratch.close();
-    if (!scratch) return absl::InternalError(absl::StrCat("write ", scratch_path.string()));
-
-    // Each tensor's bytes are copied from the scratch file while its shard is
-    // written, a bounded piece at a time.
-    std::ifstream in(scratch_path, std::ios::binary);
-    if (!in) return absl::InternalError(absl::StrCat("open ", scratch_path.string()));
-    std::vector<char> piece;
-    std::vector<StreamedTensor> tensors;
-    uint64_t total_bytes = 0;
-    for (const ParkedTensor& p : parked) {
-      if (!p.when.Holds(output.facts)) continue;
-      total_bytes += p.nbytes;
-      auto copy = [this, &in, &piece, offset = p.offset, nbytes = p.nbytes](const ByteSink& sink) {
-        in.seekg(static_cast<std::streamoff>(offset));
-        for (uint64_t left = nbytes; left > 0;) {
-          const uint64_t n = std::min(left, kScratchPieceBytes);
-          piece.resize(n);
-          if (!in.read(piece.data(), static_cast<std::streamsize>(n))) {
-            return absl::DataLossError(absl::StrCat("read ", scratch_path.string()));
+    // The parked tensors whose facts hold join the last shard, a bounded
+    // piece at a time from the scratch file.
+    if (scratch.is_open()) {
+      scratch.close();
+      if (!scratch) return absl::InternalError(absl::StrCat("write ", scratch_path.string()));
+      std::ifstream in(scratch_path, std::ios::binary);
+      if (!in) return absl::InternalError(absl::StrCat("open ", scratch_path.string()));
+      std::vector<char> piece;
+      for (const ParkedTensor& p : parked) {
+        if (!p.when.Holds(output.facts)) continue;
+        auto copy = [this, &in, &piece, offset = p.offset, nbytes = p.nbytes](const ByteSink& sink) {
+          in.seekg(static_cast<std::streamoff>(offset));
+          for (uint64_t left = nbytes; left > 0;) {
+            const uint64_t n = std::min(left, kScratchPieceBytes);
+            piece.resize(n);
+            if (!in.read(piece.data(), static_cast<std::streamsize>(n))) {
+              return absl::DataLossError(absl::StrCat("read ", scratch_path.string()));
+            }
+            SR_RETURN_IF_ERROR(sink(std::as_bytes(std::span<const char>(piece))));
+            left -= n;
           }
-          SR_RETURN_IF_ERROR(sink(std::as_bytes(std::span<const char>(piece))));
-          left -= n;
-        }
-        return absl::OkStatus();
-      };
-      tensors.push_back({p.name, p.dtype, p.shape, p.nbytes, std::move(copy)});
+          return absl::OkStatus();
+        };
+        SR_RETURN_IF_ERROR(shards->Add({p.name, p.dtype, p.shape, p.nbytes, std::move(copy)}));
+      }
+      in.close();
+      std::error_code ec;
+      std::filesystem::remove(scratch_path, ec);
+      if (ec) return absl::InternalError(absl::StrCat("remove ", scratch_path.string(), ": ", ec.message()));
     }
-    const int num_shards = static_cast<int>(std::clamp<uint64_t>(
-        (total_bytes + kShardBytes - 1) / kShardBytes, 1, std::max<size_t>(1, tensors.size())));
-    SR_RETURN_IF_ERROR(WriteCheckpointStreamed(partial, tensors, num_shards));
-    in.close();
-    std::error_code ec;
-    std::filesystem::remove(scratch_path, ec);
-    if (ec) return absl::InternalError(absl::StrCat("remove ", scratch_path.string(), ": ", ec.message()));
+    SR_RETURN_IF_ERROR(shards->Finish());
 
     SR_RETURN_IF_ERROR(WriteFolderFiles(partial, header, format, output, sparsity.ToJson()));
     // A resumable run's checkpoint is not part of the output. Removed in the
     // order given (RunCompression's job.json first: without it the rest is
     // ignored), so a crash here leaves nothing that a resume would trust.
+    std::error_code ec;
     for (const std::string& name : keep) {
       std::filesystem::remove_all(partial / name, ec);
       if (ec) return absl::InternalError(absl::StrCat("remove ", (partial / name).string(), ": ", ec.message()));
@@ -419,8 +429,7 @@ absl::StatusOr<std::unique_ptr<CompressedModelWriter>> CompressedModelWriter::Op
   std::unique_ptr<CompressedModelWriter> writer(new CompressedModelWriter(std::move(state)));
   State& s = *writer->state_;
   s.scratch_path = s.partial / ".shrinkray-tensors.scratch";
-  s.scratch.open(s.scratch_path, std::ios::binary | std::ios::trunc);
-  if (!s.scratch) return absl::InternalError(absl::StrCat("create ", s.scratch_path.string()));
+  SR_ASSIGN_OR_RETURN(s.shards, ShardStream::Open(s.partial, {.shard_bytes = kShardBytes}));
   return writer;
 }
 

@@ -156,6 +156,7 @@ struct FactCondition {
   std::optional<bool> zero_points_mid;
   std::optional<bool> act_order;
   bool Holds(const ModelFacts& facts) const;
+  bool always() const { return !zero_points_mid.has_value() && !act_order.has_value(); }
 };
 // `a` and `b` together; nullopt when they contradict each other.
 std::optional<FactCondition> BothConditions(const FactCondition& a, const FactCondition& b);

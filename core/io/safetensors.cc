@@ -244,6 +244,42 @@ absl::Status ValidateForWrite(std::span<const StreamedTensor> tensors) {
 
 }  // namespace
 
+absl::Status CheckTensorsToWrite(std::span<const StreamedTensor> tensors) { return ValidateForWrite(tensors); }
+
+absl::StatusOr<std::string> SafetensorsHeaderEntry(std::string_view name, DType dtype,
+                                                   std::span<const int64_t> shape, uint64_t begin,
+                                                   uint64_t end) {
+  SR_ASSIGN_OR_RETURN(std::string quoted, JsonQuote(Sv(name), "tensor name"));
+  return absl::StrCat(quoted, ":{\"dtype\":\"", Sv(DTypeName(dtype)), "\",\"shape\":[",
+                      absl::StrJoin(shape, ","), "],\"data_offsets\":[", begin, ",", end, "]}");
+}
+
+absl::StatusOr<std::string> SafetensorsHeaderBytes(std::span<const std::string> entries,
+                                                   const std::map<std::string, std::string>& metadata,
+                                                   uint64_t min_bytes) {
+  // Built by hand rather than via nlohmann::json, whose std::map ordering
+  // would put "__metadata__" after names starting with a capital or digit.
+  std::vector<std::string> fields;
+  if (!metadata.empty()) {
+    std::vector<std::string> items;
+    for (const auto& [key, value] : metadata) {
+      SR_ASSIGN_OR_RETURN(std::string k, JsonQuote(key, "metadata key"));
+      SR_ASSIGN_OR_RETURN(std::string v, JsonQuote(value, "metadata value"));
+      items.push_back(absl::StrCat(k, ":", v));
+    }
+    fields.push_back(absl::StrCat("\"__metadata__\":{", absl::StrJoin(items, ","), "}"));
+  }
+  fields.insert(fields.end(), entries.begin(), entries.end());
+  std::string header = absl::StrCat("{", absl::StrJoin(fields, ","), "}");
+  // Padding keeps the data region 8-byte aligned in the file (and so in an
+  // mmap), which is what the Python library does too.
+  const uint64_t bytes = std::max<uint64_t>(kHeaderPrefixBytes + header.size(), min_bytes);
+  header.append((8 - bytes % 8) % 8 + (bytes - kHeaderPrefixBytes - header.size()), ' ');
+  std::string out;
+  AppendLittleEndian64(header.size(), &out);
+  return out + header;
+}
+
 int64_t TensorInfo::numel() const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
@@ -383,33 +419,15 @@ absl::Status WriteSafetensorsStreamed(const std::filesystem::path& path,
   std::sort(sorted.begin(), sorted.end(),
             [](const StreamedTensor* a, const StreamedTensor* b) { return a->name < b->name; });
 
-  // Built by hand rather than via nlohmann::json, whose std::map ordering
-  // would put "__metadata__" after names starting with a capital or digit.
-  std::vector<std::string> fields;
-  if (!metadata.empty()) {
-    std::vector<std::string> items;
-    for (const auto& [key, value] : metadata) {
-      SR_ASSIGN_OR_RETURN(std::string k, JsonQuote(key, "metadata key"));
-      SR_ASSIGN_OR_RETURN(std::string v, JsonQuote(value, "metadata value"));
-      items.push_back(absl::StrCat(k, ":", v));
-    }
-    fields.push_back(absl::StrCat("\"__metadata__\":{", absl::StrJoin(items, ","), "}"));
-  }
+  std::vector<std::string> entries;
   uint64_t offset = 0;
   for (const StreamedTensor* t : sorted) {
-    SR_ASSIGN_OR_RETURN(std::string name, JsonQuote(t->name, "tensor name"));
-    fields.push_back(absl::StrCat(name, ":{\"dtype\":\"", Sv(DTypeName(t->dtype)), "\",\"shape\":[",
-                                  absl::StrJoin(t->shape, ","), "],\"data_offsets\":[", offset, ",",
-                                  offset + t->nbytes, "]}"));
+    SR_ASSIGN_OR_RETURN(std::string entry,
+                        SafetensorsHeaderEntry(t->name, t->dtype, t->shape, offset, offset + t->nbytes));
+    entries.push_back(std::move(entry));
     offset += t->nbytes;
   }
-  std::string header = absl::StrCat("{", absl::StrJoin(fields, ","), "}");
-  // Padding keeps the data region 8-byte aligned in the file (and so in an
-  // mmap), which is what the Python library does too.
-  header.append((8 - header.size() % 8) % 8, ' ');
-
-  std::string prefix;
-  AppendLittleEndian64(header.size(), &prefix);
+  SR_ASSIGN_OR_RETURN(const std::string header, SafetensorsHeaderBytes(entries, metadata));
 
   const std::string final_path = path.string();
   const std::string tmp_path = absl::StrCat(final_path, ".tmp.", ::getpid());
@@ -419,8 +437,7 @@ absl::Status WriteSafetensorsStreamed(const std::filesystem::path& path,
     if (observer) SR_RETURN_IF_ERROR(observer(bytes));
     return WriteAll(fd, bytes.data(), bytes.size(), tmp_path);
   };
-  absl::Status status = write(std::as_bytes(std::span<const char>(prefix)));
-  if (status.ok()) status = write(std::as_bytes(std::span<const char>(header)));
+  absl::Status status = write(std::as_bytes(std::span<const char>(header)));
   for (const StreamedTensor* t : sorted) {
     if (!status.ok()) break;
     uint64_t written = 0;

@@ -12,6 +12,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -102,5 +103,21 @@ absl::Status WriteSafetensorsStreamed(const std::filesystem::path& path,
                                       std::span<const StreamedTensor> tensors,
                                       const std::map<std::string, std::string>& metadata = {},
                                       const ByteSink& observer = nullptr);
+
+// The pieces of WriteSafetensors, for writers that lay a file out
+// themselves (core/io/shard_stream.h):
+// The checks WriteSafetensors makes of its tensors (names, dtypes, sizes).
+absl::Status CheckTensorsToWrite(std::span<const StreamedTensor> tensors);
+// One tensor's entry of a header: "name":{"dtype":..,"shape":[..],"data_offsets":[begin,end]}.
+absl::StatusOr<std::string> SafetensorsHeaderEntry(std::string_view name, DType dtype,
+                                                   std::span<const int64_t> shape, uint64_t begin,
+                                                   uint64_t end);
+// What a file starts with: the 8-byte little-endian header length and the
+// header (metadata first, then `entries`), padded with spaces so that the data
+// starts at a multiple of 8 and at `min_bytes` or later (header space
+// reserved before the data was written).
+absl::StatusOr<std::string> SafetensorsHeaderBytes(std::span<const std::string> entries,
+                                                   const std::map<std::string, std::string>& metadata,
+                                                   uint64_t min_bytes = 0);
 
 }  // namespace shrinkray
