@@ -32,7 +32,6 @@ absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.
 
 using nlohmann::json;
 
-constexpr uint64_t kShardBytes = uint64_t{4} << 30;  // HF's default max_shard_size is 5GB
 // Read size when copying parked tensors into the shards.
 constexpr uint64_t kScratchPieceBytes = uint64_t{8} << 20;
 
@@ -429,7 +428,7 @@ absl::StatusOr<std::unique_ptr<CompressedModelWriter>> CompressedModelWriter::Op
   std::unique_ptr<CompressedModelWriter> writer(new CompressedModelWriter(std::move(state)));
   State& s = *writer->state_;
   s.scratch_path = s.partial / ".shrinkray-tensors.scratch";
-  SR_ASSIGN_OR_RETURN(s.shards, ShardStream::Open(s.partial, {.shard_bytes = kShardBytes}));
+  SR_ASSIGN_OR_RETURN(s.shards, ShardStream::Open(s.partial));
   return writer;
 }
 
