@@ -93,7 +93,7 @@ std::filesystem::path ScratchDir(const char* name) {
   return dir;
 }
 
-CompressedModelSpec Header(const std::filesystem::path& source) {
+CompressedModelSpec Header(const std::filesystem::path& source, DType dense_dtype = DType::kF32) {
   CompressedModelSpec header;
   header.source_dir = source;
   header.source_config = {{"architectures", {"LlamaForCausalLM"}},
@@ -105,20 +105,22 @@ CompressedModelSpec Header(const std::filesystem::path& source) {
                           {"num_hidden_layers", 1},
                           {"vocab_size", 128256},
                           {"torch_dtype", "float32"}};
-  header.dense_dtype = DType::kF32;
+  header.dense_dtype = dense_dtype;
   header.recipe_info = {{"bits", 4}, {"group_size", kGroup}, {"sym", true}, {"desc_act", false},
                         {"static_groups", false}, {"damp", 0.01}, {"true_sequential", true}};
   return header;
 }
 
-// The writer's per-layer Add (encoding and parking the tensors).
+// The writer's per-layer Add (encoding the tensors and writing them into
+// the shards), in a format and a dense dtype (what the dense format writes).
 void BM_WriterAddLayer(benchmark::State& state) {
   const auto format = static_cast<OutputFormat>(state.range(0));
+  const auto dense_dtype = static_cast<DType>(state.range(1));
   const std::vector<CompressedTensorEntry>& layer = CachedLayer();
   const std::filesystem::path dir = ScratchDir("layer-io-add");
   for (auto _ : state) {
     state.PauseTiming();
-    auto writer = CompressedModelWriter::Open(dir / "out", Header(dir), format, /*overwrite=*/true);
+    auto writer = CompressedModelWriter::Open(dir / "out", Header(dir, dense_dtype), format, /*overwrite=*/true);
     if (!writer.ok()) return state.SkipWithError(std::string(writer.status().message()).c_str());
     state.ResumeTiming();
     const absl::Status s = (*writer)->Add(layer);
@@ -127,12 +129,13 @@ void BM_WriterAddLayer(benchmark::State& state) {
     writer->reset();
     state.ResumeTiming();
   }
-  state.SetLabel(std::string(OutputFormatName(format)));
+  state.SetLabel(std::string(OutputFormatName(format)) + " " + std::string(DTypeName(dense_dtype)));
   std::filesystem::remove_all(dir);
 }
 BENCHMARK(BM_WriterAddLayer)
-    ->Arg(static_cast<int>(OutputFormat::kGptq))
-    ->Arg(static_cast<int>(OutputFormat::kDense))
+    ->Args({static_cast<int>(OutputFormat::kGptq), static_cast<int>(DType::kF32)})
+    ->Args({static_cast<int>(OutputFormat::kDense), static_cast<int>(DType::kF32)})
+    ->Args({static_cast<int>(OutputFormat::kDense), static_cast<int>(DType::kBF16)})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(3);

@@ -299,8 +299,8 @@ class CompressedTensorsEncoder : public FormatEncoder {
       }
       if (dense_when.has_value()) {
         if (!module.empty()) ignore_.push_back({module, *dense_when});
-        SR_ASSIGN_OR_RETURN(OwnedTensor t, EncodeDense(e, dtype_));
-        SR_RETURN_IF_ERROR(sink(std::move(t), *dense_when));
+        SR_ASSIGN_OR_RETURN(const StreamedTensor t, EncodeDense(e, dtype_));
+        SR_RETURN_IF_ERROR(sink(t, *dense_when));
       }
       if (packed_when.has_value()) {
         SR_RETURN_IF_ERROR(EmitPacked(module, *e.quantized, *packed_when, sink));
@@ -391,9 +391,9 @@ class CompressedTensorsEncoder : public FormatEncoder {
     const int64_t rows = t.rows, cols = t.cols, groups = t.num_groups;
     SR_RETURN_IF_ERROR(sink(
         EncodeInt32(module + ".weight_packed", {rows, CeilDiv(cols, pf)}, t.weight_packed), when));
-    SR_ASSIGN_OR_RETURN(OwnedTensor scale, EncodeFloats(module + ".weight_scale", {rows, groups},
-                                                        t.weight_scale, dtype_));
-    SR_RETURN_IF_ERROR(sink(std::move(scale), when));
+    SR_ASSIGN_OR_RETURN(const StreamedTensor scale, EncodeFloats(module + ".weight_scale", {rows, groups},
+                                                                 t.weight_scale, dtype_));
+    SR_RETURN_IF_ERROR(sink(scale, when));
     if (zero_point_when.has_value()) {
       SR_RETURN_IF_ERROR(sink(EncodeInt32(module + ".weight_zero_point",
                                           {CeilDiv(rows, pf), groups}, t.weight_zero_point),

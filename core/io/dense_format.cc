@@ -19,8 +19,8 @@ class DenseEncoder : public FormatEncoder {
     // written, so that a bad spec fails the same way in every format.
     SR_RETURN_IF_ERROR(ValidateQuantizedEntries(tensors, &names_));
     for (const CompressedTensorEntry& entry : tensors) {
-      SR_ASSIGN_OR_RETURN(OwnedTensor t, EncodeDense(entry, dtype_));
-      SR_RETURN_IF_ERROR(sink(std::move(t), {}));
+      SR_ASSIGN_OR_RETURN(const StreamedTensor t, EncodeDense(entry, dtype_));
+      SR_RETURN_IF_ERROR(sink(t, {}));
     }
     return absl::OkStatus();
   }

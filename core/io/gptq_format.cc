@@ -323,8 +323,8 @@ class GptqEncoder : public FormatEncoder {
     for (const CompressedTensorEntry& e : tensors) {
       const std::string module = LinearModuleOf(e);
       if (!e.quantized.has_value() || kept_dense.contains(module)) {
-        SR_ASSIGN_OR_RETURN(OwnedTensor t, EncodeDense(e, dtype_));
-        SR_RETURN_IF_ERROR(sink(std::move(t), {}));
+        SR_ASSIGN_OR_RETURN(const StreamedTensor t, EncodeDense(e, dtype_));
+        SR_RETURN_IF_ERROR(sink(t, {}));
         continue;
       }
       lm_head_quantized_ = lm_head_quantized_ || module == "lm_head";
@@ -342,10 +342,9 @@ class GptqEncoder : public FormatEncoder {
           sink(EncodeInt32(module + ".qweight", {cols * t.bits / 32, rows}, t.qweight), {}));
       SR_RETURN_IF_ERROR(
           sink(EncodeInt32(module + ".qzeros", {groups, rows * t.bits / 32}, t.qzeros), {}));
-      OwnedTensor scales{module + ".scales", DType::kF16, {groups, rows}, {}};
-      scales.data.resize(t.scales.size() * sizeof(uint16_t));
-      std::memcpy(scales.data.data(), t.scales.data(), scales.data.size());
-      SR_RETURN_IF_ERROR(sink(std::move(scales), {}));
+      SR_RETURN_IF_ERROR(sink(EncodeBytes(module + ".scales", DType::kF16, {groups, rows},
+                                          std::as_bytes(std::span<const uint16_t>(t.scales))),
+                              {}));
       SR_RETURN_IF_ERROR(sink(EncodeInt32(module + ".g_idx", {cols}, t.g_idx), {}));
     }
     return absl::OkStatus();

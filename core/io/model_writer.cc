@@ -34,6 +34,9 @@ using nlohmann::json;
 
 // Read size when copying parked tensors into the shards.
 constexpr uint64_t kScratchPieceBytes = uint64_t{8} << 20;
+// Values converted at a time when encoding floats to a 16-bit dtype: the
+// piece stays in the cache between its conversion and its write.
+constexpr size_t kConvertPieceValues = size_t{1} << 18;
 
 int64_t Numel(const std::vector<int64_t>& shape) {
   int64_t n = 1;
@@ -232,7 +235,7 @@ std::string_view OutputFormatName(OutputFormat format) {
 absl::StatusOr<std::vector<DenseFallback>> PlanDenseFallbacks(const CompressedModelSpec& spec,
                                                               OutputFormat format) {
   std::unique_ptr<FormatEncoder> encoder = MakeFormatEncoder(format, spec);
-  SR_RETURN_IF_ERROR(encoder->Add(spec.tensors, [](OwnedTensor, const FactCondition&) {
+  SR_RETURN_IF_ERROR(encoder->Add(spec.tensors, [](const StreamedTensor&, const FactCondition&) {
     return absl::OkStatus();
   }));
   SR_ASSIGN_OR_RETURN(FormatOutput output, encoder->Finish());
@@ -282,21 +285,25 @@ struct CompressedModelWriter::State {
   absl::Status failed;
   bool finished = false;
 
-  absl::Status Take(OwnedTensor t, const FactCondition& when) {
-    if (when.always()) {
-      const TensorToWrite view{t.name, t.dtype, t.shape, t.data};
-      return shards->Add(StreamFromMemory({&view, 1})[0]);
-    }
+  absl::Status Take(const StreamedTensor& t, const FactCondition& when) {
+    if (when.always()) return shards->Add(t);
     if (!scratch.is_open()) {
       scratch.open(scratch_path, std::ios::binary | std::ios::trunc);
       if (!scratch) return absl::InternalError(absl::StrCat("create ", scratch_path.string()));
     }
-    scratch.write(reinterpret_cast<const char*>(t.data.data()),
-                  static_cast<std::streamsize>(t.data.size()));
-    if (!scratch) return absl::InternalError(absl::StrCat("write ", scratch_path.string()));
-    parked.push_back({std::move(t.name), t.dtype, std::move(t.shape), scratch_bytes,
-                      t.data.size(), when});
-    scratch_bytes += t.data.size();
+    uint64_t written = 0;
+    SR_RETURN_IF_ERROR(t.write([&](std::span<const std::byte> bytes) {
+      scratch.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+      if (!scratch) return absl::InternalError(absl::StrCat("write ", scratch_path.string()));
+      written += bytes.size();
+      return absl::OkStatus();
+    }));
+    if (written != t.nbytes) {
+      return absl::InternalError(
+          absl::StrCat("tensor '", t.name, "': ", written, " bytes produced, expected ", t.nbytes));
+    }
+    parked.push_back({t.name, t.dtype, t.shape, scratch_bytes, t.nbytes, when});
+    scratch_bytes += t.nbytes;
     return absl::OkStatus();
   }
 
@@ -312,8 +319,8 @@ struct CompressedModelWriter::State {
       }
       prefixes.insert(std::move(prefix));
     }
-    SR_RETURN_IF_ERROR(encoder->Add(tensors, [this](OwnedTensor t, const FactCondition& when) {
-      return Take(std::move(t), when);
+    SR_RETURN_IF_ERROR(encoder->Add(tensors, [this](const StreamedTensor& t, const FactCondition& when) {
+      return Take(t, when);
     }));
     shards->StartWriteback();
     sparsity.Add(tensors);
@@ -482,48 +489,80 @@ std::optional<FactCondition> BothConditions(const FactCondition& a, const FactCo
   return both;
 }
 
-absl::StatusOr<OwnedTensor> EncodeFloats(std::string name, std::vector<int64_t> shape,
-                                         std::span<const float> values, DType dtype) {
+namespace {
+// EncodeFloats' checks, for `count` values.
+absl::Status CheckFloatEncoding(const std::string& name, const std::vector<int64_t>& shape,
+                                size_t count, DType dtype) {
   if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
     return absl::InvalidArgumentError(absl::StrCat("dense dtype ", Sv(DTypeName(dtype)),
                                                    " is not F32, F16 or BF16"));
   }
-  if (Numel(shape) != static_cast<int64_t>(values.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has ", values.size(),
+  if (Numel(shape) != static_cast<int64_t>(count)) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has ", count,
                                                    " values for ", Numel(shape), " elements"));
   }
-  OwnedTensor t{std::move(name), dtype, std::move(shape), {}};
-  t.data.resize(values.size() * DTypeSize(dtype));
-  SR_RETURN_IF_ERROR(ConvertFromF32(t.data.data(), dtype, values.data(), values.size()));
-  return t;
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::StatusOr<StreamedTensor> EncodeFloats(std::string name, std::vector<int64_t> shape,
+                                            std::span<const float> values, DType dtype) {
+  SR_RETURN_IF_ERROR(CheckFloatEncoding(name, shape, values.size(), dtype));
+  const uint64_t nbytes = values.size() * DTypeSize(dtype);
+  if (dtype == DType::kF32) {
+    return EncodeBytes(std::move(name), dtype, std::move(shape), std::as_bytes(values));
+  }
+  auto write = [values, dtype](const ByteSink& sink) -> absl::Status {
+    std::vector<std::byte> piece(std::min(values.size(), kConvertPieceValues) * DTypeSize(dtype));
+    for (size_t begin = 0; begin < values.size(); begin += kConvertPieceValues) {
+      const size_t n = std::min(kConvertPieceValues, values.size() - begin);
+      SR_RETURN_IF_ERROR(ConvertFromF32(piece.data(), dtype, values.data() + begin, n));
+      SR_RETURN_IF_ERROR(sink(std::span<const std::byte>(piece.data(), n * DTypeSize(dtype))));
+    }
+    return absl::OkStatus();
+  };
+  return StreamedTensor{std::move(name), dtype, std::move(shape), nbytes, std::move(write)};
 }
 
-OwnedTensor EncodeInt32(std::string name, std::vector<int64_t> shape,
-                        std::span<const int32_t> values) {
-  OwnedTensor t{std::move(name), DType::kI32, std::move(shape), {}};
-  t.data.resize(values.size_bytes());
-  if (!values.empty()) std::memcpy(t.data.data(), values.data(), values.size_bytes());
-  return t;
+StreamedTensor EncodeBytes(std::string name, DType dtype, std::vector<int64_t> shape,
+                           std::span<const std::byte> bytes) {
+  return {std::move(name), dtype, std::move(shape), bytes.size(),
+          [bytes](const ByteSink& sink) { return sink(bytes); }};
 }
 
-OwnedTensor EncodeInt64(std::string name, std::vector<int64_t> shape,
-                        std::span<const int64_t> values) {
-  OwnedTensor t{std::move(name), DType::kI64, std::move(shape), {}};
-  t.data.resize(values.size_bytes());
-  if (!values.empty()) std::memcpy(t.data.data(), values.data(), values.size_bytes());
-  return t;
+StreamedTensor EncodeInt32(std::string name, std::vector<int64_t> shape,
+                           std::span<const int32_t> values) {
+  return EncodeBytes(std::move(name), DType::kI32, std::move(shape), std::as_bytes(values));
 }
 
-absl::StatusOr<OwnedTensor> EncodeDense(const CompressedTensorEntry& entry, DType dtype) {
+StreamedTensor EncodeInt64(std::string name, std::vector<int64_t> shape,
+                           std::span<const int64_t> values) {
+  return EncodeBytes(std::move(name), DType::kI64, std::move(shape), std::as_bytes(values));
+}
+
+absl::StatusOr<StreamedTensor> EncodeDense(const CompressedTensorEntry& entry, DType dtype) {
   if (!entry.values.empty() || !entry.quantized.has_value()) {
     return EncodeFloats(entry.name, entry.shape, entry.values, dtype);
   }
   const QuantizedWeight& w = *entry.quantized;
-  std::vector<float> values(static_cast<size_t>(w.rows) * w.cols);
-  for (int r = 0; r < w.rows; ++r) {
-    for (int c = 0; c < w.cols; ++c) values[static_cast<size_t>(r) * w.cols + c] = w.Dequantize(r, c);
-  }
-  return EncodeFloats(entry.name, entry.shape, values, dtype);
+  const size_t count = static_cast<size_t>(w.rows) * w.cols;
+  SR_RETURN_IF_ERROR(CheckFloatEncoding(entry.name, entry.shape, count, dtype));
+  const size_t rows_per_piece = std::max<size_t>(1, kConvertPieceValues / w.cols);
+  auto write = [&w, dtype, rows_per_piece](const ByteSink& sink) -> absl::Status {
+    std::vector<float> values(std::min<size_t>(rows_per_piece, w.rows) * w.cols);
+    std::vector<std::byte> piece(values.size() * DTypeSize(dtype));
+    for (size_t r0 = 0; r0 < static_cast<size_t>(w.rows); r0 += rows_per_piece) {
+      const size_t rows = std::min(rows_per_piece, w.rows - r0);
+      for (size_t r = 0; r < rows; ++r) {
+        for (int c = 0; c < w.cols; ++c) values[r * w.cols + c] = w.Dequantize(static_cast<int>(r0 + r), c);
+      }
+      const size_t n = rows * w.cols;
+      SR_RETURN_IF_ERROR(ConvertFromF32(piece.data(), dtype, values.data(), n));
+      SR_RETURN_IF_ERROR(sink(std::span<const std::byte>(piece.data(), n * DTypeSize(dtype))));
+    }
+    return absl::OkStatus();
+  };
+  return StreamedTensor{entry.name, dtype, entry.shape, count * DTypeSize(dtype), std::move(write)};
 }
 
 std::string LinearModuleOf(const CompressedTensorEntry& entry) {

@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/algo/quantized_weight.h"
+#include "core/io/safetensors.h"
 #include "core/tensor/dtype.h"
 #include "nlohmann/json.hpp"
 
@@ -136,14 +137,6 @@ class CompressedModelWriter {
 // ---- Shared by the format writers (dense_format, gptq_format,
 // compressed_tensors_format); not needed by callers.
 
-// A tensor that owns its bytes, ready for WriteCheckpoint.
-struct OwnedTensor {
-  std::string name;
-  DType dtype = DType::kF32;
-  std::vector<int64_t> shape;
-  std::vector<std::byte> data;
-};
-
 // Facts about all of a model's quantized weights that a format's tensors may
 // depend on, known only once every tensor has been added.
 struct ModelFacts {
@@ -173,7 +166,13 @@ struct FormatOutput {
 // encodes a piece of the model (a fused group's tensors together, see
 // CompressedModelWriter::Add) and hands each encoded tensor to `sink`, with
 // the facts it depends on; Finish gives the configs once all were added.
-using EncodedTensorSink = std::function<absl::Status(OwnedTensor tensor, const FactCondition& when)>;
+// The sink consumes the tensor before it returns: its `write` produces the
+// bytes from memory that lives only that long (the entry's values, the
+// encoder's packed words), converting a bounded piece at a time, so no
+// encoded tensor is ever held whole (at Llama-3-8B a layer's dense weights
+// are 0.9 GB of f32).
+using EncodedTensorSink =
+    std::function<absl::Status(const StreamedTensor& tensor, const FactCondition& when)>;
 class FormatEncoder {
  public:
   virtual ~FormatEncoder() = default;
@@ -193,14 +192,22 @@ struct QuantScheme {
   bool act_order = false;  // some weight's g_idx is not c / group_size
 };
 
-absl::StatusOr<OwnedTensor> EncodeFloats(std::string name, std::vector<int64_t> shape,
-                                         std::span<const float> values, DType dtype);
-OwnedTensor EncodeInt32(std::string name, std::vector<int64_t> shape,
-                        std::span<const int32_t> values);
-OwnedTensor EncodeInt64(std::string name, std::vector<int64_t> shape,
-                        std::span<const int64_t> values);
-// The entry's dense values in `dtype` (dequantizing when only `quantized` is set).
-absl::StatusOr<OwnedTensor> EncodeDense(const CompressedTensorEntry& entry, DType dtype);
+// Encoded tensors for an EncodedTensorSink: views of `values` (which must
+// outlive the sink call), converted as they are written.
+// `values` in `dtype` (F32, F16 or BF16); InvalidArgument for another dtype
+// or a count that is not the shape's.
+absl::StatusOr<StreamedTensor> EncodeFloats(std::string name, std::vector<int64_t> shape,
+                                            std::span<const float> values, DType dtype);
+// Bytes already in their dtype's layout (e.g. F16 bits).
+StreamedTensor EncodeBytes(std::string name, DType dtype, std::vector<int64_t> shape,
+                           std::span<const std::byte> bytes);
+StreamedTensor EncodeInt32(std::string name, std::vector<int64_t> shape,
+                           std::span<const int32_t> values);
+StreamedTensor EncodeInt64(std::string name, std::vector<int64_t> shape,
+                           std::span<const int64_t> values);
+// The entry's dense values in `dtype` (dequantized a few rows at a time when
+// only `quantized` is set); views of `entry`.
+absl::StatusOr<StreamedTensor> EncodeDense(const CompressedTensorEntry& entry, DType dtype);
 
 // "model.layers.0.mlp.gate_proj" for a 2-D "...gate_proj.weight" that is a
 // Linear (not an embedding); empty otherwise.

@@ -647,6 +647,79 @@ TEST_F(FormatWriterTest, UnfinishedStreamingWriterLeavesTheOldFolder) {
   EXPECT_FALSE(fs::exists(root_ / "out.partial"));
 }
 
+// The bytes a streamed encoding produces, and the largest piece it handed on.
+std::vector<std::byte> Drain(const StreamedTensor& t, size_t* largest_piece) {
+  std::vector<std::byte> bytes;
+  *largest_piece = 0;
+  const absl::Status s = t.write([&](std::span<const std::byte> piece) {
+    bytes.insert(bytes.end(), piece.begin(), piece.end());
+    *largest_piece = std::max(*largest_piece, piece.size());
+    return absl::OkStatus();
+  });
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(bytes.size(), t.nbytes);
+  return bytes;
+}
+
+// Encodings convert a bounded piece at a time; the bytes are the whole
+// conversion's, across pieces and a short last one.
+TEST(FormatEncodeTest, PiecewiseEncodingIsTheWholeConversion) {
+  constexpr int kRows = 700, kCols = 512;  // 358,400 values: more than one piece
+  std::vector<float> values(static_cast<size_t>(kRows) * kCols);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = std::sin(0.001f * static_cast<float>(i)) * 3.7f;
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    std::vector<std::byte> whole(values.size() * DTypeSize(dtype));
+    ASSERT_TRUE(ConvertFromF32(whole.data(), dtype, values.data(), values.size()).ok());
+    auto t = EncodeFloats("w", {kRows, kCols}, values, dtype);
+    ASSERT_TRUE(t.ok()) << t.status();
+    size_t largest = 0;
+    EXPECT_EQ(Drain(*t, &largest), whole) << DTypeName(dtype);
+    EXPECT_LT(largest, whole.size()) << DTypeName(dtype);
+  }
+
+  // A quantized entry without values is dequantized a few rows at a time.
+  CompressedTensorEntry entry;
+  entry.name = "model.layers.0.mlp.up_proj.weight";
+  entry.shape = {kRows, kCols};
+  QuantizedWeight& w = entry.quantized.emplace();
+  w.rows = kRows;
+  w.cols = kCols;
+  w.bits = 4;
+  w.group_size = 128;
+  w.num_groups = kCols / 128;
+  w.codes.resize(values.size());
+  for (size_t i = 0; i < w.codes.size(); ++i) w.codes[i] = static_cast<int32_t>((i * 7 + i / 13) % 16);
+  for (int g = 0; g < w.num_groups * kRows; ++g) {
+    w.scales.push_back(0.01f * static_cast<float>(1 + g % 5));
+    w.zeros.push_back(g % 16);
+  }
+  for (int c = 0; c < kCols; ++c) w.g_idx.push_back(c / 128);
+  std::vector<float> dequantized(values.size());
+  for (int r = 0; r < kRows; ++r) {
+    for (int c = 0; c < kCols; ++c) dequantized[static_cast<size_t>(r) * kCols + c] = w.Dequantize(r, c);
+  }
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    std::vector<std::byte> whole(values.size() * DTypeSize(dtype));
+    ASSERT_TRUE(ConvertFromF32(whole.data(), dtype, dequantized.data(), dequantized.size()).ok());
+    auto t = EncodeDense(entry, dtype);
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(t->dtype, dtype);
+    EXPECT_EQ(t->shape, entry.shape);
+    size_t largest = 0;
+    EXPECT_EQ(Drain(*t, &largest), whole) << DTypeName(dtype);
+    EXPECT_LT(largest, whole.size()) << DTypeName(dtype);
+  }
+
+  // The checks come before any byte: a count that is not the shape's, a dtype
+  // that is not a float.
+  auto short_values = EncodeFloats("w", {kRows, kCols + 1}, values, DType::kBF16);
+  EXPECT_EQ(short_values.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(short_values.status().message(), HasSubstr("tensor 'w' has 358400 values for 359100"));
+  auto int_dtype = EncodeDense(entry, DType::kI32);
+  EXPECT_EQ(int_dtype.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(int_dtype.status().message(), HasSubstr("dense dtype I32 is not F32, F16 or BF16"));
+}
+
 TEST(FormatParseTest, OutputFormatNames) {
   EXPECT_EQ(*ParseOutputFormat("dense"), OutputFormat::kDense);
   EXPECT_EQ(*ParseOutputFormat("GPTQ"), OutputFormat::kGptq);
