@@ -6,6 +6,7 @@
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <random>
@@ -14,6 +15,7 @@
 
 #include "core/algo/gptq.h"
 #include "core/algo/sparsegpt.h"
+#include "core/pipeline/apply_stages.h"
 #include "core/util/parallel.h"
 
 namespace shrinkray {
@@ -140,6 +142,49 @@ void BM_HessianSgemm(benchmark::State& state) {
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_HessianSgemm)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+
+// A matrix's reported error (RelativeOutputError: tr(D H Dᵀ)/tr(W H Wᵀ)) on
+// W [rows, 4096], against the form it replaced in the same run: two full
+// ssymm products (arg 1 = 0) vs the tiles on and right of H's diagonal
+// (arg 1 = 1).
+double FullSymmTrace(const float* a, int rows, int cols, const float* h) {
+  std::vector<float> ah(static_cast<size_t>(rows) * cols);
+  cblas_ssymm(CblasRowMajor, CblasRight, CblasUpper, rows, cols, 1.0f, h, cols, a, cols, 0.0f, ah.data(), cols);
+  double sum = 0.0;
+  for (size_t i = 0; i < ah.size(); ++i) sum += static_cast<double>(a[i]) * ah[i];
+  return sum;
+}
+
+void BM_OutputError(benchmark::State& state) {
+  const int rows = static_cast<int>(state.range(0));
+  const bool tiled = state.range(1) != 0;
+  const auto& w = Weight(rows);
+  const auto& h = Hessian();
+  std::vector<float> q(w.size());
+  for (size_t i = 0; i < q.size(); ++i) q[i] = std::round(w[i] * 4.0f) / 4.0f;
+  double error = 0.0;
+  for (auto _ : state) {
+    if (tiled) {
+      error = RelativeOutputError(w, q, rows, kCols, h);
+    } else {
+      std::vector<float> d(w.size());
+      for (size_t i = 0; i < d.size(); ++i) d[i] = w[i] - q[i];
+      error = FullSymmTrace(d.data(), rows, kCols, h.data()) / FullSymmTrace(w.data(), rows, kCols, h.data());
+    }
+    benchmark::DoNotOptimize(error);
+  }
+  state.counters["error"] = error;
+  state.SetLabel(tiled ? "upper tiles" : "two ssymm");
+}
+BENCHMARK(BM_OutputError)
+    ->Args({4096, 0})
+    ->Args({4096, 1})
+    ->Args({11008, 0})
+    ->Args({11008, 1})
+    ->ArgNames({"rows", "tiled"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(3);
 
 // Reference point: a plain 4096³ sgemm.
 void BM_SgemmPeak(benchmark::State& state) {
