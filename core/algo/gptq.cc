@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/algo/quantizer.h"
+#include "core/algo/row_update.h"
 #include "core/algo/validation.h"
 #include "core/util/parallel.h"
 #include "core/util/status_macros.h"
@@ -188,7 +189,7 @@ absl::StatusOr<GptqResult> Solve(absl::Span<const float> w_in, int rows, int col
           const float e = diff / d;
           err_row[i] = e;
           const float* hrow = hinv + static_cast<size_t>(c) * cols + i1;
-          for (int j = i + 1; j < count; ++j) w1[j] -= e * hrow[j];
+          algo_internal::SubtractScaledRow(w1.data(), hrow, e, i + 1, count);
         }
         current[r] = p;
         row_loss[r] += loss / 2.0;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/algo/nm_select.h"
 #include "core/algo/quantizer.h"
+#include "core/algo/row_update.h"
 #include "core/algo/validation.h"
 #include "core/util/parallel.h"
 #include "core/util/status_macros.h"
@@ -155,7 +156,7 @@ absl::StatusOr<SparseGptResult> Solve(absl::Span<const float> w_in, int rows, in
           const float e = diff / d;
           err_row[i] = e;
           const float* hrow = hinv + static_cast<size_t>(c) * cols + i1;
-          for (int j = i + 1; j < count; ++j) w1[j] -= e * hrow[j];
+          algo_internal::SubtractScaledRow(w1.data(), hrow, e, i + 1, count);
         }
         if (quantize) current[r] = p;
         row_loss[r] += loss / 2.0;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "algo_reference.h"
+#include "core/algo/row_update.h"
 #include "core/algo/rtn.h"
 
 namespace shrinkray {
@@ -118,6 +119,25 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"w8_g128_actorder_asym", 64, 256, Opt(8, 128, false, true, false), {}},
                       Case{"w4_dead_columns_actorder", 64, 256, Opt(4, 64, true, true, false), {3, 17, 200}}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
+
+// The sweeps' in-block update in runs of 16 gives the plain loop's bits for
+// every range, whole runs or not, and leaves the rest of the row alone.
+TEST(GptqTest, RowUpdateInRunsIsThePlainLoop) {
+  std::vector<float> w(70), h(70);
+  for (int j = 0; j < 70; ++j) {
+    w[j] = std::sin(0.7f * static_cast<float>(j)) * 1.3f;
+    h[j] = std::cos(0.3f * static_cast<float>(j)) / (1.0f + static_cast<float>(j));
+  }
+  const float e = -0.3719f;
+  for (int begin = 0; begin <= 70; begin += 3) {
+    for (int end = begin; end <= 70; end += 5) {
+      std::vector<float> want = w, got = w;
+      for (int j = begin; j < end; ++j) want[j] -= e * h[j];
+      algo_internal::SubtractScaledRow(got.data(), h.data(), e, begin, end);
+      ASSERT_EQ(got, want) << "[" << begin << ", " << end << ")";
+    }
+  }
+}
 
 TEST(GptqTest, Float64FactorisationAndDoubleHessianAgree) {
   Problem p = MakeProblem(64, 256, 1024, 7);
