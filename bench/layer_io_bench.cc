@@ -140,13 +140,23 @@ BENCHMARK(BM_WriterAddLayer)
     ->UseRealTime()
     ->Iterations(3);
 
-// The resume checkpoint of one layer (crash-safe: fsync, hash).
-void BM_LayerCheckpoint(benchmark::State& state) {
+// Layer 0 as the writer thread gets it, and a run's folder for its checkpoints.
+PersistedLayer FinishedLayer() {
   PersistedLayer done;
   done.layer = 0;
   done.tensors = CachedLayer();
-  const std::filesystem::path dir = ScratchDir("layer-io-checkpoint");
+  return done;
+}
+std::filesystem::path CheckpointDir(const char* name) {
+  const std::filesystem::path dir = ScratchDir(name);
   std::filesystem::create_directories(dir / "layers");
+  return dir;
+}
+
+// The resume checkpoint of one layer (crash-safe: fsync, hash).
+void BM_LayerCheckpoint(benchmark::State& state) {
+  const PersistedLayer done = FinishedLayer();
+  const std::filesystem::path dir = CheckpointDir("layer-io-checkpoint");
   for (auto _ : state) {
     const absl::Status s = WriteLayerCheckpoint(dir, done);
     if (!s.ok()) return state.SkipWithError(std::string(s.message()).c_str());
@@ -158,11 +168,8 @@ BENCHMARK(BM_LayerCheckpoint)->Unit(benchmark::kMillisecond)->UseRealTime()->Ite
 // RunCompression's writer thread per layer: the Add with the checkpoint
 // written beside it (WriteLayerCheckpoint's `alongside`).
 void BM_WriterThreadLayer(benchmark::State& state) {
-  PersistedLayer done;
-  done.layer = 0;
-  done.tensors = CachedLayer();
-  const std::filesystem::path dir = ScratchDir("layer-io-thread");
-  std::filesystem::create_directories(dir / "layers");
+  const PersistedLayer done = FinishedLayer();
+  const std::filesystem::path dir = CheckpointDir("layer-io-thread");
   for (auto _ : state) {
     state.PauseTiming();
     auto writer = CompressedModelWriter::Open(dir / "out", Header(dir), OutputFormat::kGptq, /*overwrite=*/true);

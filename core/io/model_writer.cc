@@ -291,17 +291,11 @@ struct CompressedModelWriter::State {
       scratch.open(scratch_path, std::ios::binary | std::ios::trunc);
       if (!scratch) return absl::InternalError(absl::StrCat("create ", scratch_path.string()));
     }
-    uint64_t written = 0;
-    SR_RETURN_IF_ERROR(t.write([&](std::span<const std::byte> bytes) {
+    SR_RETURN_IF_ERROR(WriteStreamedTensor(t, [&](std::span<const std::byte> bytes) {
       scratch.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
       if (!scratch) return absl::InternalError(absl::StrCat("write ", scratch_path.string()));
-      written += bytes.size();
       return absl::OkStatus();
     }));
-    if (written != t.nbytes) {
-      return absl::InternalError(
-          absl::StrCat("tensor '", t.name, "': ", written, " bytes produced, expected ", t.nbytes));
-    }
     parked.push_back({t.name, t.dtype, t.shape, scratch_bytes, t.nbytes, when});
     scratch_bytes += t.nbytes;
     return absl::OkStatus();
@@ -503,6 +497,15 @@ absl::Status CheckFloatEncoding(const std::string& name, const std::vector<int64
   }
   return absl::OkStatus();
 }
+
+// values[0, n) converted to `dtype` in `piece` (grown as needed) and handed
+// to `sink`: one step of a piecewise float encoding.
+absl::Status SinkConverted(const float* values, size_t n, DType dtype, std::vector<std::byte>& piece,
+                           const ByteSink& sink) {
+  piece.resize(std::max(piece.size(), n * DTypeSize(dtype)));
+  SR_RETURN_IF_ERROR(ConvertFromF32(piece.data(), dtype, values, n));
+  return sink(std::span<const std::byte>(piece.data(), n * DTypeSize(dtype)));
+}
 }  // namespace
 
 absl::StatusOr<StreamedTensor> EncodeFloats(std::string name, std::vector<int64_t> shape,
@@ -513,11 +516,10 @@ absl::StatusOr<StreamedTensor> EncodeFloats(std::string name, std::vector<int64_
     return EncodeBytes(std::move(name), dtype, std::move(shape), std::as_bytes(values));
   }
   auto write = [values, dtype](const ByteSink& sink) -> absl::Status {
-    std::vector<std::byte> piece(std::min(values.size(), kConvertPieceValues) * DTypeSize(dtype));
+    std::vector<std::byte> piece;
     for (size_t begin = 0; begin < values.size(); begin += kConvertPieceValues) {
       const size_t n = std::min(kConvertPieceValues, values.size() - begin);
-      SR_RETURN_IF_ERROR(ConvertFromF32(piece.data(), dtype, values.data() + begin, n));
-      SR_RETURN_IF_ERROR(sink(std::span<const std::byte>(piece.data(), n * DTypeSize(dtype))));
+      SR_RETURN_IF_ERROR(SinkConverted(values.data() + begin, n, dtype, piece, sink));
     }
     return absl::OkStatus();
   };
@@ -550,15 +552,13 @@ absl::StatusOr<StreamedTensor> EncodeDense(const CompressedTensorEntry& entry, D
   const size_t rows_per_piece = std::max<size_t>(1, kConvertPieceValues / w.cols);
   auto write = [&w, dtype, rows_per_piece](const ByteSink& sink) -> absl::Status {
     std::vector<float> values(std::min<size_t>(rows_per_piece, w.rows) * w.cols);
-    std::vector<std::byte> piece(values.size() * DTypeSize(dtype));
+    std::vector<std::byte> piece;
     for (size_t r0 = 0; r0 < static_cast<size_t>(w.rows); r0 += rows_per_piece) {
       const size_t rows = std::min(rows_per_piece, w.rows - r0);
       for (size_t r = 0; r < rows; ++r) {
         for (int c = 0; c < w.cols; ++c) values[r * w.cols + c] = w.Dequantize(static_cast<int>(r0 + r), c);
       }
-      const size_t n = rows * w.cols;
-      SR_RETURN_IF_ERROR(ConvertFromF32(piece.data(), dtype, values.data(), n));
-      SR_RETURN_IF_ERROR(sink(std::span<const std::byte>(piece.data(), n * DTypeSize(dtype))));
+      SR_RETURN_IF_ERROR(SinkConverted(values.data(), rows * w.cols, dtype, piece, sink));
     }
     return absl::OkStatus();
   };

@@ -390,6 +390,19 @@ const TensorInfo* SafetensorsFile::Find(std::string_view name) const {
   return nullptr;
 }
 
+absl::Status WriteStreamedTensor(const StreamedTensor& tensor, const ByteSink& sink) {
+  uint64_t written = 0;
+  SR_RETURN_IF_ERROR(tensor.write([&](std::span<const std::byte> bytes) {
+    written += bytes.size();
+    return sink(bytes);
+  }));
+  if (written != tensor.nbytes) {
+    return absl::InternalError(
+        absl::StrCat("tensor '", tensor.name, "': ", written, " bytes produced, expected ", tensor.nbytes));
+  }
+  return absl::OkStatus();
+}
+
 std::vector<StreamedTensor> StreamFromMemory(std::span<const TensorToWrite> tensors) {
   std::vector<StreamedTensor> out;
   out.reserve(tensors.size());
@@ -440,15 +453,7 @@ absl::Status WriteSafetensorsStreamed(const std::filesystem::path& path,
   absl::Status status = write(std::as_bytes(std::span<const char>(header)));
   for (const StreamedTensor* t : sorted) {
     if (!status.ok()) break;
-    uint64_t written = 0;
-    status = t->write([&](std::span<const std::byte> bytes) {
-      written += bytes.size();
-      return write(bytes);
-    });
-    if (status.ok() && written != t->nbytes) {
-      status = absl::InternalError(absl::StrCat("tensor '", t->name, "': ", written,
-                                                " bytes produced, expected ", t->nbytes));
-    }
+    status = WriteStreamedTensor(*t, write);
   }
   // fsync before rename: otherwise a crash can leave a renamed, empty file.
   if (status.ok() && ::fsync(fd) != 0) {

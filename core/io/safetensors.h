@@ -92,6 +92,10 @@ struct StreamedTensor {
   std::function<absl::Status(const ByteSink& sink)> write;
 };
 
+// Runs `tensor.write` into `sink`; Internal when it passes another byte
+// count than `nbytes` (what every writer of streamed tensors checks).
+absl::Status WriteStreamedTensor(const StreamedTensor& tensor, const ByteSink& sink);
+
 // Streamed views of in-memory tensors (whose bytes must outlive them).
 std::vector<StreamedTensor> StreamFromMemory(std::span<const TensorToWrite> tensors);
 

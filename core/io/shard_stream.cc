@@ -132,17 +132,12 @@ absl::Status ShardStream::Add(const StreamedTensor& tensor) {
     }
   }
   Shard& shard = shards_.back();
-  uint64_t offset = options_.header_bytes + shard.data_bytes, written = 0;
-  absl::Status status = tensor.write([&](std::span<const std::byte> bytes) {
+  uint64_t offset = options_.header_bytes + shard.data_bytes;
+  absl::Status status = WriteStreamedTensor(tensor, [&](std::span<const std::byte> bytes) {
     SR_RETURN_IF_ERROR(PwriteAll(fd_, bytes.data(), bytes.size(), offset, shard.path));
     offset += bytes.size();
-    written += bytes.size();
     return absl::OkStatus();
   });
-  if (status.ok() && written != tensor.nbytes) {
-    status = absl::InternalError(
-        absl::StrCat("tensor '", tensor.name, "': ", written, " bytes produced, expected ", tensor.nbytes));
-  }
   if (!status.ok()) return fail(status);
   shard.header_used += entry.size() + 1;
   shard.entries.push_back(std::move(entry));
