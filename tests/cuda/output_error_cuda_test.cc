@@ -2,6 +2,7 @@
 // CPU's RelativeOutputError on random W, a perturbed Q and a symmetric
 // positive semi-definite H = XᵀX / n, for shapes with odd sizes; and the
 // backend method the pipeline calls. Skipped without a CUDA device.
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -24,13 +25,16 @@ class OutputErrorCudaTest : public CudaTest {};
 TEST_F(OutputErrorCudaTest, MatchesTheCpuError) {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (const auto& [rows, cols] : std::vector<std::pair<int, int>>{{5, 3}, {37, 64}, {300, 257}}) {
+  // 40 x 2100: three column tiles of H (1024, 1024, 52), so the tiles below
+  // the diagonal and their factor 2 count.
+  ASSERT_EQ(kOutputErrorTileCols, 1024);
+  for (const auto& [rows, cols] : std::vector<std::pair<int, int>>{{5, 3}, {37, 64}, {300, 257}, {40, 2100}}) {
     std::vector<float> w(static_cast<size_t>(rows) * cols), q(w.size());
     for (size_t i = 0; i < w.size(); ++i) {
       w[i] = normal(rng);
       q[i] = w[i] + 0.05f * normal(rng);
     }
-    const int n = 2 * cols;
+    const int n = std::min(2 * cols, 96);  // tokens: H = XᵀX / n (rank n is enough)
     std::vector<float> x(static_cast<size_t>(n) * cols);
     for (float& v : x) v = normal(rng);
     std::vector<float> h(static_cast<size_t>(cols) * cols, 0.0f);

@@ -5,21 +5,18 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void DifferenceKernel(float* d, const float* w, const float* q, long n) {
-  for (long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<long>(gridDim.x) * blockDim.x) {
-    d[i] = w[i] - q[i];
-  }
-}
-
-// Grid-stride products summed per thread, then a fixed-shape tree in shared
-// memory: deterministic.
-__global__ void DotPartialsKernel(double* partial, const float* a, const float* b, long n) {
+// Σ over rows [r0, r1) and columns [0, width) of (double)a[r·lda + j] ·
+// c[r·ldc + j], grid-stride over the rows·width products, then the same
+// fixed tree: deterministic.
+__global__ void TileDotPartialsKernel(double* partial, const float* a, long lda, const float* c, long ldc, long r0,
+                                      long r1, int width) {
   __shared__ double sums[kThreads];
   double acc = 0.0;
+  const long n = (r1 - r0) * width;
   for (long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<long>(gridDim.x) * blockDim.x) {
-    acc += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+    const long r = r0 + i / width, j = i % width;
+    acc += static_cast<double>(a[r * lda + j]) * static_cast<double>(c[r * ldc + j]);
   }
   sums[threadIdx.x] = acc;
   __syncthreads();
@@ -30,17 +27,27 @@ __global__ void DotPartialsKernel(double* partial, const float* a, const float* 
   if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
 }
 
+// a [2·rows, cols]: rows of w − q, then the rows of w.
+__global__ void StackKernel(float* a, const float* w, const float* q, long n) {
+  for (long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<long>(gridDim.x) * blockDim.x) {
+    a[i] = w[i] - q[i];
+    a[n + i] = w[i];
+  }
+}
+
 }  // namespace
 
-cudaError_t LaunchDifference(float* d, const float* w, const float* q, long n, cudaStream_t stream) {
+cudaError_t LaunchStackDifference(float* a, const float* w, const float* q, long n, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   const long blocks = (n + kThreads - 1) / kThreads;
-  DifferenceKernel<<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), kThreads, 0, stream>>>(d, w, q, n);
+  StackKernel<<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), kThreads, 0, stream>>>(a, w, q, n);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchDotPartials(double* partial, const float* a, const float* b, long n, cudaStream_t stream) {
-  DotPartialsKernel<<<kDotBlocks, kThreads, 0, stream>>>(partial, a, b, n);
+cudaError_t LaunchTileDotPartials(double* partial, const float* a, long lda, const float* c, long ldc, long r0,
+                                  long r1, int width, cudaStream_t stream) {
+  TileDotPartialsKernel<<<kDotBlocks, kThreads, 0, stream>>>(partial, a, lda, c, ldc, r0, r1, width);
   return cudaGetLastError();
 }
 

@@ -1,10 +1,13 @@
 // The relative output error of a compressed weight on the GPU, as the CPU's
 // RelativeOutputError (core/pipeline/apply_stages.h) defines it:
 //   tr((W - Q) H (W - Q)ᵀ) / tr(W H Wᵀ)    (0 when the denominator is not > 0)
-// The products D·H are fp32 GEMMs (CUBLAS_COMPUTE_32F, never TF32) and the
-// elementwise sums Σ D ∘ (D H) are taken in double, in a fixed order (the same
-// value on every run). The layerwise pipeline reports it for every matrix; on
-// the CPU it costs two rows·cols² products per matrix.
+// W − Q and W are stacked into one [2·rows, cols] matrix A, and per column
+// tile I of H only the tiles on and below its diagonal are multiplied:
+// C = A_I H_II + 2 A_{>I} H_{>I,I} (fp32 GEMMs, CUBLAS_COMPUTE_32F, never
+// TF32), then Σ A_I ∘ C over each half of the rows in double, in a fixed
+// order (the same value on every run). That is (1 + tile/cols)/2 of the
+// FLOPs of two full products, as the CPU's form (core/pipeline/
+// apply_stages.cc). The layerwise pipeline reports it for every matrix.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -12,6 +15,10 @@
 #include "absl/status/statusor.h"
 
 namespace shrinkray {
+
+// Column tile of H (a multiple of cuBLAS's preferred sizes; wide enough that
+// the second GEMM of each tile keeps the device busy).
+constexpr int kOutputErrorTileCols = 1024;
 
 // w, q: device [rows, cols]; h: device [cols, cols] symmetric. Synchronous.
 absl::StatusOr<double> relative_output_error(const float* w, const float* q, int rows, int cols, const float* h,

@@ -8,9 +8,10 @@ namespace shrinkray::kernels {
 // Blocks of the dot-product reduction: partial must hold this many doubles.
 constexpr int kDotBlocks = 1024;
 
-// d[i] = w[i] - q[i] for i in [0, n).
-cudaError_t LaunchDifference(float* d, const float* w, const float* q, long n, cudaStream_t stream);
-// partial[b] = Σ over block b's share of i of (double)a[i] * b[i].
-cudaError_t LaunchDotPartials(double* partial, const float* a, const float* b, long n, cudaStream_t stream);
+// a[0, n) = w − q, a[n, 2n) = w.
+cudaError_t LaunchStackDifference(float* a, const float* w, const float* q, long n, cudaStream_t stream);
+// partial[b] = block b's share of Σ_{r in [r0, r1), j < width} (double)a[r·lda + j] · c[r·ldc + j].
+cudaError_t LaunchTileDotPartials(double* partial, const float* a, long lda, const float* c, long ldc, long r0,
+                                  long r1, int width, cudaStream_t stream);
 
 }  // namespace shrinkray::kernels
