@@ -2,7 +2,8 @@
 # GPU checks for a bundle made by scripts/make-bundle.sh, run ON the GPU
 # machine from the repo root where .bundle/ was carried:
 #
-#   scripts/gpu-check.sh [section...]     sections: env ops goldens goldens-gpu nccl table compress-job gptq-smoke
+#   scripts/gpu-check.sh [section...]     sections: env ops goldens goldens-gpu nccl table compress-job
+#                                         compress-job-bf16 compress-job-8b gptq-smoke
 #                                         gptq-8b sparsegpt-8b training forward-vs-transformers
 #                                         (default: env ops goldens)
 #
@@ -40,6 +41,10 @@
 #   compress-job  `shrinkray compress --device cuda` (what a GPU worker runs) on a
 #            demo model of Llama-3.2-1B decoder shapes, GPTQ w4 g128, 128 x 2048
 #            tokens: load-to-save time and phases ($JOB_LAYERS, $JOB_SAMPLES, $JOB_TIMEOUT)
+#   compress-job-bf16  the same job with the recipe's forward_dtype: bf16 (layer
+#            forwards and statistics on bf16 tensor cores)
+#   compress-job-8b  the bf16 job on Llama-3-8B decoder shapes, $JOB8B_LAYERS (8) layers,
+#            timeout $JOB8B_TIMEOUT (300 s)
 #   table    the GPTQ and SparseGPT rows of docs/results.md (scripts/results-table.sh,
 #            full protocol) with DEVICE=cuda: forwards, statistics and solves on the GPU, one process per
 #            row in parallel; each row solved on one device must be within 0.5%
@@ -298,19 +303,22 @@ section_forward_vs_transformers() {
 # $JOB_SAMPLES (128) x 2048 calibration tokens of its text: load-to-save
 # seconds and the report's phases (layer forwards + statistics on the GPU,
 # solves, writing). Timeout $JOB_TIMEOUT (240 s).
-section_compress_job() {
+# Arguments: name, the recipe's forward_dtype, hidden, MLP width, layers
+# [, timeout in seconds].
+run_compress_job() {
+  local name=$1 dtype=$2 hidden=$3 inter=$4 layers=$5 limit=${6:-${JOB_TIMEOUT:-240}}
   if [[ ! -x "$BUNDLE/bin/shrinkray" ]]; then
     STATUS=FAIL; NOTE="no shrinkray in the bundle"; echo "$NOTE"; return
   fi
-  local work="${TMPDIR:-/tmp}/gpu-check-job" limit=${JOB_TIMEOUT:-240} log="$LOGDIR/compress-job.log"
+  local work="${TMPDIR:-/tmp}/gpu-check-$name" log="$LOGDIR/$name.log"
   rm -rf "$work"; mkdir -p "$work"
   local t0
   t0=$(now)
-  "$BUNDLE/bin/shrinkray" demo --prepare-only --workdir "$work" --hidden 2048 --intermediate 8192 \
-    --layers "${JOB_LAYERS:-16}" --heads 32 --kv-heads 8 --max-positions 2048 --text-bytes 3000000 >"$log" 2>&1 ||
+  "$BUNDLE/bin/shrinkray" demo --prepare-only --workdir "$work" --hidden "$hidden" --intermediate "$inter" \
+    --layers "$layers" --heads 32 --kv-heads 8 --max-positions 2048 --text-bytes 3000000 >"$log" 2>&1 ||
     { STATUS=FAIL; NOTE="demo model: $(tail -n1 "$log")"; return; }
   echo "model + text written in $(elapsed "$t0") s" | tee -a "$log"
-  echo "[{gptq: {bits: 4, group_size: 128}}]" >"$work/recipe.yaml"
+  echo "[{gptq: {bits: 4, group_size: 128, forward_dtype: $dtype}}]" >"$work/recipe.yaml"
   t0=$(now)
   timeout -k 10 "$limit" "$BUNDLE/bin/shrinkray" compress --model "$work/demo-model-f32" --calib "$work/demo-text.txt" \
     --recipe "$work/recipe.yaml" --out "$work/out" --num-samples "${JOB_SAMPLES:-128}" --seqlen 2048 \
@@ -322,12 +330,21 @@ section_compress_job() {
     STATUS=FAIL; NOTE="rc=$rc after ${secs}s"; return
   fi
   local phases
-  phases=$(/usr/bin/env python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); t=r["timings"]; p=t["phases"]
-print("load %.1f s, forward %.1f s, solve %.1f s, error %.1f s, write %.1f s + checkpoints %.1f s (waited for I/O %.1f s), calibration %.1f s, open %.1f s, %d matrices" % (p.get("load_seconds", 0), p["forward_seconds"], p["solve_seconds"], p.get("error_seconds", 0), t.get("write_seconds", 0), t.get("checkpoint_seconds", 0), t.get("io_wait_seconds", 0), t.get("calibration_seconds", 0), t.get("load_seconds", 0), len(r["matrices"])))' \
+  phases=$(/usr/bin/env python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); t=r["timings"]; p=t["phases"]; ls=t.get("layer_seconds", [])
+print("load %.1f s, forward %.1f s, solve %.1f s, error %.1f s, write %.1f s + checkpoints %.1f s (waited for I/O %.1f s), calibration %.1f s, open %.1f s, %d matrices, median layer %.2f s" % (p.get("load_seconds", 0), p["forward_seconds"], p["solve_seconds"], p.get("error_seconds", 0), t.get("write_seconds", 0), t.get("checkpoint_seconds", 0), t.get("io_wait_seconds", 0), t.get("calibration_seconds", 0), t.get("load_seconds", 0), len(r["matrices"]), sorted(ls)[len(ls) // 2] if ls else 0))' \
     "$work/out/report.json" 2>&1)
-  grep -q "layer forwards on the CPU" "$log" && { STATUS=FAIL; NOTE="forwards fell back to the CPU"; return; }
-  cp "$work/out/report.json" "$LOGDIR/compress-job-report.json"
+  grep -q "layer forwards .*on the CPU" "$log" && { STATUS=FAIL; NOTE="forwards fell back to the CPU"; return; }
+  cp "$work/out/report.json" "$LOGDIR/$name-report.json"
   STATUS=PASS; NOTE="load-to-save ${secs} s: $phases"
+}
+
+section_compress_job() { run_compress_job compress-job float32 2048 8192 "${JOB_LAYERS:-16}"; }
+section_compress_job_bf16() { run_compress_job compress-job-bf16 bfloat16 2048 8192 "${JOB_LAYERS:-16}"; }
+# Llama-3-8B decoder shapes (hidden 4096, MLP 14336), bf16 forwards, on
+# $JOB8B_LAYERS (default 8) of its 32 layers: the median layer times 32 is the
+# job's decoder time (the fp32 demo model of 32 layers is 28 GB to write).
+section_compress_job_8b() {
+  run_compress_job compress-job-8b bfloat16 4096 14336 "${JOB8B_LAYERS:-8}" "${JOB8B_TIMEOUT:-300}"
 }
 
 section_table() {
@@ -393,8 +410,8 @@ section_table() {
 sections=("$@")
 ((${#sections[@]} > 0)) || sections=(env ops goldens)
 for s in "${sections[@]}"; do
-  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | compress-job | gptq-smoke | gptq-8b | sparsegpt-8b | training | forward-vs-transformers) ;; *)
-    echo "unknown section '$s' (env ops goldens goldens-gpu nccl table compress-job gptq-smoke gptq-8b sparsegpt-8b" \
+  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | compress-job | compress-job-bf16 | compress-job-8b | gptq-smoke | gptq-8b | sparsegpt-8b | training | forward-vs-transformers) ;; *)
+    echo "unknown section '$s' (env ops goldens goldens-gpu nccl table compress-job compress-job-bf16 compress-job-8b gptq-smoke gptq-8b sparsegpt-8b" \
       "training forward-vs-transformers)" >&2; exit 2 ;;
   esac
 done

@@ -11,12 +11,38 @@
 #include <string>
 #include <vector>
 
+#include "core/calib/device_hessian.h"
 #include "core/model/llama.h"
 #include "core/pipeline/eval.h"
 #include "core/pipeline/recipe.h"
 #include "nlohmann/json.hpp"
 
 namespace shrinkray::testing {
+
+// A DeviceHessian whose "device memory" is a host vector: what the GPU
+// executor hands over, for tests without a GPU. Counts the copies to the
+// host (the traffic device-only Hessians exist to avoid).
+class FakeDeviceHessian final : public DeviceHessian {
+ public:
+  FakeDeviceHessian(int device, int dim, std::vector<float> values, int* fetches)
+      : device_(device), dim_(dim), values_(std::move(values)), fetches_(fetches) {}
+  int device() const override { return device_; }
+  int dim() const override { return dim_; }
+  const float* data() const override { return values_.data(); }
+  absl::Status CopyToHost(absl::Span<float> out) const override {
+    if (out.size() != values_.size()) return absl::InvalidArgumentError("FakeDeviceHessian: size");
+    std::copy(values_.begin(), values_.end(), out.begin());
+    if (fetches_ != nullptr) ++*fetches_;
+    return absl::OkStatus();
+  }
+  const std::vector<float>& values() const { return values_; }
+
+ private:
+  int device_;
+  int dim_;
+  std::vector<float> values_;
+  int* fetches_;
+};
 
 // The recipe, or an empty one after a test failure naming the parse error.
 // Scales every weight of `group` in decoder layer `layer` by 0.97: what

@@ -1,13 +1,13 @@
 #include "core/calib/hessian_accumulator.h"
 
-#include "absl/strings/str_cat.h"
-#include "core/comm/communicator.h"
-
 #include <cblas.h>
 
 #include <cmath>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/comm/communicator.h"
+#include "core/util/status_macros.h"
 
 namespace shrinkray {
 
@@ -31,6 +31,8 @@ absl::Status HessianAccumulator::Add(const float* x, long rows, int samples) {
   if (rows > INT32_MAX) {
     return absl::InvalidArgumentError("HessianAccumulator::Add: too many rows for one batch");
   }
+  SR_RETURN_IF_ERROR(FetchToHost());
+  device_.reset();  // the values change
   Allocate();
   const long n_old = n_;
   n_ += samples;
@@ -67,11 +69,46 @@ absl::Status HessianAccumulator::Assign(std::vector<float> h, long n_samples) {
   h32_ = std::move(h);
   n_ = n_samples;
   symmetric_ = true;
+  device_.reset();
+  host_pending_ = false;
   return absl::OkStatus();
 }
 
-std::vector<float> HessianAccumulator::HessianF32() const {
+absl::Status HessianAccumulator::AssignOnDevice(std::shared_ptr<const DeviceHessian> h, long n_samples) {
+  if (precision_ != HessianPrecision::kFloat32) {
+    return absl::InvalidArgumentError("HessianAccumulator::AssignOnDevice: float32 values for a float64 accumulator");
+  }
+  if (h == nullptr || h->dim() != dim_ || n_samples < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("HessianAccumulator::AssignOnDevice: a ",
+                                                   h == nullptr ? 0 : h->dim(), "-wide device H for a ", dim_,
+                                                   "-wide accumulator (", n_samples, " samples)"));
+  }
+  h32_ = {};  // released: the values are the device's now
+  n_ = n_samples;
+  symmetric_ = true;
+  device_ = std::move(h);
+  host_pending_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status HessianAccumulator::FetchToHost() {
+  if (!host_pending_) return absl::OkStatus();
+  std::vector<float> h(static_cast<size_t>(dim_) * dim_);
+  absl::Status s = device_->CopyToHost(absl::MakeSpan(h));
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("Hessian from the device: ", s.message()));
+  h32_ = std::move(h);
+  symmetric_ = true;
+  host_pending_ = false;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> HessianAccumulator::HessianF32() const {
   const size_t d = static_cast<size_t>(dim_);
+  if (host_pending_) {
+    std::vector<float> out(d * d);
+    SR_RETURN_IF_ERROR(device_->CopyToHost(absl::MakeSpan(out)));
+    return out;
+  }
   // Whole already (the column-order mirror below costs a cache miss per value).
   if (symmetric_) return h32_;
   std::vector<float> out(d * d);
@@ -87,8 +124,9 @@ std::vector<float> HessianAccumulator::HessianF32() const {
   return out;
 }
 
-absl::Span<const float> HessianAccumulator::SymmetricF32() {
-  if (precision_ != HessianPrecision::kFloat32) return {};
+absl::StatusOr<absl::Span<const float>> HessianAccumulator::SymmetricF32() {
+  if (precision_ != HessianPrecision::kFloat32) return absl::Span<const float>();
+  SR_RETURN_IF_ERROR(FetchToHost());
   Allocate();
   if (!symmetric_) {
     const size_t d = static_cast<size_t>(dim_);
@@ -97,11 +135,15 @@ absl::Span<const float> HessianAccumulator::SymmetricF32() {
     }
     symmetric_ = true;
   }
-  return h32_;
+  return absl::Span<const float>(h32_);
 }
 
-std::vector<double> HessianAccumulator::HessianF64() const {
+absl::StatusOr<std::vector<double>> HessianAccumulator::HessianF64() const {
   const size_t d = static_cast<size_t>(dim_);
+  if (host_pending_) {
+    SR_ASSIGN_OR_RETURN(std::vector<float> h, HessianF32());
+    return std::vector<double>(h.begin(), h.end());
+  }
   std::vector<double> out(d * d);
   if (h32_.empty() && h64_.empty()) return out;  // nothing accumulated
   for (size_t i = 0; i < d; ++i) {
@@ -116,6 +158,7 @@ std::vector<double> HessianAccumulator::HessianF64() const {
 }
 
 absl::Status HessianAccumulator::MergeAcrossRanks(Communicator& comm) {
+  SR_RETURN_IF_ERROR(FetchToHost());
   Allocate();  // a rank without windows adds zeros
   const size_t d = static_cast<size_t>(dim_);
   // Upper triangle (the valid part) as sums H·n, plus n, in one buffer.
@@ -148,6 +191,7 @@ absl::Status HessianAccumulator::MergeAcrossRanks(Communicator& comm) {
   }
   n_ = static_cast<long>(total);
   symmetric_ = false;  // the lower triangle was not merged
+  device_.reset();     // the values changed
   return absl::OkStatus();
 }
 

@@ -8,11 +8,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "core/algo/hessian_inverse.h"
+#include "core/calib/device_hessian.h"
 
 namespace shrinkray {
 
@@ -23,7 +26,8 @@ class HessianAccumulator {
   HessianAccumulator(int dim, HessianPrecision precision);
 
   // x: [rows, dim] row-major, one row per token, from `samples` samples
-  // (rows = samples · seqlen for full windows). samples > 0.
+  // (rows = samples · seqlen for full windows). samples > 0. Values that
+  // only a device holds are fetched first.
   absl::Status Add(const float* x, long rows, int samples);
 
   int dim() const { return dim_; }
@@ -35,21 +39,36 @@ class HessianAccumulator {
   // ranks. Differs from one rank seeing every sample only by rounding (the
   // order of the sums). When only this rank saw samples (size 1) H is left as
   // it is, after the all-reduce ran (so a 1-rank NCCL job exercises it).
+  // Values that only a device holds are fetched first.
   absl::Status MergeAcrossRanks(Communicator& comm);
 
   // Replaces the accumulated state with H (full symmetric [dim, dim]) of
   // n_samples samples accumulated elsewhere (the GPU executor). float32
   // accumulators only: a float64 one would silently hold float32 values.
   absl::Status Assign(std::vector<float> h, long n_samples);
+  // The same, with the values left where they are (a device's memory): the
+  // host copies them down only when it reads them (FetchToHost, the getters
+  // below). float32 accumulators only.
+  absl::Status AssignOnDevice(std::shared_ptr<const DeviceHessian> h, long n_samples);
+  // The device copy, when the values came from AssignOnDevice (until the
+  // accumulator next changes); else null.
+  const std::shared_ptr<const DeviceHessian>& on_device() const { return device_; }
+  // True while only the device holds the values (nothing fetched yet).
+  bool host_pending() const { return host_pending_; }
+  // Copies device-held values to the host, once; a no-op otherwise.
+  absl::Status FetchToHost();
 
-  // Full symmetric [dim, dim] in float32 (converted when accumulated in double).
-  std::vector<float> HessianF32() const;
+  // Full symmetric [dim, dim] in float32 (converted when accumulated in
+  // double). Device-held values are copied down (into the result; the
+  // accumulator stays as it is).
+  absl::StatusOr<std::vector<float>> HessianF32() const;
   // The same values without a copy, float32 accumulators only: the lower
   // triangle is mirrored in place (once; a later Add or merge undoes it) and
-  // the view stays valid until the accumulator next changes.
-  absl::Span<const float> SymmetricF32();
+  // the view stays valid until the accumulator next changes. Device-held
+  // values are fetched (FetchToHost) first.
+  absl::StatusOr<absl::Span<const float>> SymmetricF32();
   // Full symmetric [dim, dim] in float64 (widened when accumulated in float).
-  std::vector<double> HessianF64() const;
+  absl::StatusOr<std::vector<double>> HessianF64() const;
 
  private:
   int dim_;
@@ -61,6 +80,8 @@ class HessianAccumulator {
 
   std::vector<float> h32_;  // upper triangle valid; all of it when symmetric_
   bool symmetric_ = false;  // set by Assign
+  std::shared_ptr<const DeviceHessian> device_;  // AssignOnDevice's values
+  bool host_pending_ = false;  // device_ not yet copied into h32_
   std::vector<double> h64_;
   std::vector<float> scratch32_;
   std::vector<double> scratch64_;

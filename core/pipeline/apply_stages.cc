@@ -154,7 +154,11 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       if (!state->keep.empty()) o.keep_mask = absl::Span<const uint8_t>(state->keep);
       auto r = Solve<GptqResult>(
           solvers, f64, [&] { return solvers->Gptq(w, rows, cols, stats.h32, o); },
-          [&] { return f64 ? GptqQuantize(w, rows, cols, stats.h64, o) : GptqQuantize(w, rows, cols, stats.h32, o); });
+          [&]() -> absl::StatusOr<GptqResult> {
+            if (f64) return GptqQuantize(w, rows, cols, stats.h64, o);
+            SR_ASSIGN_OR_RETURN(absl::Span<const float> h, stats.HostH32());
+            return GptqQuantize(w, rows, cols, h, o);
+          });
       SR_RETURN_IF_ERROR(Annotate(r.status(), module, stage));
       state->weight = std::move(r->weight);
       state->quantized = std::move(r->quantized);
@@ -178,8 +182,10 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       o.group_size = stage.group_size;
       auto r = Solve<SparseGptResult>(
           solvers, f64, [&] { return solvers->SparseGpt(w, rows, cols, stats.h32, o); },
-          [&] {
-            return f64 ? SparseGptPrune(w, rows, cols, stats.h64, o) : SparseGptPrune(w, rows, cols, stats.h32, o);
+          [&]() -> absl::StatusOr<SparseGptResult> {
+            if (f64) return SparseGptPrune(w, rows, cols, stats.h64, o);
+            SR_ASSIGN_OR_RETURN(absl::Span<const float> h, stats.HostH32());
+            return SparseGptPrune(w, rows, cols, h, o);
           });
       SR_RETURN_IF_ERROR(Annotate(r.status(), module, stage));
       state->weight = std::move(r->weight);
@@ -239,12 +245,18 @@ double RelativeOutputError(absl::Span<const float> w, absl::Span<const float> q,
 
 absl::StatusOr<double> RelativeOutputErrorOn(SolverBackend* solvers, absl::Span<const float> w,
                                              absl::Span<const float> q, int rows, int cols,
-                                             absl::Span<const float> h) {
+                                             const LinearInputStats& input) {
   if (solvers != nullptr) {
-    absl::StatusOr<double> e = solvers->OutputError(w, q, rows, cols, h);
-    if (!absl::IsUnimplemented(e.status())) return e;
+    absl::StatusOr<double> e = solvers->OutputError(w, q, rows, cols, input.h32);
+    if (!absl::IsUnimplemented(e.status()) && !absl::IsResourceExhausted(e.status())) return e;
   }
+  SR_ASSIGN_OR_RETURN(absl::Span<const float> h, input.HostH32());
   return RelativeOutputError(w, q, rows, cols, h);
+}
+
+absl::StatusOr<absl::Span<const float>> LinearInputStats::HostH32() const {
+  if (!h32.empty() || !fetch_h32) return h32;
+  return fetch_h32();
 }
 
 }  // namespace shrinkray

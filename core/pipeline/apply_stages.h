@@ -5,11 +5,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "core/algo/quantized_weight.h"
 #include "core/pipeline/compress_report.h"
@@ -28,9 +30,16 @@ struct LinearState {
 
 // The statistics of the matrix's input (shared by the matrices of a group).
 struct LinearInputStats {
-  absl::Span<const float> h32;     // [cols, cols] full symmetric, always set
+  // [cols, cols] full symmetric. Empty while only a device holds it: the
+  // solver backend reads it there (it was given the hold) and `fetch_h32`
+  // copies it to the host, once, for what runs on the CPU.
+  absl::Span<const float> h32;
+  std::function<absl::StatusOr<absl::Span<const float>>()> fetch_h32;
   absl::Span<const double> h64;    // [cols, cols] when the recipe asks for float64, else empty
   absl::Span<const float> scaler;  // Wanda's Σx²/n [cols], empty unless a Wanda stage applies
+
+  // h32 on the host (fetched on first need).
+  absl::StatusOr<absl::Span<const float>> HostH32() const;
 };
 
 // Checks that the stages applying to `module` can be chained: at most one
@@ -49,9 +58,11 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
 // tr((W−Q) H (W−Q)ᵀ) / tr(W H Wᵀ) = ‖(W−Q)X‖²/‖WX‖² for H ∝ X Xᵀ; 0 when W H Wᵀ is 0.
 double RelativeOutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
                            absl::Span<const float> h);
-// The same on `solvers`' device when given and it computes it (else the CPU).
+// The same with `input`'s H on `solvers`' device when given and it computes
+// it (given input.h32, the held span), else on the CPU (input.HostH32());
+// also on the CPU when the device has no memory for it.
 absl::StatusOr<double> RelativeOutputErrorOn(SolverBackend* solvers, absl::Span<const float> w,
                                              absl::Span<const float> q, int rows, int cols,
-                                             absl::Span<const float> h);
+                                             const LinearInputStats& input);
 
 }  // namespace shrinkray

@@ -112,13 +112,13 @@ double ZeroFraction(const std::vector<float>& w) {
 // received (zeros of an earlier pruning stage stay zero under RTN).
 absl::StatusOr<double> RtnError(const RecipeStage& stage, const std::vector<float>& before,
                                 absl::Span<const float> original, int rows, int cols,
-                                absl::Span<const float> h, SolverBackend* solvers) {
+                                const LinearInputStats& input, SolverBackend* solvers) {
   RtnOptions o;
   o.bits = stage.bits;
   o.group_size = stage.group_size;
   o.sym = stage.sym;
   SR_ASSIGN_OR_RETURN(RtnResult r, RtnQuantize(before, rows, cols, o));
-  return RelativeOutputErrorOn(solvers, original, r.weight, rows, cols, h);
+  return RelativeOutputErrorOn(solvers, original, r.weight, rows, cols, input);
 }
 
 // Any communicator, even of one rank, takes the collective path: a 1-rank
@@ -162,9 +162,8 @@ std::vector<int> MatrixOwners(const std::vector<const LinearSlot*>& slots, int s
 
 // Runs every stage of `slot` on its weight; the report row and final state.
 absl::Status SolveMatrix(const LinearSlot& slot, int layer, LinearGroup group, const float* view,
-                         const LinearInputStats& input, absl::Span<const float> h32,
-                         const LayerwiseOptions& options, LinearState* state, MatrixReport* report,
-                         double* error_seconds) {
+                         const LinearInputStats& input, const LayerwiseOptions& options, LinearState* state,
+                         MatrixReport* report, double* error_seconds) {
   const size_t numel = static_cast<size_t>(slot.rows) * slot.cols;
   // The model's weight itself, not a copy: nothing writes it until every
   // matrix of the group is solved (CompressGroup copies the results in after).
@@ -187,13 +186,13 @@ absl::Status SolveMatrix(const LinearSlot& slot, int layer, LinearGroup group, c
   }
   const auto error_start = Clock::now();
   SR_ASSIGN_OR_RETURN(report->error,
-                      RelativeOutputErrorOn(options.solvers, original, state->weight, slot.rows, slot.cols, h32));
+                      RelativeOutputErrorOn(options.solvers, original, state->weight, slot.rows, slot.cols, input));
   // Joint SparseGPT quantization has no RTN counterpart with equal settings,
   // and RTN's own error needs no second copy.
   if (options.compare_rtn && quantizer != nullptr && !quantizer->prunes() &&
       quantizer->method != StageMethod::kRtn) {
     SR_ASSIGN_OR_RETURN(report->rtn_error,
-                        RtnError(*quantizer, before_quantizer, original, slot.rows, slot.cols, h32, options.solvers));
+                        RtnError(*quantizer, before_quantizer, original, slot.rows, slot.cols, input, options.solvers));
   }
   *error_seconds += Seconds(error_start);
   report->sparsity = ZeroFraction(state->weight);
@@ -219,18 +218,26 @@ absl::Status CompressGroup(LlamaModel& model, int layer, LinearGroup group, std:
   HessianAccumulator* hessian = stats.mutable_hessian(group);
   if (hessian == nullptr) return absl::InternalError("no Hessian for a targeted group");
   // float32: the accumulator's own storage, made symmetric in place (no d²
-  // copy); float64 runs also get a float32 copy for the errors.
+  // copy); float64 runs also get a float32 copy for the errors. A Hessian
+  // that only the GPU holds stays there when the solver backend reads it in
+  // place: the host fetches it only if a CPU solve or error needs it.
   std::vector<float> h32_copy;
   std::vector<double> h64;
   absl::Span<const float> h32;
+  const DeviceHessian* device = hessian->on_device().get();
+  if (device != nullptr && (options.solvers == nullptr || !options.solvers->ReadsDevice(*device))) device = nullptr;
+  const bool device_only = device != nullptr && hessian->host_pending();
   if (hessian->precision() == HessianPrecision::kFloat64) {
-    h32_copy = hessian->HessianF32();
+    SR_ASSIGN_OR_RETURN(h32_copy, hessian->HessianF32());
     h32 = h32_copy;
-    h64 = hessian->HessianF64();
-  } else {
-    h32 = hessian->SymmetricF32();
+    SR_ASSIGN_OR_RETURN(h64, hessian->HessianF64());
+  } else if (!device_only) {
+    SR_ASSIGN_OR_RETURN(h32, hessian->SymmetricF32());
   }
-  LinearInputStats input{h32, absl::Span<const double>(h64), {}};
+  LinearInputStats input;
+  input.h32 = h32;
+  if (device_only) input.fetch_h32 = [hessian] { return hessian->SymmetricF32(); };
+  input.h64 = h64;
   if (const ActivationNormAccumulator* a = stats.act_norm(group)) input.scaler = a->scaler_row();
 
   LayerWeights& weights = model.mutable_layer(layer);
@@ -250,10 +257,10 @@ absl::Status CompressGroup(LlamaModel& model, int layer, LinearGroup group, std:
   {
     // h32 stays as it is until the group's solves and errors are done: a
     // device backend copies and prepares it once for all of them.
-    const HeldHessian held(options.solvers, h32);
+    const HeldHessian held(options.solvers, h32, device);
     for (size_t i = 0; i < targeted.size(); ++i) {
       if (owners[i] != rank) continue;
-      SR_RETURN_IF_ERROR(SolveMatrix(*targeted[i], layer, group, weights.*(targeted[i]->view), input, h32, options,
+      SR_RETURN_IF_ERROR(SolveMatrix(*targeted[i], layer, group, weights.*(targeted[i]->view), input, options,
                                      &states[i], &reports[i], &error_seconds));
     }
   }
@@ -326,6 +333,10 @@ absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeExecutor(const LayerwiseOptio
     if (device.status().code() != absl::StatusCode::kUnimplemented) return device.status();
     Progress(options, absl::StrCat("layer forwards on the CPU: ", device.status().message()));
   }
+  if (spec.forward_dtype != ForwardDtype::kFloat32) {
+    Progress(options, absl::StrCat("layer forwards in float32 on the CPU (forward_dtype ",
+                                   std::string(ForwardDtypeName(spec.forward_dtype)), " is a GPU option)"));
+  }
   return MakeCpuLayerExecutor(spec);
 }
 
@@ -364,6 +375,7 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
   spec.seqlen = seqlen;
   spec.batch_windows = batch_windows;
   spec.precision = recipe.hessian_dtype();
+  spec.forward_dtype = recipe.forward_dtype();
   SR_ASSIGN_OR_RETURN(std::unique_ptr<LayerExecutor> executor, MakeExecutor(options, spec));
   auto start = Clock::now();
   if (need_hidden) {

@@ -17,10 +17,12 @@
 // plus the output pass, with the same values. The CPU executor runs
 // LlamaModel::LayerForwardStaged. The CUDA one
 // (core/kernels/cuda/cuda_layer_executor.cc) keeps the hidden states on the
-// device in fp32, runs the same op sequence with cuBLAS fp32 GEMMs and
-// accumulates each group's Hessian (fp32 GEMM, never TF32) and Wanda norm
-// there in the same running form; the statistics are then handed to the CPU
-// accumulators, so merging across ranks and the solvers see the same objects.
+// device in fp32 (or bf16: the recipe's forward_dtype), runs the same op
+// sequence with cuBLAS GEMMs and accumulates each group's Hessian (fp32 GEMM,
+// never TF32; bf16 tensor cores with fp32 accumulation) and Wanda norm there
+// in the same running form; the statistics are then handed to the CPU
+// accumulators (the Hessians left on the device: AssignOnDevice), so merging
+// across ranks and the solvers see the same objects.
 #pragma once
 
 #include <functional>
@@ -32,6 +34,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/calib/layer_statistics.h"
+#include "core/model/forward_dtype.h"
 #include "core/model/llama.h"
 #include "core/util/cancellation.h"
 
@@ -50,7 +53,8 @@ class LayerExecutor {
                                 const CancellationToken* cancel) = 0;
   // The weights of `group` in `layer` changed (a stage compressed them). An
   // executor that keeps what earlier passes of the layer computed drops what
-  // depends on them; the caller must say so before the next RunLayer.
+  // depends on them, and one that keeps the layer's weights on a device
+  // copies that group again; the caller must say so before the next RunLayer.
   virtual void WeightsChanged(int layer, LinearGroup group) {}
 };
 
@@ -93,6 +97,9 @@ struct LayerExecutorSpec {
   int seqlen = 0;
   int batch_windows = 1;
   HessianPrecision precision = HessianPrecision::kFloat32;
+  // The recipe's forward_dtype. The CPU executor always runs float32; a
+  // device executor runs bfloat16 when asked.
+  ForwardDtype forward_dtype = ForwardDtype::kFloat32;
   // How many of a layer's block outputs (attention, attention block output,
   // MLP activation) an executor may keep between the passes of the layer,
   // when they fit (CPU: 4 GiB in all; GPU: beside a margin): 3 makes a

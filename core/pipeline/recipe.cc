@@ -33,7 +33,8 @@ const std::map<std::string, StageMethod>& Methods() {
 
 // The fields each stage accepts (besides the common ones).
 const std::set<std::string>& FieldsOf(StageMethod method) {
-  static const auto* common = new std::set<std::string>{"targets", "ignore", "true_sequential"};
+  static const auto* common = new std::set<std::string>{"targets", "ignore", "true_sequential",
+                                                                  "forward_dtype"};
   auto with = [&](std::initializer_list<const char*> extra) {
     auto* s = new std::set<std::string>(*common);
     for (const char* e : extra) s->insert(e);
@@ -481,6 +482,15 @@ absl::StatusOr<RecipeStage> ParseStage(ErrorContext& ctx, const YAML::Node& item
         SR_ASSIGN_OR_RETURN(stage.static_groups, ReadBool(ctx, field, v));
       } else if (field == "true_sequential") {
         SR_ASSIGN_OR_RETURN(stage.true_sequential, ReadBool(ctx, field, v));
+      } else if (field == "forward_dtype") {
+        SR_ASSIGN_OR_RETURN(std::string s, ReadString(ctx, field, v));
+        if (s == "float32" || s == "fp32") {
+          stage.forward_dtype = ForwardDtype::kFloat32;
+        } else if (s == "bfloat16" || s == "bf16") {
+          stage.forward_dtype = ForwardDtype::kBfloat16;
+        } else {
+          return ctx.Field(field, absl::StrCat("expected float32 or bfloat16, got '", s, "'"), v);
+        }
       } else if (field == "damp") {
         SR_ASSIGN_OR_RETURN(double d, ReadNumber(ctx, field, v));
         if (d < 0 || d >= 1) return ctx.Field(field, absl::StrCat("must be in [0, 1), got ", d), v);
@@ -614,6 +624,9 @@ nlohmann::json RecipeStage::ToJson() const {
     }
   }
   j["true_sequential"] = true_sequential;
+  // Only when not the default: the layer checkpoints' fingerprints of
+  // float32 jobs stay what they were before the field existed.
+  if (forward_dtype != ForwardDtype::kFloat32) j["forward_dtype"] = std::string(ForwardDtypeName(forward_dtype));
   if (keep_input_zeros) j["keep_input_zeros"] = true;
   j["targets"] = PatternsJson(targets);
   j["ignore"] = PatternsJson(ignore);
@@ -621,6 +634,10 @@ nlohmann::json RecipeStage::ToJson() const {
 }
 
 bool Recipe::true_sequential() const { return stages.empty() || stages.front().true_sequential; }
+
+ForwardDtype Recipe::forward_dtype() const {
+  return stages.empty() ? ForwardDtype::kFloat32 : stages.front().forward_dtype;
+}
 
 HessianPrecision Recipe::hessian_dtype() const {
   for (const RecipeStage& s : stages) {
@@ -718,6 +735,12 @@ absl::StatusOr<Recipe> ParseRecipe(std::string_view yaml_text, std::string_view 
           "recipe ", recipe.source, ": ", s.Label(), ": field 'true_sequential' is ",
           s.true_sequential ? "true" : "false", " but ", first.Label(), " has ",
           first.true_sequential ? "true" : "false", "; stages run in one pass and must agree"));
+    }
+    if (s.forward_dtype != first.forward_dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "recipe ", recipe.source, ": ", s.Label(), ": field 'forward_dtype' is ",
+          std::string(ForwardDtypeName(s.forward_dtype)), " but ", first.Label(), " has ",
+          std::string(ForwardDtypeName(first.forward_dtype)), "; stages run in one pass and must agree"));
     }
   }
   return recipe;

@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/algo/hessian_inverse.h"
+#include "core/model/forward_dtype.h"
 #include "nlohmann/json.hpp"
 
 namespace shrinkray {
@@ -59,6 +60,9 @@ struct RecipeStage {
   int prune_n = 0;
   int prune_m = 0;
   bool true_sequential = true;
+  // The calibration forwards' precision (core/model/forward_dtype.h); all
+  // stages of a recipe must agree.
+  ForwardDtype forward_dtype = ForwardDtype::kFloat32;
   // Not a YAML field: set by the job runner when this quantizing stage runs
   // in a pass after the one that pruned (distill recipes run one pass per
   // stage), so the zeros of its input weights stay exactly zero (GPTQ's keep
@@ -138,6 +142,7 @@ struct Recipe {
 
   // One value shared by all stages (they run in one pass).
   bool true_sequential() const;
+  ForwardDtype forward_dtype() const;
   // fp64 when any Hessian stage asks for it.
   HessianPrecision hessian_dtype() const;
   nlohmann::json ToJson() const;

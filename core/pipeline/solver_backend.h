@@ -14,6 +14,7 @@
 #include "absl/types/span.h"
 #include "core/algo/gptq.h"
 #include "core/algo/sparsegpt.h"
+#include "core/calib/device_hessian.h"
 
 namespace shrinkray {
 
@@ -39,8 +40,15 @@ class SolverBackend {
   // (dead columns, permutation, inverse factor), instead of copying and
   // preparing it again for every matrix. Calls with any other span work as
   // before. Use HeldHessian, which releases on every path.
-  virtual void HoldHessian(absl::Span<const float> h) {}
+  // `device`: the same values where a device holds them (the GPU executor's
+  // accumulator), given only to a backend that ReadsDevice them; `h` is then
+  // empty when the host has not fetched them, and the solves and errors of
+  // the hold are passed that empty span.
+  virtual void HoldHessian(absl::Span<const float> h, const DeviceHessian* device) {}
   virtual void ReleaseHessian() {}
+  // Whether this backend reads `h` where it is, with no host copy (a GPU
+  // backend on the device that holds it).
+  virtual bool ReadsDevice(const DeviceHessian& h) const { return false; }
   // Matrices solved on the device / handed back to the CPU (Unimplemented).
   long device_solves() const { return device_solves_; }
   long cpu_fallbacks() const { return cpu_fallbacks_; }
@@ -52,11 +60,13 @@ class SolverBackend {
   long cpu_fallbacks_ = 0;
 };
 
-// Holds `h` in `backend` (may be null) for the scope's lifetime.
+// Holds `h` (and its device copy, if any) in `backend` (may be null) for the
+// scope's lifetime.
 class HeldHessian {
  public:
-  HeldHessian(SolverBackend* backend, absl::Span<const float> h) : backend_(backend) {
-    if (backend_ != nullptr) backend_->HoldHessian(h);
+  HeldHessian(SolverBackend* backend, absl::Span<const float> h, const DeviceHessian* device = nullptr)
+      : backend_(backend) {
+    if (backend_ != nullptr) backend_->HoldHessian(h, device);
   }
   ~HeldHessian() {
     if (backend_ != nullptr) backend_->ReleaseHessian();

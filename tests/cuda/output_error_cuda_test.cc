@@ -54,7 +54,9 @@ TEST_F(OutputErrorCudaTest, MatchesTheCpuError) {
     EXPECT_NEAR(gpu / cpu, 1.0, 1e-5) << rows << "x" << cols << ": cpu " << cpu << " gpu " << gpu;
     // What the pipeline calls: the backend's method, through the helper.
     SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<SolverBackend> backend, MakeSolverBackend(ComputeDevice::Cuda(0)));
-    SR_ASSERT_OK_AND_ASSIGN(double via, RelativeOutputErrorOn(backend.get(), w, q, rows, cols, h));
+    LinearInputStats input;
+    input.h32 = h;
+    SR_ASSERT_OK_AND_ASSIGN(double via, RelativeOutputErrorOn(backend.get(), w, q, rows, cols, input));
     EXPECT_EQ(via, gpu);
   }
   // A zero W H Wᵀ gives 0, as on the CPU.

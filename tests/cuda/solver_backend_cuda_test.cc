@@ -5,11 +5,15 @@
 // one). Skipped without a CUDA device.
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/algo/gptq.h"
 #include "core/algo/sparsegpt.h"
+#include "core/calib/device_hessian.h"
+#include "core/kernels/cuda/cuda_check.h"
 #include "core/pipeline/device_factories.h"
 #include "core/pipeline/solver_backend.h"
 #include "cuda_test_util.h"
@@ -145,6 +149,90 @@ TEST_F(SolverBackendCudaTest, AHoldNeverServesOtherValues) {
   // No hold: every call copies its own.
   SR_ASSERT_OK_AND_ASSIGN(GptqResult after, held->Gptq(w, rows, cols, h, o));
   ExpectSame(after, with_h2);
+}
+
+// The Hessian as the GPU executor hands it over: device memory of device 0.
+class DeviceCopy final : public DeviceHessian {
+ public:
+  static std::shared_ptr<DeviceCopy> Of(const std::vector<float>& h, int dim) {
+    absl::StatusOr<DeviceBuffer<float>> buffer = DeviceBuffer<float>::FromHost(h);
+    EXPECT_TRUE(buffer.ok()) << buffer.status();
+    if (!buffer.ok()) return nullptr;
+    return std::make_shared<DeviceCopy>(dim, std::move(*buffer));
+  }
+  DeviceCopy(int dim, DeviceBuffer<float> values) : dim_(dim), values_(std::move(values)) {}
+  int device() const override { return 0; }
+  int dim() const override { return dim_; }
+  const float* data() const override { return values_.data(); }
+  absl::Status CopyToHost(absl::Span<float> out) const override {
+    ADD_FAILURE() << "the backend copied a device-only Hessian to the host";
+    return values_.CopyToHost(out);
+  }
+
+ private:
+  int dim_;
+  DeviceBuffer<float> values_;
+};
+
+// A hold that only the device copy backs (the host span empty) solves and
+// measures errors from that copy: the same bits as a hold of the host values.
+// A NaN in it (which a Gram matrix's diagonal always shows) is an error that
+// names it, not a silent result. Another device's copy is not read in place.
+TEST_F(SolverBackendCudaTest, ADeviceOnlyHoldSolvesFromTheCopy) {
+  const int cols = 128, rows = 64;
+  const std::vector<float> h = MakeHessian(cols, 9u);
+  const std::vector<float> w = RandomNormal(static_cast<size_t>(rows) * cols, 0.02f, 12u);
+  GptqOptions gptq;
+  gptq.bits = 4;
+  gptq.group_size = 32;
+  SparseGptOptions sparse;
+  sparse.sparsity = 0.5;
+  std::unique_ptr<SolverBackend> host = Backend(), device = Backend();
+  ASSERT_NE(host, nullptr);
+  ASSERT_NE(device, nullptr);
+  std::shared_ptr<DeviceCopy> copy = DeviceCopy::Of(h, cols);
+  ASSERT_NE(copy, nullptr);
+  EXPECT_TRUE(device->ReadsDevice(*copy));
+  const absl::Span<const float> none;
+  {
+    const HeldHessian with_host(host.get(), h);
+    const HeldHessian device_only(device.get(), none, copy.get());
+    SR_ASSERT_OK_AND_ASSIGN(GptqResult want, host->Gptq(w, rows, cols, h, gptq));
+    SR_ASSERT_OK_AND_ASSIGN(GptqResult got, device->Gptq(w, rows, cols, none, gptq));
+    ExpectSame(got, want);
+    SR_ASSERT_OK_AND_ASSIGN(double e_want, host->OutputError(w, want.weight, rows, cols, h));
+    SR_ASSERT_OK_AND_ASSIGN(double e_got, device->OutputError(w, got.weight, rows, cols, none));
+    EXPECT_EQ(e_got, e_want);
+    SR_ASSERT_OK_AND_ASSIGN(SparseGptResult s_want, host->SparseGpt(w, rows, cols, h, sparse));
+    SR_ASSERT_OK_AND_ASSIGN(SparseGptResult s_got, device->SparseGpt(w, rows, cols, none, sparse));
+    ExpectSame(s_got, s_want);
+    // A shape that is not the held one.
+    EXPECT_EQ(device->Gptq(w, rows / 2, cols * 2, none, gptq).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  // Outside the hold an empty Hessian is just bad input.
+  EXPECT_EQ(device->Gptq(w, rows, cols, none, gptq).status().code(), absl::StatusCode::kInvalidArgument);
+
+  std::vector<float> bad = h;
+  bad[5 * cols + 5] = std::numeric_limits<float>::quiet_NaN();
+  std::shared_ptr<DeviceCopy> nan = DeviceCopy::Of(bad, cols);
+  ASSERT_NE(nan, nullptr);
+  {
+    const HeldHessian device_only(device.get(), none, nan.get());
+    const absl::Status s = device->Gptq(w, rows, cols, none, gptq).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("h: non-finite value nan at [5, 5]"), std::string::npos) << s;
+    const absl::Status p = device->SparseGpt(w, rows, cols, none, sparse).status();
+    EXPECT_EQ(p.code(), absl::StatusCode::kInvalidArgument) << p;
+  }
+
+  class OtherDevice final : public DeviceHessian {
+   public:
+    int device() const override { return 1; }
+    int dim() const override { return 4; }
+    const float* data() const override { return nullptr; }
+    absl::Status CopyToHost(absl::Span<float>) const override { return absl::OkStatus(); }
+  };
+  EXPECT_FALSE(device->ReadsDevice(OtherDevice()));
 }
 
 }  // namespace

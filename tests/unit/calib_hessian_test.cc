@@ -4,10 +4,12 @@
 #include <cmath>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/calib/activation_norm_accumulator.h"
 #include "core/calib/hessian_accumulator.h"
 #include "core/calib/layer_statistics.h"
 #include "core/model/synthetic.h"
+#include "compress_test_util.h"
 #include "gtest/gtest.h"
 
 namespace shrinkray {
@@ -51,8 +53,8 @@ TEST_P(CalibHessianTest, RunningFormEqualsDirectSumForUnevenBatches) {
   }
   EXPECT_EQ(acc.num_samples(), samples);
   const std::vector<double> expected = DirectHessian(x, rows, samples);
-  const std::vector<double> h64 = acc.HessianF64();
-  const std::vector<float> h32 = acc.HessianF32();
+  const std::vector<double> h64 = acc.HessianF64().value();
+  const std::vector<float> h32 = acc.HessianF32().value();
   const double tol = GetParam() == HessianPrecision::kFloat64 ? 1e-12 : 2e-6;
   for (int i = 0; i < kDim; ++i) {
     for (int j = 0; j < kDim; ++j) {
@@ -107,7 +109,7 @@ TEST(CalibLayerStatisticsTest, ObservesOnlyRequestedGroups) {
   ASSERT_NE(stats.hessian(LinearGroup::kDown), nullptr);
   EXPECT_EQ(stats.hessian(LinearGroup::kDown)->num_samples(), 2);
   // 8 rows of 2.0 over 2 samples: H = 2/2 · 8 · 4 = 32 everywhere, scaler = 8·4/2 = 16.
-  EXPECT_FLOAT_EQ(stats.hessian(LinearGroup::kDown)->HessianF32()[5], 32.0f);
+  EXPECT_FLOAT_EQ(stats.hessian(LinearGroup::kDown)->HessianF32().value()[5], 32.0f);
   EXPECT_FLOAT_EQ(stats.act_norm(LinearGroup::kDown)->scaler_row()[3], 16.0f);
   observer(0, LinearGroup::kDown, x_down.data(), 8, 23);  // wrong width
   EXPECT_FALSE(status.ok());
@@ -119,7 +121,7 @@ TEST(CalibHessianAccumulatorTest, AssignReplacesStateAndChecksShape) {
   HessianAccumulator h(2, HessianPrecision::kFloat32);
   ASSERT_TRUE(h.Assign({1.0f, 2.0f, 2.0f, 5.0f}, 3).ok());
   EXPECT_EQ(h.num_samples(), 3);
-  EXPECT_EQ(h.HessianF32(), (std::vector<float>{1.0f, 2.0f, 2.0f, 5.0f}));
+  EXPECT_EQ(h.HessianF32().value(), (std::vector<float>{1.0f, 2.0f, 2.0f, 5.0f}));
   const absl::Status wrong = h.Assign({1.0f, 2.0f, 3.0f}, 1);
   EXPECT_EQ(wrong.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(wrong.message().find("3 values for a 2x2 H"), std::string::npos) << wrong;
@@ -139,21 +141,94 @@ TEST(CalibHessianAccumulatorTest, AssignReplacesStateAndChecksShape) {
 TEST(CalibHessianAccumulatorTest, SymmetricViewEqualsTheCopyAcrossMoreBatches) {
   const std::vector<float> x = RandomRows(4 * kSeqlen, 5);
   HessianAccumulator acc(kDim, HessianPrecision::kFloat32);
-  EXPECT_EQ(acc.HessianF32(), std::vector<float>(kDim * kDim, 0.0f));
-  EXPECT_EQ(acc.HessianF64(), std::vector<double>(kDim * kDim, 0.0));
+  EXPECT_EQ(acc.HessianF32().value(), std::vector<float>(kDim * kDim, 0.0f));
+  EXPECT_EQ(acc.HessianF64().value(), std::vector<double>(kDim * kDim, 0.0));
   HessianAccumulator reference(kDim, HessianPrecision::kFloat32);
   for (int batch = 0; batch < 4; ++batch) {
     const float* rows = x.data() + static_cast<size_t>(batch) * kSeqlen * kDim;
     ASSERT_TRUE(acc.Add(rows, kSeqlen, 1).ok());
     ASSERT_TRUE(reference.Add(rows, kSeqlen, 1).ok());
-    const std::vector<float> copy = reference.HessianF32();
-    const absl::Span<const float> view = acc.SymmetricF32();
+    const std::vector<float> copy = reference.HessianF32().value();
+    const absl::Span<const float> view = acc.SymmetricF32().value();
     ASSERT_EQ(view.size(), copy.size());
     EXPECT_TRUE(std::equal(view.begin(), view.end(), copy.begin())) << "after batch " << batch;
-    EXPECT_EQ(acc.HessianF32(), copy);
+    EXPECT_EQ(acc.HessianF32().value(), copy);
   }
   HessianAccumulator f64(kDim, HessianPrecision::kFloat64);
-  EXPECT_TRUE(f64.SymmetricF32().empty());
+  EXPECT_TRUE(f64.SymmetricF32().value().empty());
+}
+
+// Values that only a device holds (the GPU executor's hand-over) reach the
+// host once, when something reads them there: HessianF32/F64 copy them into
+// their result, SymmetricF32 fetches them into the accumulator, and an Add
+// after the hand-over continues from them exactly as from Assign's values.
+TEST(CalibHessianAccumulatorTest, DeviceOnlyValuesAreFetchedOnceWhenNeeded) {
+  HessianAccumulator reference(kDim, HessianPrecision::kFloat32);
+  const std::vector<float> x = RandomRows(3 * kSeqlen, 9);
+  ASSERT_TRUE(reference.Add(x.data(), 2 * kSeqlen, 2).ok());
+  const std::vector<float> values = reference.HessianF32().value();
+
+  int fetches = 0;
+  HessianAccumulator acc(kDim, HessianPrecision::kFloat32);
+  auto device = std::make_shared<testing::FakeDeviceHessian>(3, kDim, values, &fetches);
+  ASSERT_TRUE(acc.AssignOnDevice(device, 2).ok());
+  EXPECT_TRUE(acc.host_pending());
+  EXPECT_EQ(acc.on_device().get(), device.get());
+  EXPECT_EQ(acc.num_samples(), 2);
+  EXPECT_EQ(acc.HessianF32().value(), values);  // a copy for the caller
+  const std::vector<double> h64 = acc.HessianF64().value();
+  EXPECT_EQ(h64[1], static_cast<double>(values[1]));
+  EXPECT_EQ(fetches, 2);
+  EXPECT_TRUE(acc.host_pending());
+  const absl::Span<const float> view = acc.SymmetricF32().value();
+  EXPECT_TRUE(std::equal(view.begin(), view.end(), values.begin()));
+  EXPECT_EQ(fetches, 3);
+  EXPECT_FALSE(acc.host_pending());
+  EXPECT_EQ(acc.on_device().get(), device.get());  // still the same values
+  ASSERT_TRUE(acc.SymmetricF32().ok());
+  ASSERT_TRUE(acc.FetchToHost().ok());
+  EXPECT_EQ(fetches, 3);
+
+  // An Add continues from the device's values, fetched first.
+  HessianAccumulator assigned(kDim, HessianPrecision::kFloat32);
+  ASSERT_TRUE(assigned.Assign(values, 2).ok());
+  HessianAccumulator pending(kDim, HessianPrecision::kFloat32);
+  ASSERT_TRUE(pending.AssignOnDevice(device, 2).ok());
+  const float* last = x.data() + static_cast<size_t>(2) * kSeqlen * kDim;
+  ASSERT_TRUE(assigned.Add(last, kSeqlen, 1).ok());
+  ASSERT_TRUE(pending.Add(last, kSeqlen, 1).ok());
+  EXPECT_EQ(fetches, 4);
+  EXPECT_EQ(pending.on_device(), nullptr);  // the values changed
+  EXPECT_EQ(pending.num_samples(), 3);
+  EXPECT_EQ(pending.HessianF32().value(), assigned.HessianF32().value());
+
+  // A host Assign drops the device copy; the shapes and precision are checked.
+  ASSERT_TRUE(acc.Assign(values, 2).ok());
+  EXPECT_EQ(acc.on_device(), nullptr);
+  const absl::Status narrow =
+      acc.AssignOnDevice(std::make_shared<testing::FakeDeviceHessian>(3, kDim - 1, std::vector<float>(), nullptr), 1);
+  EXPECT_EQ(narrow.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(narrow.message().find(absl::StrCat(kDim - 1, "-wide device H for a ", kDim, "-wide")), std::string::npos)
+      << narrow;
+  EXPECT_EQ(acc.AssignOnDevice(nullptr, 1).code(), absl::StatusCode::kInvalidArgument);
+  HessianAccumulator f64(kDim, HessianPrecision::kFloat64);
+  EXPECT_EQ(f64.AssignOnDevice(device, 2).code(), absl::StatusCode::kInvalidArgument);
+
+  // A failed copy is an error that names it, and nothing changes.
+  class FailingDevice final : public DeviceHessian {
+   public:
+    int device() const override { return 0; }
+    int dim() const override { return kDim; }
+    const float* data() const override { return nullptr; }
+    absl::Status CopyToHost(absl::Span<float>) const override { return absl::InternalError("device lost"); }
+  };
+  HessianAccumulator failing(kDim, HessianPrecision::kFloat32);
+  ASSERT_TRUE(failing.AssignOnDevice(std::make_shared<FailingDevice>(), 1).ok());
+  const absl::Status lost = failing.FetchToHost();
+  EXPECT_EQ(lost.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(lost.message().find("Hessian from the device: device lost"), std::string::npos) << lost;
+  EXPECT_TRUE(failing.host_pending());
+  EXPECT_EQ(failing.SymmetricF32().status().code(), absl::StatusCode::kInternal);
 }
 
 }  // namespace

@@ -13,12 +13,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/calib/calibration_set.h"
+#include "core/calib/layer_statistics.h"
 #include "core/io/model_writer.h"
 #include "core/io/safetensors.h"
 #include "core/io/text_file.h"
 #include "core/model/llama.h"
 #include "core/model/synthetic.h"
+#include "core/pipeline/apply_stages.h"
 #include "core/pipeline/eval.h"
+#include "core/pipeline/layer_executor.h"
+#include "core/util/status_macros.h"
 #include "core/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -286,6 +290,25 @@ TEST_F(CompressSyntheticTest, ExecutorFallsBackToTheCpuOnlyWhenUnimplemented) {
   EXPECT_THAT(lines, ::testing::Contains("layer forwards on the CPU: no such device here"));
   testing::ExpectSameFiles(dir_ / "plain", dir_ / "fallback");
 
+  // forward_dtype bfloat16 is a GPU option: the device is asked for it, and
+  // the CPU runs float32 (the same files) and says so.
+  const Recipe bf16 = MustParse("[{gptq: {bits: 4, group_size: 16, forward_dtype: bf16}}]");
+  o = Options("bf16");
+  lines.clear();
+  ForwardDtype asked_dtype = ForwardDtype::kFloat32;
+  o.layerwise.progress = [&](const std::string& line) { lines.push_back(line); };
+  o.layerwise.executors = [&](const LayerExecutorSpec& spec) -> absl::StatusOr<std::unique_ptr<LayerExecutor>> {
+    asked_dtype = spec.forward_dtype;
+    return absl::UnimplementedError("no such device here");
+  };
+  ASSERT_TRUE(RunCompression(bf16, o).ok());
+  EXPECT_EQ(asked_dtype, ForwardDtype::kBfloat16);
+  EXPECT_THAT(lines, ::testing::Contains("layer forwards in float32 on the CPU (forward_dtype bfloat16 is a GPU option)"));
+  // The same weights (config.json and the report name the recipe as given).
+  ASSERT_TRUE(fs::exists(dir_ / "bf16" / "model.safetensors"));
+  EXPECT_TRUE(testing::ReadFileBytes(dir_ / "plain" / "model.safetensors") ==
+              testing::ReadFileBytes(dir_ / "bf16" / "model.safetensors"));
+
   o = Options("failed");
   o.layerwise.executors = [](const LayerExecutorSpec&) -> absl::StatusOr<std::unique_ptr<LayerExecutor>> {
     return absl::FailedPreconditionError("device cuda: no CUDA device is visible to this process");
@@ -300,7 +323,8 @@ TEST_F(CompressSyntheticTest, ExecutorFallsBackToTheCpuOnlyWhenUnimplemented) {
 class HoldRecordingBackend final : public SolverBackend {
  public:
   std::string name() const override { return "recording"; }
-  void HoldHessian(absl::Span<const float> h) override {
+  void HoldHessian(absl::Span<const float> h, const DeviceHessian* device) override {
+    EXPECT_EQ(device, nullptr);
     if (!held_.empty()) ++nested_holds;
     held_ = h;
     held_copy_.assign(h.begin(), h.end());
@@ -367,6 +391,121 @@ TEST_F(CompressSyntheticTest, EachGroupsHessianIsHeldUnchangedAcrossItsSolvesAnd
     EXPECT_EQ(backend.calls_outside_hold, 0);
     EXPECT_EQ(backend.calls_changed_values, 0);
     if (sequential) testing::ExpectSameFiles(dir_ / "plain", dir_ / "held-seq");
+  }
+}
+
+// The CPU executor, but every Hessian it gathers is handed over as the GPU
+// executor hands them: only a (fake) device holds the values.
+class HessianHandingExecutor final : public LayerExecutor {
+ public:
+  HessianHandingExecutor(std::unique_ptr<LayerExecutor> cpu, int* fetches)
+      : cpu_(std::move(cpu)), fetches_(fetches) {}
+  std::string device() const override { return "fake-device"; }
+  absl::Status Embed(const LlamaModel& model, std::span<const int32_t> tokens) override {
+    return cpu_->Embed(model, tokens);
+  }
+  absl::Status RunLayer(const LlamaModel& model, int layer, bool output, LayerStatistics* stats,
+                        const CancellationToken* cancel) override {
+    SR_RETURN_IF_ERROR(cpu_->RunLayer(model, layer, output, stats, cancel));
+    if (stats == nullptr) return absl::OkStatus();
+    for (LinearGroup g : {LinearGroup::kQkv, LinearGroup::kO, LinearGroup::kGateUp, LinearGroup::kDown}) {
+      HessianAccumulator* h = stats->mutable_hessian(g);
+      if (h == nullptr) continue;
+      SR_ASSIGN_OR_RETURN(std::vector<float> values, h->HessianF32());
+      SR_RETURN_IF_ERROR(h->AssignOnDevice(
+          std::make_shared<testing::FakeDeviceHessian>(7, h->dim(), std::move(values), fetches_), h->num_samples()));
+    }
+    return absl::OkStatus();
+  }
+  void WeightsChanged(int layer, LinearGroup group) override { cpu_->WeightsChanged(layer, group); }
+
+ private:
+  std::unique_ptr<LayerExecutor> cpu_;
+  int* fetches_;
+};
+
+// A backend on fake device 7 that reads the held device copy in place (the
+// CPU solvers on its values) and, as the GPU backend, leaves GPTQ with a
+// keep mask to the CPU.
+class DeviceReadingBackend final : public SolverBackend {
+ public:
+  std::string name() const override { return "fake-device"; }
+  bool ReadsDevice(const DeviceHessian& h) const override { return h.device() == 7; }
+  void HoldHessian(absl::Span<const float> h, const DeviceHessian* device) override {
+    held_ = h;
+    device_ = static_cast<const testing::FakeDeviceHessian*>(device);
+    holds_with_device += device != nullptr;
+  }
+  void ReleaseHessian() override {
+    held_ = {};
+    device_ = nullptr;
+  }
+  absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
+                                  const GptqOptions& options) override {
+    if (!options.keep_mask.empty()) return absl::UnimplementedError("GPTQ with a keep mask on the device");
+    return GptqQuantize(w, rows, cols, Values(h), options);
+  }
+  absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols,
+                                            absl::Span<const float> h, const SparseGptOptions& options) override {
+    return SparseGptPrune(w, rows, cols, Values(h), options);
+  }
+  absl::StatusOr<double> OutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
+                                     absl::Span<const float> h) override {
+    return RelativeOutputError(w, q, rows, cols, Values(h));
+  }
+  int holds_with_device = 0;
+  int empty_spans_read = 0;
+
+ private:
+  // The held span, or the device's values for the empty span of a device-only hold.
+  absl::Span<const float> Values(absl::Span<const float> h) {
+    if (!h.empty()) return h;
+    EXPECT_TRUE(held_.empty() && device_ != nullptr) << "an empty Hessian outside a device-only hold";
+    ++empty_spans_read;
+    return device_ != nullptr ? absl::Span<const float>(device_->values()) : h;
+  }
+  absl::Span<const float> held_;
+  const testing::FakeDeviceHessian* device_ = nullptr;
+};
+
+// Hessians that only a device holds never reach the host while every solve
+// and error runs on that device; a CPU solve (GPTQ after pruning: a keep
+// mask) fetches its group's Hessian once; without a backend that reads the
+// device the pipeline fetches each one up front. The output is the CPU
+// job's in every case.
+TEST_F(CompressSyntheticTest, DeviceOnlyHessiansReachTheHostOnlyWhenACpuSolveNeedsThem) {
+  const int groups = config_.num_hidden_layers * 4;
+  struct Case {
+    const char* name;
+    const char* yaml;
+    bool backend;
+    int fetches;
+  };
+  const Case cases[] = {
+      {"gptq", "[{gptq: {bits: 4, group_size: 16}}]", true, 0},
+      {"chain", "[{sparsegpt: {sparsity: 0.5}}, {gptq: {bits: 4, group_size: 16}}]", true, groups},
+      {"cpu-solvers", "[{gptq: {bits: 4, group_size: 16}}]", false, groups},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const Recipe recipe = MustParse(c.yaml);
+    const std::string plain = absl::StrCat(c.name, "-plain");
+    ASSERT_TRUE(RunCompression(recipe, Options(plain)).ok());
+    int fetches = 0;
+    DeviceReadingBackend backend;
+    CompressOptions o = Options(c.name);
+    if (c.backend) o.layerwise.solvers = &backend;
+    o.layerwise.executors = [&](const LayerExecutorSpec& spec) -> absl::StatusOr<std::unique_ptr<LayerExecutor>> {
+      return std::unique_ptr<LayerExecutor>(new HessianHandingExecutor(MakeCpuLayerExecutor(spec), &fetches));
+    };
+    auto report = RunCompression(recipe, o);
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_EQ(fetches, c.fetches);
+    if (c.backend) {
+      EXPECT_EQ(backend.holds_with_device, groups);
+      EXPECT_GT(backend.empty_spans_read, 0);
+    }
+    testing::ExpectSameFiles(dir_ / plain, dir_ / c.name);
   }
 }
 

@@ -54,7 +54,7 @@ std::vector<std::vector<float>> RunJob(const std::filesystem::path& dir, int kep
       const absl::Status s = executor->RunLayer(**model, l, /*output=*/false, &stats, nullptr);
       EXPECT_TRUE(s.ok()) << s;
       for (LinearGroup g : pass) {
-        seen.push_back(stats.hessian(g)->HessianF32());
+        seen.push_back(stats.hessian(g)->HessianF32().value());
         seen.push_back(stats.act_norm(g)->scaler_row());
         testing::PerturbGroup(**model, l, g);
         executor->WeightsChanged(l, g);
@@ -66,7 +66,7 @@ std::vector<std::vector<float>> RunJob(const std::filesystem::path& dir, int kep
   LayerStatistics last(c, seqlen, HessianPrecision::kFloat32);
   last.Request(LinearGroup::kQkv, true, false);
   EXPECT_TRUE(executor->RunLayer(**model, c.num_hidden_layers - 1, false, &last, nullptr).ok());
-  seen.push_back(last.hessian(LinearGroup::kQkv)->HessianF32());
+  seen.push_back(last.hessian(LinearGroup::kQkv)->HessianF32().value());
   return seen;
 }
 

@@ -35,7 +35,9 @@ TEST(RecipeTest, ParsesTheIssueExample) {
   EXPECT_EQ(g.block_size, 128);
   EXPECT_TRUE(r->true_sequential());
   EXPECT_EQ(r->hessian_dtype(), HessianPrecision::kFloat32);
+  EXPECT_EQ(r->forward_dtype(), ForwardDtype::kFloat32);
   EXPECT_EQ(r->ToJson()[1]["bits"], 4);
+  EXPECT_FALSE(r->ToJson()[1].contains("forward_dtype"));
 }
 
 TEST(RecipeTest, BlockStyleAllFieldsAndDefaults) {
@@ -101,6 +103,26 @@ TEST(RecipeTest, TrueSequentialMustAgree) {
   auto bad = ParseRecipe("[{wanda: {sparsity: 0.5, true_sequential: false}}, {rtn: {bits: 4}}]", "x.yaml");
   EXPECT_THAT(bad.status().message(),
               AllOf(HasSubstr("stage 1 (rtn)"), HasSubstr("'true_sequential'"), HasSubstr("stage 0 (wanda)")));
+}
+
+TEST(RecipeTest, ForwardDtypeIsOneValueForAllStages) {
+  auto ok = ParseRecipe("[{sparsegpt: {sparsity: 0.5, forward_dtype: bf16}}, {gptq: {bits: 4, forward_dtype: bfloat16}}]");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->forward_dtype(), ForwardDtype::kBfloat16);
+  EXPECT_EQ(ok->ToJson()[1]["forward_dtype"], "bfloat16");
+  auto fp32 = ParseRecipe("[{wanda: {sparsity: 0.5, forward_dtype: fp32}}]");
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  EXPECT_EQ(fp32->forward_dtype(), ForwardDtype::kFloat32);
+
+  auto mixed = ParseRecipe("[{wanda: {sparsity: 0.5, forward_dtype: bf16}}, {rtn: {bits: 4}}]", "x.yaml");
+  EXPECT_EQ(mixed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(mixed.status().message(),
+              AllOf(HasSubstr("stage 1 (rtn)"), HasSubstr("'forward_dtype' is float32"), HasSubstr("stage 0 (wanda)"),
+                    HasSubstr("bfloat16")));
+  auto bad = ParseRecipe("[{gptq: {bits: 4, forward_dtype: fp16}}]", "x.yaml");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(),
+              AllOf(HasSubstr("forward_dtype"), HasSubstr("expected float32 or bfloat16, got 'fp16'")));
 }
 
 TEST(RecipeTest, DistillStageLeadsAndTheRestKeepTheirIndex) {

@@ -11,9 +11,11 @@ size_t activation_norm_workspace_size(long rows, int cols) {
   return static_cast<size_t>(chunks) * static_cast<size_t>(cols);
 }
 
-absl::Status activation_norm_accumulate(float* scaler, int cols, long* n_samples, const float* x,
-                                        long rows, int batch_samples, double* workspace,
-                                        cudaStream_t stream) {
+namespace {
+
+template <typename T>
+absl::Status Accumulate(float* scaler, int cols, long* n_samples, const T* x, long rows, int batch_samples,
+                        double* workspace, cudaStream_t stream) {
   if (cols <= 0 || rows < 0 || batch_samples <= 0 || n_samples == nullptr || *n_samples < 0 ||
       scaler == nullptr || (rows > 0 && (x == nullptr || workspace == nullptr))) {
     return absl::InvalidArgumentError(absl::StrCat("activation_norm_accumulate: bad batch (rows ", rows,
@@ -32,6 +34,20 @@ absl::Status activation_norm_accumulate(float* scaler, int cols, long* n_samples
                                                         static_cast<double>(n_new), workspace, stream));
   *n_samples = n_new;
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status activation_norm_accumulate(float* scaler, int cols, long* n_samples, const float* x,
+                                        long rows, int batch_samples, double* workspace,
+                                        cudaStream_t stream) {
+  return Accumulate(scaler, cols, n_samples, x, rows, batch_samples, workspace, stream);
+}
+
+absl::Status activation_norm_accumulate(float* scaler, int cols, long* n_samples, const __nv_bfloat16* x,
+                                        long rows, int batch_samples, double* workspace,
+                                        cudaStream_t stream) {
+  return Accumulate(scaler, cols, n_samples, x, rows, batch_samples, workspace, stream);
 }
 
 }  // namespace shrinkray

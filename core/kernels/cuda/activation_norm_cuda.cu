@@ -5,9 +5,15 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// float or bf16 x: each value widened exactly to double.
+__device__ __forceinline__ double Widen(float v) { return v; }
+__device__ __forceinline__ double Widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+
 // One thread per (column, chunk): consecutive threads read consecutive
 // columns of a row (coalesced).
-__global__ void ColumnSquaresKernel(double* partial, const float* x, long rows, int cols) {
+
+template <typename T>
+__global__ void ColumnSquaresKernel(double* partial, const T* x, long rows, int cols) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const long chunk = blockIdx.y;
   if (j >= cols) return;
@@ -15,7 +21,7 @@ __global__ void ColumnSquaresKernel(double* partial, const float* x, long rows, 
   const long end = begin + kActNormChunkRows < rows ? begin + kActNormChunkRows : rows;
   double acc = 0.0;
   for (long r = begin; r < end; ++r) {
-    const double v = x[r * cols + j];
+    const double v = Widen(x[r * cols + j]);
     acc += v * v;
   }
   partial[chunk * cols + j] = acc;
@@ -30,10 +36,9 @@ __global__ void ScalerUpdateKernel(float* scaler, const double* partial, long ch
   scaler[j] = scaler[j] * shrink + static_cast<float>(sum / n);
 }
 
-}  // namespace
-
-cudaError_t LaunchActivationNorm(float* scaler, int cols, const float* x, long rows, float shrink,
-                                 double n, double* partial, cudaStream_t stream) {
+template <typename T>
+cudaError_t Launch(float* scaler, int cols, const T* x, long rows, float shrink, double n, double* partial,
+                   cudaStream_t stream) {
   const long chunks = (rows + kActNormChunkRows - 1) / kActNormChunkRows;
   const unsigned col_blocks = static_cast<unsigned>((cols + kThreads - 1) / kThreads);
   if (chunks > 0) {
@@ -42,6 +47,18 @@ cudaError_t LaunchActivationNorm(float* scaler, int cols, const float* x, long r
   }
   ScalerUpdateKernel<<<col_blocks, kThreads, 0, stream>>>(scaler, partial, chunks, cols, shrink, n);
   return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t LaunchActivationNorm(float* scaler, int cols, const float* x, long rows, float shrink,
+                                 double n, double* partial, cudaStream_t stream) {
+  return Launch(scaler, cols, x, rows, shrink, n, partial, stream);
+}
+
+cudaError_t LaunchActivationNorm(float* scaler, int cols, const __nv_bfloat16* x, long rows, float shrink,
+                                 double n, double* partial, cudaStream_t stream) {
+  return Launch(scaler, cols, x, rows, shrink, n, partial, stream);
 }
 
 }  // namespace shrinkray::kernels

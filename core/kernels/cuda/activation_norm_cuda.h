@@ -7,6 +7,7 @@
 // run (the CPU sums row by row, so the two differ by double rounding only).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include "absl/status/status.h"
@@ -14,9 +15,12 @@
 namespace shrinkray {
 
 // scaler: device [cols] fp32 (ignored when *n_samples is 0); x: device
-// [rows, cols] fp32; workspace: device doubles, at least
-// activation_norm_workspace_size(rows, cols).
+// [rows, cols] fp32 or bf16 (each value widened exactly); workspace: device
+// doubles, at least activation_norm_workspace_size(rows, cols).
 absl::Status activation_norm_accumulate(float* scaler, int cols, long* n_samples, const float* x,
+                                        long rows, int batch_samples, double* workspace,
+                                        cudaStream_t stream);
+absl::Status activation_norm_accumulate(float* scaler, int cols, long* n_samples, const __nv_bfloat16* x,
                                         long rows, int batch_samples, double* workspace,
                                         cudaStream_t stream);
 size_t activation_norm_workspace_size(long rows, int cols);

@@ -1,11 +1,20 @@
 // The CUDA LayerExecutor (core/pipeline/layer_executor.h): this rank's hidden
-// states live on the device in fp32; each RunLayer uploads the layer's
-// current weights (the views of model.layer(l), compressed or not), runs
-// CudaLayerForward over the windows `batch_windows` at a time, and for a
-// statistics pass accumulates each requested group's Hessian (fp32 GEMM,
-// CUBLAS_COMPUTE_32F) and Wanda norm on the device in the CPU accumulators'
-// running form, then hands them to the LayerStatistics (downloaded once per
-// pass). Only the embedding lookup runs on the host.
+// states live on the device in fp32 (forward_dtype float32, the reference) or
+// bf16 (forward_dtype bfloat16); each RunLayer makes the device copy of the
+// layer's weights current (the views of model.layer(l), compressed or not;
+// for bf16 rounded to bf16 on the device, norms and biases kept fp32): the
+// whole layer on its first pass, then only the groups WeightsChanged named
+// (a true-sequential 8B-shape layer copied 5 x 0.87 GB in fp32 before, now
+// 0.87 GB plus what compression changed), runs
+// CudaLayerForwardStaged over the windows `batch_windows` at a time, and for
+// a statistics pass accumulates each requested group's Hessian (fp32: fp32
+// GEMM, CUBLAS_COMPUTE_32F; bf16: tensor cores, fp32 accumulation) and Wanda
+// norm on the device in the CPU accumulators' running form, then hands them
+// to the LayerStatistics: the Wanda norms downloaded, the Hessians left on
+// the device (HessianAccumulator::AssignOnDevice; a GPU solver backend reads
+// them there, and the host copies one down only when something on the CPU
+// needs it: at 8B shapes 1 GB a layer that no longer crosses PCIe twice).
+// Only the embedding lookup runs on the host.
 //
 // Between the passes of one layer it keeps what the layer's blocks computed
 // (attention output, attention block output, MLP activation; all windows)
@@ -21,14 +30,17 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/calib/device_hessian.h"
 #include "core/kernels/cuda/activation_norm_cuda.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/hessian_cuda.h"
 #include "core/kernels/cuda/llama_cuda.h"
+#include "core/kernels/cuda/random_cuda.h"
 #include "core/pipeline/device_factories.h"
 #include "core/pipeline/layer_executor.h"
 #include "core/util/status_macros.h"
@@ -47,8 +59,40 @@ struct DeviceGroupStats {
   long act_norm_samples = 0;
 };
 
+// A group's Hessian as the executor accumulated it, handed over in place.
+class ExecutorHessian final : public DeviceHessian {
+ public:
+  ExecutorHessian(int device, int dim, DeviceBuffer<float> values)
+      : device_(device), dim_(dim), values_(std::move(values)) {}
+  ~ExecutorHessian() override {
+    CudaDeviceGuard guard(device_);
+    values_ = {};
+  }
+  int device() const override { return device_; }
+  int dim() const override { return dim_; }
+  const float* data() const override { return values_.data(); }
+  absl::Status CopyToHost(absl::Span<float> out) const override {
+    if (out.size() != values_.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ExecutorHessian::CopyToHost: ", out.size(), " floats for ", values_.size()));
+    }
+    CudaDeviceGuard guard(device_);
+    SR_CUDA_RETURN_IF_ERROR(cudaMemcpy(out.data(), values_.data(), out.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    return absl::OkStatus();
+  }
+
+ private:
+  int device_;
+  int dim_;
+  DeviceBuffer<float> values_;
+};
+
+// T: the activation type, float or __nv_bfloat16 (forward_dtype).
+template <typename T>
 class CudaLayerExecutor final : public LayerExecutor {
  public:
+  static constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+
   CudaLayerExecutor(const LayerExecutorSpec& spec, int device, cudaStream_t stream)
       : spec_(spec), config_(*spec.config), device_(device), stream_(stream) {}
   ~CudaLayerExecutor() override {
@@ -56,6 +100,7 @@ class CudaLayerExecutor final : public LayerExecutor {
     hidden_ = {};
     kept_ = {};
     weights_ = {};
+    weights_bf16_ = {};
     act_norm_workspace_ = {};
     workspace_.reset();
     if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
@@ -68,10 +113,10 @@ class CudaLayerExecutor final : public LayerExecutor {
     const ModelConfig& c = config_;
     const size_t window_floats = static_cast<size_t>(spec_.seqlen) * c.hidden_size;
     const long batch_rows = static_cast<long>(spec_.batch_windows) * spec_.seqlen;
-    SR_ASSIGN_OR_RETURN(hidden_, DeviceBuffer<float>::Create(spec_.windows * window_floats));
-    SR_ASSIGN_OR_RETURN(CudaLayerWorkspace ws,
-                        CudaLayerWorkspace::Create(c, inv_freq, batch_rows, spec_.seqlen, stream_));
-    workspace_ = std::make_unique<CudaLayerWorkspace>(std::move(ws));
+    SR_ASSIGN_OR_RETURN(hidden_, DeviceBuffer<T>::Create(spec_.windows * window_floats));
+    SR_ASSIGN_OR_RETURN(CudaLayerWorkspaceOf<T> ws,
+                        CudaLayerWorkspaceOf<T>::Create(c, inv_freq, batch_rows, spec_.seqlen, stream_));
+    workspace_ = std::make_unique<CudaLayerWorkspaceOf<T>>(std::move(ws));
     const int widest = std::max({c.hidden_size, c.q_dim(), c.intermediate_size});
     SR_ASSIGN_OR_RETURN(act_norm_workspace_,
                         DeviceBuffer<double>::Create(activation_norm_workspace_size(batch_rows, widest)));
@@ -91,9 +136,9 @@ class CudaLayerExecutor final : public LayerExecutor {
     size_t used = 0;
     int kept = 0;
     for (int k = 0; k < std::min(spec_.max_kept_blocks, 3); ++k) {
-      const size_t bytes = rows * widths[k] * sizeof(float);
+      const size_t bytes = rows * widths[k] * sizeof(T);
       if (used + bytes + margin > free_bytes) break;
-      SR_ASSIGN_OR_RETURN(kept_[k], DeviceBuffer<float>::Create(rows * widths[k]));
+      SR_ASSIGN_OR_RETURN(kept_[k], DeviceBuffer<T>::Create(rows * widths[k]));
       used += bytes;
       kept = k + 1;
     }
@@ -110,7 +155,21 @@ class CudaLayerExecutor final : public LayerExecutor {
     std::vector<float> host(tokens.size() * static_cast<size_t>(config_.hidden_size));
     SR_RETURN_IF_ERROR(model.Embed(tokens, host));
     SR_RETURN_IF_ERROR(UseDevice());
-    return hidden_.CopyFromHost(host, stream_);
+    if constexpr (!kBf16) {
+      return hidden_.CopyFromHost(host, stream_);
+    } else {
+      // Rounded to bf16 on the device, a bounded piece at a time.
+      const size_t piece = std::min(host.size(), size_t{64} << 20);
+      SR_ASSIGN_OR_RETURN(DeviceBuffer<float> staging, DeviceBuffer<float>::Create(piece));
+      for (size_t at = 0; at < host.size(); at += piece) {
+        const size_t n = std::min(piece, host.size() - at);
+        SR_RETURN_IF_ERROR(staging.CopyFromHost(absl::MakeConstSpan(host.data() + at, n), stream_));
+        SR_RETURN_IF_ERROR(convert_to_bf16(hidden_.data() + at, staging.data(), static_cast<long>(n), stream_));
+      }
+      // The staging buffer is freed on return: the copies must be done.
+      SR_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+      return absl::OkStatus();
+    }
   }
 
   absl::Status RunLayer(const LlamaModel& model, int layer, bool output, LayerStatistics* stats,
@@ -119,14 +178,14 @@ class CudaLayerExecutor final : public LayerExecutor {
     const ObservedGroups observed = stats != nullptr ? ObservedBy(*stats) : ObservedGroups();
     // A statistics pass with nothing to observe has nothing to do.
     if (!output && !observed.last.has_value()) return absl::OkStatus();
-    SR_ASSIGN_OR_RETURN(CudaLayerWeights w, UploadLayer(model, layer));
+    SR_ASSIGN_OR_RETURN(CudaLayerWeightsOf<T> w, UploadLayer(model, layer));
     std::array<DeviceGroupStats, 4> groups;
     if (stats != nullptr) SR_RETURN_IF_ERROR(StartStatistics(*stats, groups));
     // From the latest kept block output before the first observed group.
     const int start = kept_blocks_.Start(layer, observed.first_block);
-    const CudaLinearInputObserver observer =
-        stats == nullptr ? CudaLinearInputObserver()
-                         : [&](int, LinearGroup group, const float* x, long rows, int cols) {
+    const CudaLinearInputObserverOf<T> observer =
+        stats == nullptr ? CudaLinearInputObserverOf<T>()
+                         : [&](int, LinearGroup group, const T* x, long rows, int cols) {
                              return Observe(groups[static_cast<size_t>(group)], x, rows, cols);
                            };
     const ModelConfig& c = config_;
@@ -135,8 +194,8 @@ class CudaLayerExecutor final : public LayerExecutor {
       SR_RETURN_IF_ERROR(CheckCancelled(cancel, absl::StrCat("layer ", layer)));
       const int b = std::min(spec_.batch_windows, spec_.windows - first_window);
       const size_t row0 = first_window * window_rows;
-      float* hidden = hidden_.data() + row0 * c.hidden_size;
-      CudaLayerBuffers buffers;
+      T* hidden = hidden_.data() + row0 * c.hidden_size;
+      CudaLayerBuffersOf<T> buffers;
       buffers.input = hidden;
       buffers.attention = kept_[0].size() != 0 ? kept_[0].data() + row0 * c.q_dim() : workspace_->attention();
       // Without a kept copy the output pass works in place; a statistics
@@ -150,14 +209,18 @@ class CudaLayerExecutor final : public LayerExecutor {
       SR_RETURN_IF_ERROR(CudaLayerForwardStaged(c, layer, w, b, spec_.seqlen, buffers, start, *workspace_, observer,
                                                 stream_, observed.last));
     }
-    if (stats != nullptr) SR_RETURN_IF_ERROR(FinishStatistics(groups, *stats));
-    // Errors raised while the kernels ran show here.
+    // Errors raised while the kernels ran show here; the statistics are
+    // handed over only once they are complete (another stream reads them).
     SR_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    if (stats != nullptr) SR_RETURN_IF_ERROR(FinishStatistics(groups, *stats));
     kept_blocks_.PassDone(output, observed.last);
     return absl::OkStatus();
   }
 
-  void WeightsChanged(int layer, LinearGroup group) override { kept_blocks_.WeightsChanged(layer, group); }
+  void WeightsChanged(int layer, LinearGroup group) override {
+    kept_blocks_.WeightsChanged(layer, group);
+    if (layer == uploaded_layer_) stale_[static_cast<size_t>(group)] = true;
+  }
 
  private:
   // The pipeline may call from a thread whose current device differs.
@@ -166,45 +229,134 @@ class CudaLayerExecutor final : public LayerExecutor {
     return absl::OkStatus();
   }
 
-  // Copies one weight into the layer's device buffer at *offset.
-  absl::StatusOr<const float*> Put(const float* host, size_t n, size_t* offset) {
-    if (host == nullptr) return static_cast<const float*>(nullptr);
-    float* dst = weights_.data() + *offset;
-    SR_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
-    *offset += n;
-    return static_cast<const float*>(dst);
+  // Where each weight of a layer lives in weights_ (and, for the matrices,
+  // weights_bf16_): fixed by the config, so a group's matrices can be
+  // replaced alone. Every weight has its place whether or not the model has it.
+  struct Slot {
+    size_t offset = 0;
+    size_t count = 0;
+  };
+  struct Layout {
+    Slot input_layernorm, q_proj, k_proj, v_proj, q_bias, k_bias, v_bias, q_norm, k_norm, o_proj, o_bias,
+        post_attention_layernorm, gate_proj, up_proj, down_proj;
+    size_t total = 0;
+  };
+  static Layout LayoutOf(const ModelConfig& c) {
+    const size_t C = c.hidden_size, I = c.intermediate_size, QD = c.q_dim(), KVD = c.kv_dim(), HD = c.head_dim;
+    Layout l;
+    // Matrices first, each at a multiple of 8 values (16-byte aligned in bf16).
+    auto place = [&](Slot& slot, size_t count) {
+      slot = {l.total, count};
+      l.total += (count + 7) / 8 * 8;
+    };
+    place(l.q_proj, QD * C);
+    place(l.k_proj, KVD * C);
+    place(l.v_proj, KVD * C);
+    place(l.o_proj, C * QD);
+    place(l.gate_proj, I * C);
+    place(l.up_proj, I * C);
+    place(l.down_proj, C * I);
+    place(l.input_layernorm, C);
+    place(l.q_bias, QD);
+    place(l.k_bias, KVD);
+    place(l.v_bias, KVD);
+    place(l.q_norm, HD);
+    place(l.k_norm, HD);
+    place(l.o_bias, C);
+    place(l.post_attention_layernorm, C);
+    return l;
   }
 
-  absl::StatusOr<CudaLayerWeights> UploadLayer(const LlamaModel& model, int layer) {
+  // Copies one weight (null: none) to its slot; a matrix of a bf16 forward
+  // is also rounded into weights_bf16_.
+  absl::Status Put(const float* host, Slot slot, bool matrix) {
+    if (host == nullptr) return absl::OkStatus();
+    float* dst = weights_.data() + slot.offset;
+    SR_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(dst, host, slot.count * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    if constexpr (kBf16) {
+      if (matrix) {
+        SR_RETURN_IF_ERROR(
+            convert_to_bf16(weights_bf16_.data() + slot.offset, dst, static_cast<long>(slot.count), stream_));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // The device views of a layer whose weights are in place.
+  const float* Vector(const float* host, Slot slot) const {
+    return host == nullptr ? nullptr : weights_.data() + slot.offset;
+  }
+  const T* Matrix(Slot slot) const {
+    if constexpr (kBf16) {
+      return weights_bf16_.data() + slot.offset;
+    } else {
+      return weights_.data() + slot.offset;
+    }
+  }
+
+  // Makes the device copy of `layer`'s weights current: all of them for a
+  // new layer, only the groups WeightsChanged named since the last upload
+  // for the same layer (norms and biases never change within a layer).
+  absl::StatusOr<CudaLayerWeightsOf<T>> UploadLayer(const LlamaModel& model, int layer) {
     const ModelConfig& c = config_;
     const LayerWeights& h = model.layer(layer);
     SR_RETURN_IF_ERROR(CheckLayerViews(c, layer, h));
-    const size_t C = c.hidden_size, I = c.intermediate_size, QD = c.q_dim(), KVD = c.kv_dim(), HD = c.head_dim;
-    const size_t total = C + QD * C + 2 * KVD * C + QD + 2 * KVD + 2 * HD + C * QD + C + C + 3 * I * C;
-    if (weights_.size() < total) {
-      SR_ASSIGN_OR_RETURN(weights_, DeviceBuffer<float>::Create(total));
+    const Layout& L = layout_;
+    if (weights_.size() < L.total) {
+      SR_ASSIGN_OR_RETURN(weights_, DeviceBuffer<float>::Create(L.total));
+      if constexpr (kBf16) {
+        SR_ASSIGN_OR_RETURN(weights_bf16_, DeviceBuffer<__nv_bfloat16>::Create(L.total));
+      }
     }
     // The previous pass's kernels may still read the buffer.
     SR_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    size_t at = 0;
-    CudaLayerWeights w;
-    SR_ASSIGN_OR_RETURN(w.input_layernorm, Put(h.input_layernorm, C, &at));
-    SR_ASSIGN_OR_RETURN(w.q_proj, Put(h.q_proj, QD * C, &at));
-    SR_ASSIGN_OR_RETURN(w.k_proj, Put(h.k_proj, KVD * C, &at));
-    SR_ASSIGN_OR_RETURN(w.v_proj, Put(h.v_proj, KVD * C, &at));
-    SR_ASSIGN_OR_RETURN(w.q_bias, Put(h.q_bias, QD, &at));
-    SR_ASSIGN_OR_RETURN(w.k_bias, Put(h.k_bias, KVD, &at));
-    SR_ASSIGN_OR_RETURN(w.v_bias, Put(h.v_bias, KVD, &at));
-    if (c.qk_norm) {
-      SR_ASSIGN_OR_RETURN(w.q_norm, Put(h.q_norm, HD, &at));
-      SR_ASSIGN_OR_RETURN(w.k_norm, Put(h.k_norm, HD, &at));
+    const bool whole = layer != uploaded_layer_;
+    // Until every copy below is enqueued the device copy is of no layer.
+    uploaded_layer_ = -1;
+    const float* q_norm = c.qk_norm ? h.q_norm : nullptr;
+    const float* k_norm = c.qk_norm ? h.k_norm : nullptr;
+    if (whole) {
+      SR_RETURN_IF_ERROR(Put(h.input_layernorm, L.input_layernorm, false));
+      SR_RETURN_IF_ERROR(Put(h.q_bias, L.q_bias, false));
+      SR_RETURN_IF_ERROR(Put(h.k_bias, L.k_bias, false));
+      SR_RETURN_IF_ERROR(Put(h.v_bias, L.v_bias, false));
+      SR_RETURN_IF_ERROR(Put(q_norm, L.q_norm, false));
+      SR_RETURN_IF_ERROR(Put(k_norm, L.k_norm, false));
+      SR_RETURN_IF_ERROR(Put(h.o_bias, L.o_bias, false));
+      SR_RETURN_IF_ERROR(Put(h.post_attention_layernorm, L.post_attention_layernorm, false));
     }
-    SR_ASSIGN_OR_RETURN(w.o_proj, Put(h.o_proj, C * QD, &at));
-    SR_ASSIGN_OR_RETURN(w.o_bias, Put(h.o_bias, C, &at));
-    SR_ASSIGN_OR_RETURN(w.post_attention_layernorm, Put(h.post_attention_layernorm, C, &at));
-    SR_ASSIGN_OR_RETURN(w.gate_proj, Put(h.gate_proj, I * C, &at));
-    SR_ASSIGN_OR_RETURN(w.up_proj, Put(h.up_proj, I * C, &at));
-    SR_ASSIGN_OR_RETURN(w.down_proj, Put(h.down_proj, C * I, &at));
+    auto stale = [&](LinearGroup g) { return whole || stale_[static_cast<size_t>(g)]; };
+    if (stale(LinearGroup::kQkv)) {
+      SR_RETURN_IF_ERROR(Put(h.q_proj, L.q_proj, true));
+      SR_RETURN_IF_ERROR(Put(h.k_proj, L.k_proj, true));
+      SR_RETURN_IF_ERROR(Put(h.v_proj, L.v_proj, true));
+    }
+    if (stale(LinearGroup::kO)) SR_RETURN_IF_ERROR(Put(h.o_proj, L.o_proj, true));
+    if (stale(LinearGroup::kGateUp)) {
+      SR_RETURN_IF_ERROR(Put(h.gate_proj, L.gate_proj, true));
+      SR_RETURN_IF_ERROR(Put(h.up_proj, L.up_proj, true));
+    }
+    if (stale(LinearGroup::kDown)) SR_RETURN_IF_ERROR(Put(h.down_proj, L.down_proj, true));
+    uploaded_layer_ = layer;
+    stale_ = {};
+
+    CudaLayerWeightsOf<T> w;
+    w.input_layernorm = Vector(h.input_layernorm, L.input_layernorm);
+    w.q_proj = Matrix(L.q_proj);
+    w.k_proj = Matrix(L.k_proj);
+    w.v_proj = Matrix(L.v_proj);
+    w.q_bias = Vector(h.q_bias, L.q_bias);
+    w.k_bias = Vector(h.k_bias, L.k_bias);
+    w.v_bias = Vector(h.v_bias, L.v_bias);
+    w.q_norm = Vector(q_norm, L.q_norm);
+    w.k_norm = Vector(k_norm, L.k_norm);
+    w.o_proj = Matrix(L.o_proj);
+    w.o_bias = Vector(h.o_bias, L.o_bias);
+    w.post_attention_layernorm = Vector(h.post_attention_layernorm, L.post_attention_layernorm);
+    w.gate_proj = Matrix(L.gate_proj);
+    w.up_proj = Matrix(L.up_proj);
+    w.down_proj = Matrix(L.down_proj);
     return w;
   }
 
@@ -223,12 +375,16 @@ class CudaLayerExecutor final : public LayerExecutor {
     return absl::OkStatus();
   }
 
-  absl::Status Observe(DeviceGroupStats& d, const float* x, long rows, int cols) {
+  absl::Status Observe(DeviceGroupStats& d, const T* x, long rows, int cols) {
     if (d.hessian.size() == 0 && d.act_norm.size() == 0) return absl::OkStatus();
     const int samples = static_cast<int>(rows / spec_.seqlen);
     if (d.hessian.size() != 0) {
-      SR_RETURN_IF_ERROR(hessian_accumulate(d.hessian.data(), cols, &d.hessian_samples, x, rows, samples,
-                                            /*allow_tf32=*/false, stream_));
+      if constexpr (kBf16) {
+        SR_RETURN_IF_ERROR(hessian_accumulate(d.hessian.data(), cols, &d.hessian_samples, x, rows, samples, stream_));
+      } else {
+        SR_RETURN_IF_ERROR(hessian_accumulate(d.hessian.data(), cols, &d.hessian_samples, x, rows, samples,
+                                              /*allow_tf32=*/false, stream_));
+      }
     }
     if (d.act_norm.size() != 0) {
       SR_RETURN_IF_ERROR(activation_norm_accumulate(d.act_norm.data(), cols, &d.act_norm_samples, x, rows, samples,
@@ -241,9 +397,9 @@ class CudaLayerExecutor final : public LayerExecutor {
     for (LinearGroup g : kGroups) {
       DeviceGroupStats& d = groups[static_cast<size_t>(g)];
       if (d.hessian.size() != 0) {
-        std::vector<float> h(d.hessian.size());
-        SR_RETURN_IF_ERROR(d.hessian.CopyToHost(absl::MakeSpan(h), stream_));
-        SR_RETURN_IF_ERROR(stats.mutable_hessian(g)->Assign(std::move(h), d.hessian_samples));
+        const int cols = LinearGroupInputDim(config_, g);
+        SR_RETURN_IF_ERROR(stats.mutable_hessian(g)->AssignOnDevice(
+            std::make_shared<ExecutorHessian>(device_, cols, std::move(d.hessian)), d.hessian_samples));
       }
       if (d.act_norm.size() != 0) {
         std::vector<float> a(d.act_norm.size());
@@ -258,14 +414,18 @@ class CudaLayerExecutor final : public LayerExecutor {
   ModelConfig config_;
   int device_;
   cudaStream_t stream_;
-  DeviceBuffer<float> hidden_;   // [windows * seqlen, C]
+  DeviceBuffer<T> hidden_;   // [windows * seqlen, C]
   // Kept block outputs of the current layer, all windows: attention
   // [.., q_dim], middle [.., C], activation [.., I]; empty when not kept.
-  std::array<DeviceBuffer<float>, 3> kept_;
+  std::array<DeviceBuffer<T>, 3> kept_;
   KeptBlocks kept_blocks_{0};  // kept_[0, kept()) are allocated
-  DeviceBuffer<float> weights_;  // the current layer's weights, packed
+  Layout layout_ = LayoutOf(config_);
+  DeviceBuffer<float> weights_;  // the current layer's weights (layout_), fp32 as uploaded
+  DeviceBuffer<__nv_bfloat16> weights_bf16_;  // bf16: the matrices rounded, same offsets
+  int uploaded_layer_ = -1;  // whose weights weights_ holds; -1: none (or a failed upload)
+  std::array<bool, 4> stale_{};  // groups of uploaded_layer_ changed since (WeightsChanged)
   DeviceBuffer<double> act_norm_workspace_;
-  std::unique_ptr<CudaLayerWorkspace> workspace_;
+  std::unique_ptr<CudaLayerWorkspaceOf<T>> workspace_;
 };
 
 }  // namespace
@@ -281,7 +441,12 @@ absl::StatusOr<std::unique_ptr<LayerExecutor>> MakeCudaLayerExecutor(int device,
   SR_RETURN_IF_ERROR(UseCudaDevice(device));
   cudaStream_t stream = nullptr;
   SR_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  auto executor = std::make_unique<CudaLayerExecutor>(spec, device, stream);
+  if (spec.forward_dtype == ForwardDtype::kBfloat16) {
+    auto executor = std::make_unique<CudaLayerExecutor<__nv_bfloat16>>(spec, device, stream);
+    SR_RETURN_IF_ERROR(executor->Init(RopeInverseFrequencies(*spec.config)));
+    return std::unique_ptr<LayerExecutor>(std::move(executor));
+  }
+  auto executor = std::make_unique<CudaLayerExecutor<float>>(spec, device, stream);
   SR_RETURN_IF_ERROR(executor->Init(RopeInverseFrequencies(*spec.config)));
   return std::unique_ptr<LayerExecutor>(std::move(executor));
 }

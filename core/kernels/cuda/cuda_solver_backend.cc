@@ -7,7 +7,9 @@
 //
 // The solvers (their cuBLAS/cuSOLVER handles and workspaces) live as long as
 // the backend. While the pipeline holds a group's Hessian (HoldHessian) it is
-// copied to the device once, on first use, and each solver prepares it (dead
+// copied to the device once, on first use (or, when the GPU executor of the
+// same device accumulated it, read where it is: no copy at all, and the host
+// never holds it), and each solver prepares it (dead
 // columns, permutation, damping, the Cholesky chain) once per set of options
 // that the preparation reads: q, k and v then share one copy and one
 // preparation, and the matrix errors read the same copy. The results are those
@@ -52,16 +54,21 @@ class CudaSolverBackend final : public SolverBackend {
 
   std::string name() const override { return "cuda"; }
 
-  void HoldHessian(absl::Span<const float> h) override {
+  void HoldHessian(absl::Span<const float> h, const DeviceHessian* device) override {
     held_ = h;
+    held_device_copy_ = device != nullptr && ReadsDevice(*device) ? device : nullptr;
+    holding_ = !h.empty() || held_device_copy_ != nullptr;
     held_on_device_ = false;
     ++hold_;
   }
   void ReleaseHessian() override {
     held_ = {};
+    held_device_copy_ = nullptr;
+    holding_ = false;
     held_on_device_ = false;
     ++hold_;  // nothing prepared under the last hold serves again
   }
+  bool ReadsDevice(const DeviceHessian& h) const override { return h.device() == device_; }
 
   absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
                                   const GptqOptions& options) override {
@@ -69,7 +76,7 @@ class CudaSolverBackend final : public SolverBackend {
     SR_RETURN_IF_ERROR(UseDevice());
     if (!Held(h)) return GptqQuantizeCuda(w, rows, cols, h, options, stream_);
     if (rows <= 0 || cols <= 0 || w.size() != static_cast<size_t>(rows) * cols ||
-        h.size() != static_cast<size_t>(cols) * cols) {
+        HeldCount() != static_cast<size_t>(cols) * cols) {
       return absl::InvalidArgumentError("GptqQuantizeCuda: shape mismatch");
     }
     if (gptq_ == nullptr) {
@@ -92,8 +99,13 @@ class CudaSolverBackend final : public SolverBackend {
     SR_RETURN_IF_ERROR(UseDevice());
     if (!Held(h)) return SparseGptPruneCuda(w, rows, cols, h, options, stream_);
     // The checks SparseGptPruneCuda makes, in its order; the Hessian's
-    // (finiteness included) once per hold.
+    // (finiteness included) once per hold: on the host when it holds the
+    // values, else its shape here and its diagonal in the preparation.
     SR_RETURN_IF_ERROR(algo_internal::CheckMatrix("w", w, rows, cols));
+    if (HeldCount() != static_cast<size_t>(cols) * cols) {
+      return absl::InvalidArgumentError(absl::StrCat("h: shape mismatch, expected [", cols, ", ", cols, "] = ",
+                                                     static_cast<size_t>(cols) * cols, " values, got ", HeldCount()));
+    }
     if (sparsegpt_ == nullptr) {
       SR_ASSIGN_OR_RETURN(sparsegpt_, SparseGptCuda::Create(stream_));
       sparsegpt_->set_timing(false);
@@ -101,7 +113,7 @@ class CudaSolverBackend final : public SolverBackend {
     const PreparedFor key{hold_, false, options.damp, options.damp_auto_increment};
     if (!(sparsegpt_prepared_ == key)) {
       sparsegpt_prepared_ = {};
-      SR_RETURN_IF_ERROR(algo_internal::CheckMatrix("h", h, cols, cols));
+      if (!h.empty()) SR_RETURN_IF_ERROR(algo_internal::CheckMatrix("h", h, cols, cols));
       SR_ASSIGN_OR_RETURN(const float* dh, HeldOnDevice());
       SR_RETURN_IF_ERROR(sparsegpt_->PrepareHessian(dh, cols, options));
       sparsegpt_prepared_ = key;
@@ -111,10 +123,24 @@ class CudaSolverBackend final : public SolverBackend {
 
   absl::StatusOr<double> OutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
                                      absl::Span<const float> h) override {
+    absl::StatusOr<double> e = OutputErrorOnDevice(w, q, rows, cols, h);
+    // Out of memory: the caller computes it on the CPU and the job goes on,
+    // so the failed allocation must not stay CUDA's last error (the next
+    // launch on this thread would report it as its own).
+    if (absl::IsResourceExhausted(e.status())) (void)cudaGetLastError();
+    return e;
+  }
+
+ private:
+  absl::StatusOr<double> OutputErrorOnDevice(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
+                                             absl::Span<const float> h) {
     SR_RETURN_IF_ERROR(UseDevice());
     SR_ASSIGN_OR_RETURN(DeviceBuffer<float> dw, DeviceBuffer<float>::FromHost(w, stream_));
     SR_ASSIGN_OR_RETURN(DeviceBuffer<float> dq, DeviceBuffer<float>::FromHost(q, stream_));
     if (Held(h)) {
+      if (HeldCount() != static_cast<size_t>(cols) * cols) {
+        return absl::InvalidArgumentError("OutputError: the held Hessian is not [cols, cols]");
+      }
       SR_ASSIGN_OR_RETURN(const float* dh, HeldOnDevice());
       return relative_output_error(dw.data(), dq.data(), rows, cols, dh, stream_);
     }
@@ -122,20 +148,27 @@ class CudaSolverBackend final : public SolverBackend {
     return relative_output_error(dw.data(), dq.data(), rows, cols, dh.data(), stream_);
   }
 
- private:
   // The pipeline may run on a thread whose current device differs.
   absl::Status UseDevice() {
     SR_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     return absl::OkStatus();
   }
 
-  // `h` is the held Hessian (the same span, not merely equal values).
+  // `h` is the held Hessian (the same span, not merely equal values; the
+  // empty span of a hold that only the device copy backs).
   bool Held(absl::Span<const float> h) const {
-    return held_.data() != nullptr && h.data() == held_.data() && h.size() == held_.size();
+    return holding_ && h.data() == held_.data() && h.size() == held_.size();
+  }
+  // How many values the held Hessian has.
+  size_t HeldCount() const {
+    if (held_device_copy_ != nullptr) return static_cast<size_t>(held_device_copy_->dim()) * held_device_copy_->dim();
+    return held_.size();
   }
 
-  // The held Hessian on the device, copied on its first use in this hold.
+  // The held Hessian on the device: the executor's copy where there is one,
+  // else copied from the host on its first use in this hold.
   absl::StatusOr<const float*> HeldOnDevice() {
+    if (held_device_copy_ != nullptr) return held_device_copy_->data();
     if (!held_on_device_) {
       if (held_device_.size() < held_.size()) {
         held_device_ = {};
@@ -151,7 +184,9 @@ class CudaSolverBackend final : public SolverBackend {
   cudaStream_t stream_;
   std::unique_ptr<GptqCuda> gptq_;
   std::unique_ptr<SparseGptCuda> sparsegpt_;
-  absl::Span<const float> held_;  // empty: nothing held
+  absl::Span<const float> held_;  // the host values (empty when only the device copy backs the hold)
+  const DeviceHessian* held_device_copy_ = nullptr;  // the same values on this device, or null
+  bool holding_ = false;
   long hold_ = 1;                 // which hold (or gap between holds) this is
   bool held_on_device_ = false;
   DeviceBuffer<float> held_device_;  // its device copy (grown, reused)

@@ -1,6 +1,7 @@
 #include "core/kernels/cuda/hessian_inverse_cuda.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <string>
 
@@ -45,6 +46,13 @@ absl::Status HessianInverseCuda::Prepare(const float* h, int cols, bool act_orde
   std::vector<uint8_t> dead(cols, 0);
   dead_count_ = 0;
   for (int j = 0; j < cols; ++j) {
+    // A Gram matrix with a non-finite entry has one on its diagonal (x_i or
+    // x_j is), so this catches a NaN or inf in a Hessian that only the
+    // device holds (the host checks the whole matrix when it has it).
+    if (!std::isfinite(diag[j])) {
+      return absl::InvalidArgumentError(absl::StrCat("h: non-finite value ", static_cast<double>(diag[j]), " at [",
+                                                     j, ", ", j, "]"));
+    }
     if (diag[j] == 0.0f) {
       dead[j] = 1;
       diag[j] = 1.0f;

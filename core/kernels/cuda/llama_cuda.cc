@@ -33,10 +33,11 @@ absl::Status CheckLayerViews(const ModelConfig& c, int layer, const LayerWeights
   return CheckLayerWeightViews(c, layer, w, "LlamaCudaModel");
 }
 
-absl::StatusOr<CudaLayerWorkspace> CudaLayerWorkspace::Create(const ModelConfig& c,
-                                                              const std::vector<double>& inv_freq,
-                                                              long max_rows, int seqlen,
-                                                              cudaStream_t stream) {
+template <typename T>
+absl::StatusOr<CudaLayerWorkspaceOf<T>> CudaLayerWorkspaceOf<T>::Create(const ModelConfig& c,
+                                                                        const std::vector<double>& inv_freq,
+                                                                        long max_rows, int seqlen,
+                                                                        cudaStream_t stream) {
   if (max_rows <= 0 || seqlen <= 0 || max_rows % seqlen != 0 ||
       max_rows > std::numeric_limits<int>::max()) {
     return absl::InvalidArgumentError(absl::StrCat("CudaLayerWorkspace: ", max_rows,
@@ -49,34 +50,37 @@ absl::StatusOr<CudaLayerWorkspace> CudaLayerWorkspace::Create(const ModelConfig&
   // RoPE tables exactly as LlamaModel::LayerForward builds them.
   std::vector<float> cos_table, sin_table;
   RopeTables(inv_freq, seqlen, &cos_table, &sin_table);
-  CudaLayerWorkspace ws;
+  CudaLayerWorkspaceOf<T> ws;
   ws.max_rows_ = max_rows;
   ws.seqlen_ = seqlen;
   const size_t n = static_cast<size_t>(max_rows);
   SR_ASSIGN_OR_RETURN(ws.cos_, DeviceBuffer<float>::FromHost(cos_table, stream));
   SR_ASSIGN_OR_RETURN(ws.sin_, DeviceBuffer<float>::FromHost(sin_table, stream));
-  SR_ASSIGN_OR_RETURN(ws.normed_, DeviceBuffer<float>::Create(n * c.hidden_size));
-  SR_ASSIGN_OR_RETURN(ws.q_, DeviceBuffer<float>::Create(n * c.q_dim()));
-  SR_ASSIGN_OR_RETURN(ws.k_, DeviceBuffer<float>::Create(n * c.kv_dim()));
-  SR_ASSIGN_OR_RETURN(ws.v_, DeviceBuffer<float>::Create(n * c.kv_dim()));
-  SR_ASSIGN_OR_RETURN(ws.att_, DeviceBuffer<float>::Create(n * c.q_dim()));
-  SR_ASSIGN_OR_RETURN(ws.proj_, DeviceBuffer<float>::Create(n * c.hidden_size));
-  SR_ASSIGN_OR_RETURN(ws.mid_, DeviceBuffer<float>::Create(n * c.hidden_size));
-  SR_ASSIGN_OR_RETURN(ws.gate_, DeviceBuffer<float>::Create(n * c.intermediate_size));
-  SR_ASSIGN_OR_RETURN(ws.up_, DeviceBuffer<float>::Create(n * c.intermediate_size));
+  SR_ASSIGN_OR_RETURN(ws.normed_, DeviceBuffer<T>::Create(n * c.hidden_size));
+  SR_ASSIGN_OR_RETURN(ws.q_, DeviceBuffer<T>::Create(n * c.q_dim()));
+  SR_ASSIGN_OR_RETURN(ws.k_, DeviceBuffer<T>::Create(n * c.kv_dim()));
+  SR_ASSIGN_OR_RETURN(ws.v_, DeviceBuffer<T>::Create(n * c.kv_dim()));
+  SR_ASSIGN_OR_RETURN(ws.att_, DeviceBuffer<T>::Create(n * c.q_dim()));
+  SR_ASSIGN_OR_RETURN(ws.proj_, DeviceBuffer<T>::Create(n * c.hidden_size));
+  SR_ASSIGN_OR_RETURN(ws.mid_, DeviceBuffer<T>::Create(n * c.hidden_size));
+  SR_ASSIGN_OR_RETURN(ws.gate_, DeviceBuffer<T>::Create(n * c.intermediate_size));
+  SR_ASSIGN_OR_RETURN(ws.up_, DeviceBuffer<T>::Create(n * c.intermediate_size));
   return ws;
 }
+template class CudaLayerWorkspaceOf<float>;
+template class CudaLayerWorkspaceOf<__nv_bfloat16>;
 
-absl::Status CudaLayerForwardStaged(const ModelConfig& c, int layer, const CudaLayerWeights& w,
-                                    int batch, int seqlen, const CudaLayerBuffers& b,
-                                    int start_block, CudaLayerWorkspace& ws,
-                                    const CudaLinearInputObserver& observer, cudaStream_t s,
+template <typename T>
+absl::Status CudaLayerForwardStaged(const ModelConfig& c, int layer, const CudaLayerWeightsOf<T>& w,
+                                    int batch, int seqlen, const CudaLayerBuffersOf<T>& b,
+                                    int start_block, CudaLayerWorkspaceOf<T>& ws,
+                                    const CudaLinearInputObserverOf<T>& observer, cudaStream_t s,
                                     std::optional<LinearGroup> stop_after) {
   const long rows_long = static_cast<long>(batch) * seqlen;
-  if (batch <= 0 || seqlen != ws.seqlen_ || rows_long > ws.max_rows_) {
+  if (batch <= 0 || seqlen != ws.seqlen() || rows_long > ws.max_rows()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "CudaLayerForward: ", batch, " windows of ", seqlen, " tokens for a workspace of ",
-        ws.max_rows_, " rows of windows of ", ws.seqlen_));
+        ws.max_rows(), " rows of windows of ", ws.seqlen()));
   }
   if (start_block < 0 || start_block > 3) {
     return absl::InvalidArgumentError(absl::StrCat("CudaLayerForward: start block ", start_block));
@@ -86,16 +90,16 @@ absl::Status CudaLayerForwardStaged(const ModelConfig& c, int layer, const CudaL
   const int NH = c.num_attention_heads, NKV = c.num_key_value_heads, HD = c.head_dim;
   const int QD = c.q_dim(), KVD = c.kv_dim();
   const long NC = rows_long * C;
-  auto observe = [&](LinearGroup group, const float* in, int cols) {
+  auto observe = [&](LinearGroup group, const T* in, int cols) {
     return observer ? observer(layer, group, in, rows_long, cols) : absl::OkStatus();
   };
   auto stop = [&](LinearGroup group) { return stop_after.has_value() && *stop_after == group; };
-  float* normed = ws.normed_.data();
-  float* proj = ws.proj_.data();
+  T* normed = ws.normed();
+  T* proj = ws.proj();
   if (start_block <= 0) {
-    float* q = ws.q_.data();
-    float* k = ws.k_.data();
-    float* v = ws.v_.data();
+    T* q = ws.q();
+    T* k = ws.k();
+    T* v = ws.v();
     SR_RETURN_IF_ERROR(rmsnorm_forward(normed, nullptr, b.input, w.input_layernorm, N, C, c.rms_norm_eps, s));
     SR_RETURN_IF_ERROR(observe(LinearGroup::kQkv, normed, C));
     if (stop(LinearGroup::kQkv)) return absl::OkStatus();
@@ -107,8 +111,8 @@ absl::Status CudaLayerForwardStaged(const ModelConfig& c, int layer, const CudaL
       SR_RETURN_IF_ERROR(rmsnorm_forward(q, nullptr, q, w.q_norm, N * NH, HD, c.rms_norm_eps, s));
       SR_RETURN_IF_ERROR(rmsnorm_forward(k, nullptr, k, w.k_norm, N * NKV, HD, c.rms_norm_eps, s));
     }
-    SR_RETURN_IF_ERROR(rope_forward(q, q, ws.cos_.data(), ws.sin_.data(), batch, seqlen, NH, HD, s));
-    SR_RETURN_IF_ERROR(rope_forward(k, k, ws.cos_.data(), ws.sin_.data(), batch, seqlen, NKV, HD, s));
+    SR_RETURN_IF_ERROR(rope_forward(q, q, ws.cos(), ws.sin(), batch, seqlen, NH, HD, s));
+    SR_RETURN_IF_ERROR(rope_forward(k, k, ws.cos(), ws.sin(), batch, seqlen, NKV, HD, s));
     SR_RETURN_IF_ERROR(attention_forward(b.attention, q, k, v, batch, seqlen, NH, NKV, HD,
                                          c.LayerSlidingWindow(layer).value_or(0), s));
   }
@@ -120,8 +124,8 @@ absl::Status CudaLayerForwardStaged(const ModelConfig& c, int layer, const CudaL
   }
   if (start_block <= 2) {
     // MLP block: down(silu(gate(x)) * up(x)).
-    float* gate = ws.gate_.data();
-    float* up = ws.up_.data();
+    T* gate = ws.activation();  // swiglu may write over it (b.activation may be it)
+    T* up = ws.up();
     SR_RETURN_IF_ERROR(rmsnorm_forward(normed, nullptr, b.middle, w.post_attention_layernorm, N, C,
                                        c.rms_norm_eps, s));
     SR_RETURN_IF_ERROR(observe(LinearGroup::kGateUp, normed, C));
@@ -137,6 +141,16 @@ absl::Status CudaLayerForwardStaged(const ModelConfig& c, int layer, const CudaL
   return absl::OkStatus();
 }
 
+template absl::Status CudaLayerForwardStaged<float>(const ModelConfig&, int, const CudaLayerWeightsOf<float>&, int,
+                                                    int, const CudaLayerBuffersOf<float>&, int,
+                                                    CudaLayerWorkspaceOf<float>&,
+                                                    const CudaLinearInputObserverOf<float>&, cudaStream_t,
+                                                    std::optional<LinearGroup>);
+template absl::Status CudaLayerForwardStaged<__nv_bfloat16>(
+    const ModelConfig&, int, const CudaLayerWeightsOf<__nv_bfloat16>&, int, int,
+    const CudaLayerBuffersOf<__nv_bfloat16>&, int, CudaLayerWorkspaceOf<__nv_bfloat16>&,
+    const CudaLinearInputObserverOf<__nv_bfloat16>&, cudaStream_t, std::optional<LinearGroup>);
+
 absl::Status CudaLayerForward(const ModelConfig& c, int layer, const CudaLayerWeights& w, int batch,
                               int seqlen, float* hidden, CudaLayerWorkspace& ws, cudaStream_t s) {
   CudaLayerBuffers b;
@@ -145,7 +159,7 @@ absl::Status CudaLayerForward(const ModelConfig& c, int layer, const CudaLayerWe
   b.middle = hidden;  // in place, as the CPU forward
   b.activation = ws.activation();
   b.output = hidden;
-  return CudaLayerForwardStaged(c, layer, w, batch, seqlen, b, 0, ws, {}, s);
+  return CudaLayerForwardStaged<float>(c, layer, w, batch, seqlen, b, 0, ws, {}, s);
 }
 
 absl::StatusOr<const float*> LlamaCudaModel::Upload(const float* host, size_t n) {

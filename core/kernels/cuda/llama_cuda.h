@@ -1,5 +1,5 @@
 // The Llama-family forward pass (core/model/llama.h) on one CUDA device in
-// fp32: the same op sequence as LlamaModel::Forward, built from the CUDA twins
+// fp32 (the layer forward also in bf16, for the layerwise executor): the same op sequence as LlamaModel::Forward, built from the CUDA twins
 // in ops.h. Weights are uploaded once from a CPU LlamaModel; activations live
 // on the device; logits come back to the host.
 //
@@ -11,6 +11,7 @@
 // Host-only header (plain g++ can include it).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -28,60 +29,73 @@
 
 namespace shrinkray {
 
-// One decoder layer's fp32 weights on the device, laid out as LayerWeights;
-// null where the model has none (biases, Qwen3 q/k norms).
-struct CudaLayerWeights {
+// One decoder layer's weights on the device, laid out as LayerWeights; null
+// where the model has none (biases, Qwen3 q/k norms). T is the activation and
+// weight-matrix type (float, or __nv_bfloat16 for the bf16 forward); the
+// norm weights and biases stay fp32 in both (the ops take them so).
+template <typename T>
+struct CudaLayerWeightsOf {
   const float* input_layernorm = nullptr;
-  const float* q_proj = nullptr;
-  const float* k_proj = nullptr;
-  const float* v_proj = nullptr;
+  const T* q_proj = nullptr;
+  const T* k_proj = nullptr;
+  const T* v_proj = nullptr;
   const float* q_bias = nullptr;
   const float* k_bias = nullptr;
   const float* v_bias = nullptr;
   const float* q_norm = nullptr;
   const float* k_norm = nullptr;
-  const float* o_proj = nullptr;
+  const T* o_proj = nullptr;
   const float* o_bias = nullptr;
   const float* post_attention_layernorm = nullptr;
-  const float* gate_proj = nullptr;
-  const float* up_proj = nullptr;
-  const float* down_proj = nullptr;
+  const T* gate_proj = nullptr;
+  const T* up_proj = nullptr;
+  const T* down_proj = nullptr;
 };
+using CudaLayerWeights = CudaLayerWeightsOf<float>;
 
 // The device twin of LinearInputObserver: x is a device pointer [rows, cols]
 // whose values are ready in stream order (work enqueued on the layer's
 // stream after the call may overwrite it). An error stops the forward.
-using CudaLinearInputObserver =
-    std::function<absl::Status(int layer, LinearGroup group, const float* x, long rows, int cols)>;
-
-struct CudaLayerBuffers;
+template <typename T>
+using CudaLinearInputObserverOf =
+    std::function<absl::Status(int layer, LinearGroup group, const T* x, long rows, int cols)>;
+using CudaLinearInputObserver = CudaLinearInputObserverOf<float>;
 
 // Activations of a layer forward of up to `max_rows` rows, and the RoPE
 // tables of one seqlen (computed on the host in double, rounded once to fp32,
-// exactly as LlamaModel::LayerForward does).
-class CudaLayerWorkspace {
+// exactly as LlamaModel::LayerForward does; fp32 for either T).
+template <typename T>
+class CudaLayerWorkspaceOf {
  public:
-  static absl::StatusOr<CudaLayerWorkspace> Create(const ModelConfig& config,
-                                                   const std::vector<double>& inv_freq,
-                                                   long max_rows, int seqlen,
-                                                   cudaStream_t stream);
+  static absl::StatusOr<CudaLayerWorkspaceOf> Create(const ModelConfig& config,
+                                                     const std::vector<double>& inv_freq,
+                                                     long max_rows, int seqlen,
+                                                     cudaStream_t stream);
   long max_rows() const { return max_rows_; }
   int seqlen() const { return seqlen_; }
 
   // Scratch [max_rows, width] for what a caller keeps nowhere else.
-  float* attention() { return att_.data(); }    // [.., q_dim]
-  float* middle() { return mid_.data(); }       // [.., C]
-  float* activation() { return gate_.data(); }  // [.., I]
+  T* attention() { return att_.data(); }    // [.., q_dim]
+  T* middle() { return mid_.data(); }       // [.., C]
+  T* activation() { return gate_.data(); }  // [.., I]
+
+  // The forward's own scratch (CudaLayerForwardStaged).
+  const float* cos() const { return cos_.data(); }
+  const float* sin() const { return sin_.data(); }
+  T* normed() { return normed_.data(); }  // [.., C]
+  T* q() { return q_.data(); }            // [.., q_dim]
+  T* k() { return k_.data(); }            // [.., kv_dim]
+  T* v() { return v_.data(); }            // [.., kv_dim]
+  T* proj() { return proj_.data(); }      // [.., C]
+  T* up() { return up_.data(); }          // [.., I]
 
  private:
-  friend absl::Status CudaLayerForwardStaged(const ModelConfig&, int, const CudaLayerWeights&, int,
-                                             int, const CudaLayerBuffers&, int,
-                                             CudaLayerWorkspace&, const CudaLinearInputObserver&,
-                                             cudaStream_t, std::optional<LinearGroup>);
   long max_rows_ = 0;
   int seqlen_ = 0;
-  DeviceBuffer<float> cos_, sin_, normed_, q_, k_, v_, att_, proj_, mid_, gate_, up_;
+  DeviceBuffer<float> cos_, sin_;
+  DeviceBuffer<T> normed_, q_, k_, v_, att_, proj_, mid_, gate_, up_;
 };
+using CudaLayerWorkspace = CudaLayerWorkspaceOf<float>;
 
 // A decoder layer's forward in four blocks, each starting at the input of one
 // Linear group (where the observer sees it):
@@ -94,24 +108,32 @@ class CudaLayerWorkspace {
 // before it (a statistics pass of the layerwise executor resumes from what the
 // previous pass of the same layer computed instead of starting over).
 // output may equal input or middle (in place); middle may equal input.
-struct CudaLayerBuffers {
-  const float* input = nullptr;  // [rows, C]
-  float* attention = nullptr;    // [rows, q_dim]
-  float* middle = nullptr;       // [rows, C]
-  float* activation = nullptr;   // [rows, I]
-  float* output = nullptr;       // [rows, C]; written by block 3 only
+template <typename T>
+struct CudaLayerBuffersOf {
+  const T* input = nullptr;  // [rows, C]
+  T* attention = nullptr;    // [rows, q_dim]
+  T* middle = nullptr;       // [rows, C]
+  T* activation = nullptr;   // [rows, I]
+  T* output = nullptr;       // [rows, C]; written by block 3 only
 };
+using CudaLayerBuffers = CudaLayerBuffersOf<float>;
 
 // Blocks start_block..3 (or up to stop_after's observation: a statistics pass
 // needs nothing later) of decoder layer `layer` with `w`: LlamaModel::
-// LayerForward's op sequence on the device in fp32 (cuBLAS fp32 GEMMs, never
-// TF32), the observer called where the CPU calls its own. Enqueued on
-// `stream`; returns without waiting.
+// LayerForward's op sequence on the device, the observer called where the
+// CPU calls its own. T = float: fp32 throughout (cuBLAS fp32 GEMMs, never
+// TF32), the reference. T = __nv_bfloat16: bf16 activations and weights,
+// tensor-core GEMMs with fp32 accumulation, norms, RoPE, softmax and SwiGLU
+// computed in fp32 and rounded once to bf16 (ops.h), the tensor-core
+// flash-attention kernel where the head size allows. Enqueued on `stream`;
+// returns without waiting. Instantiated for float and __nv_bfloat16.
+template <typename T>
 absl::Status CudaLayerForwardStaged(const ModelConfig& config, int layer,
-                                    const CudaLayerWeights& w, int batch, int seqlen,
-                                    const CudaLayerBuffers& buffers, int start_block,
-                                    CudaLayerWorkspace& ws,
-                                    const CudaLinearInputObserver& observer, cudaStream_t stream,
+                                    const CudaLayerWeightsOf<T>& w, int batch, int seqlen,
+                                    const CudaLayerBuffersOf<T>& buffers, int start_block,
+                                    CudaLayerWorkspaceOf<T>& ws,
+                                    const CudaLinearInputObserverOf<T>& observer,
+                                    cudaStream_t stream,
                                     std::optional<LinearGroup> stop_after = std::nullopt);
 
 // The whole layer in place: hidden [batch*seqlen, C] -> the layer's output.
