@@ -37,7 +37,7 @@ QuantizedWeight RandomCodes(int rows, int cols, uint64_t seed) {
   w.num_groups = cols / kGroup;
   SplitMix64 rng(seed);
   w.codes.resize(static_cast<size_t>(rows) * cols);
-  for (int32_t& c : w.codes) c = static_cast<int32_t>(rng.Next() & 15);
+  for (uint8_t& c : w.codes) c = static_cast<uint8_t>(rng.Next() & 15);
   w.scales.resize(static_cast<size_t>(w.num_groups) * rows);
   for (float& s : w.scales) s = 1e-3f * (1.0f + std::abs(rng.NextSymmetric()));
   w.zeros.assign(w.scales.size(), 8);

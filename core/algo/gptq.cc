@@ -144,7 +144,9 @@ absl::StatusOr<GptqResult> Solve(absl::Span<const float> w_in, int rows, int col
   //    parameters, its own in-block updates), so rows run in parallel; the
   //    cross-block update is one GEMM.
   std::vector<float> q(numel);
-  std::vector<int32_t> codes(numel);
+  // Codes only where a byte holds them (bits <= 8; wider grids are analysis-only).
+  std::vector<uint8_t> codes(o.bits <= 8 ? numel : 0);
+  const bool store_codes = !codes.empty();
   std::vector<double> row_loss(rows, 0.0);
   const int block = std::min(o.block_size, cols);
   std::vector<float> err(static_cast<size_t>(rows) * block);
@@ -183,7 +185,7 @@ absl::StatusOr<GptqResult> Solve(absl::Span<const float> w_in, int rows, int col
           const float qv = DequantizeCode(code, p);
           const size_t idx = static_cast<size_t>(r) * cols + c;
           q[idx] = qv;
-          codes[idx] = static_cast<int32_t>(code);
+          if (store_codes) codes[idx] = static_cast<uint8_t>(code);
           const float diff = wv - qv;
           loss += static_cast<double>((diff * diff) / (d * d));
           const float e = diff / d;
@@ -222,12 +224,12 @@ absl::StatusOr<GptqResult> Solve(absl::Span<const float> w_in, int rows, int col
   }
   if (o.act_order) {
     result.weight.resize(numel);
-    qw.codes.resize(numel);
+    qw.codes.resize(codes.size());
     ParallelFor(rows, [&](int64_t r) {
       const size_t base = static_cast<size_t>(r) * cols;
       for (int k = 0; k < cols; ++k) {
         result.weight[base + perm[k]] = q[base + k];
-        qw.codes[base + perm[k]] = codes[base + k];
+        if (store_codes) qw.codes[base + perm[k]] = codes[base + k];
       }
     });
   } else {

@@ -24,7 +24,10 @@ struct QuantizedWeight {
   bool sym = true;
   bool act_order = false;
   int num_groups = 1;
-  std::vector<int32_t> codes;   // [rows, cols], each in [0, 2^bits - 1]
+  // [rows, cols], each in [0, 2^bits - 1]: one byte each (every packed
+  // format is at most 8 bits wide). Empty for the analysis-only grids wider
+  // than 8 bits (allow_wide_bits), which only the dequantized weight carries.
+  std::vector<uint8_t> codes;
   std::vector<float> scales;    // [num_groups, rows]
   std::vector<int32_t> zeros;   // [num_groups, rows], each in [0, 2^bits - 1]
   std::vector<int32_t> g_idx;   // [cols]
@@ -32,7 +35,8 @@ struct QuantizedWeight {
   float Dequantize(int r, int c) const {
     const int g = g_idx[c];
     return scales[static_cast<long>(g) * rows + r] *
-           static_cast<float>(codes[static_cast<long>(r) * cols + c] - zeros[static_cast<long>(g) * rows + r]);
+           static_cast<float>(static_cast<int32_t>(codes[static_cast<long>(r) * cols + c]) -
+                              zeros[static_cast<long>(g) * rows + r]);
   }
 };
 

@@ -26,12 +26,14 @@ absl::StatusOr<RtnResult> RtnQuantize(absl::Span<const float> w, int rows, int c
   qw.sym = o.sym;
   qw.act_order = false;
   qw.num_groups = num_groups;
-  qw.codes.resize(static_cast<size_t>(rows) * cols);
+  // Codes only where a byte holds them (bits <= 8).
+  const bool codes = o.bits <= 8;
+  if (codes) qw.codes.resize(static_cast<size_t>(rows) * cols);
   qw.scales.resize(static_cast<size_t>(num_groups) * rows);
   qw.zeros.resize(qw.scales.size());
   qw.g_idx.resize(cols);
   for (int c = 0; c < cols; ++c) qw.g_idx[c] = c / gs;
-  result.weight.resize(qw.codes.size());
+  result.weight.resize(static_cast<size_t>(rows) * cols);
 
   ParallelFor(rows, [&](int64_t r) {
     const size_t base = static_cast<size_t>(r) * cols;
@@ -43,7 +45,7 @@ absl::StatusOr<RtnResult> RtnQuantize(absl::Span<const float> w, int rows, int c
       qw.zeros[static_cast<size_t>(g) * rows + r] = static_cast<int32_t>(p.zero);
       for (int c = c0; c < c1; ++c) {
         const float code = QuantizeCode(w[base + c], p, maxq);
-        qw.codes[base + c] = static_cast<int32_t>(code);
+        if (codes) qw.codes[base + c] = static_cast<uint8_t>(code);
         result.weight[base + c] = DequantizeCode(code, p);
       }
     }

@@ -78,7 +78,8 @@ absl::StatusOr<SparseGptResult> Solve(absl::Span<const float> w_in, int rows, in
   SparseGptResult result;
   result.weight.assign(numel, 0.0f);
   result.keep.assign(numel, 1);
-  std::vector<int32_t> codes(quantize ? numel : 0);
+  // Codes only where a byte holds them (bits <= 8; wider grids are analysis-only).
+  std::vector<uint8_t> codes(quantize && o.bits <= 8 ? numel : 0);
   std::vector<double> row_loss(rows, 0.0);
   const int block = std::min(o.block_size, cols);
   std::vector<float> err(static_cast<size_t>(rows) * block);
@@ -148,7 +149,7 @@ absl::StatusOr<SparseGptResult> Solve(absl::Span<const float> w_in, int rows, in
             // pruned entries stay zero and get the zero point as code.
             const float code = QuantizeCode(qv, p, maxq);
             qv = DequantizeCode(code, p);
-            codes[static_cast<size_t>(r) * cols + c] = static_cast<int32_t>(code);
+            if (!codes.empty()) codes[static_cast<size_t>(r) * cols + c] = static_cast<uint8_t>(code);
           }
           out[c] = qv;
           const float diff = wv - qv;

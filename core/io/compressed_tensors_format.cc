@@ -44,7 +44,7 @@ absl::Status CheckCompressedTensorsBits(int bits) {
   return UnpackableBitsError(bits, kFormat);
 }
 
-absl::StatusOr<std::vector<int32_t>> PackCtRows(std::span<const int32_t> values, int rows, int cols,
+absl::StatusOr<std::vector<int32_t>> PackCtRows(std::span<const uint8_t> values, int rows, int cols,
                                                 int bits) {
   SR_RETURN_IF_ERROR(CheckCompressedTensorsBits(bits));
   SR_RETURN_IF_ERROR(CheckSize(values.size(), static_cast<size_t>(rows) * cols, "values"));
@@ -62,19 +62,19 @@ absl::StatusOr<std::vector<int32_t>> PackCtRows(std::span<const int32_t> values,
   return std::vector<int32_t>(packed.begin(), packed.end());
 }
 
-absl::StatusOr<std::vector<int32_t>> UnpackCtRows(std::span<const int32_t> packed, int rows,
+absl::StatusOr<std::vector<uint8_t>> UnpackCtRows(std::span<const int32_t> packed, int rows,
                                                   int cols, int bits) {
   SR_RETURN_IF_ERROR(CheckCompressedTensorsBits(bits));
   const int pf = CompressedTensorsPackFactor(bits);
   const int64_t words = CeilDiv(cols, pf);
   SR_RETURN_IF_ERROR(CheckSize(packed.size(), static_cast<size_t>(rows * words), "packed"));
   const uint32_t mask = (uint32_t{1} << bits) - 1;
-  std::vector<int32_t> values(static_cast<size_t>(rows) * cols);
+  std::vector<uint8_t> values(static_cast<size_t>(rows) * cols);
   for (int r = 0; r < rows; ++r) {
     for (int c = 0; c < cols; ++c) {
       const uint32_t word = static_cast<uint32_t>(packed[static_cast<size_t>(r * words + c / pf)]);
       values[static_cast<size_t>(r) * cols + c] =
-          static_cast<int32_t>((word >> (bits * (c % pf))) & mask);
+          static_cast<uint8_t>((word >> (bits * (c % pf))) & mask);
     }
   }
   return values;

@@ -33,9 +33,9 @@ absl::Status CheckCompressedTensorsBits(int bits);
 inline int CompressedTensorsPackFactor(int bits) { return 32 / bits; }
 
 // values [rows, cols] -> [rows, ceil(cols / pf)] (packed along dim 1).
-absl::StatusOr<std::vector<int32_t>> PackCtRows(std::span<const int32_t> values, int rows, int cols,
+absl::StatusOr<std::vector<int32_t>> PackCtRows(std::span<const uint8_t> values, int rows, int cols,
                                                 int bits);
-absl::StatusOr<std::vector<int32_t>> UnpackCtRows(std::span<const int32_t> packed, int rows,
+absl::StatusOr<std::vector<uint8_t>> UnpackCtRows(std::span<const int32_t> packed, int rows,
                                                   int cols, int bits);
 // values [rows, cols] -> [ceil(rows / pf), cols] (packed along dim 0, as the
 // zero points are).

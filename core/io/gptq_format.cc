@@ -87,7 +87,7 @@ T RecipeValue(const json& recipe, const char* key, T fallback) {
 }
 
 // qweight from codes already checked (size, range, bits, cols * bits % 32).
-std::vector<int32_t> PackQweightWords(std::span<const int32_t> codes, int rows, int cols, int bits) {
+std::vector<int32_t> PackQweightWords(std::span<const uint8_t> codes, int rows, int cols, int bits) {
   const size_t words_per_column = static_cast<size_t>(cols) * bits / 32;
   if (32 % bits == 0) {
     // Whole codes per word (2, 4, 8 bits): word k of row r holds codes
@@ -95,7 +95,7 @@ std::vector<int32_t> PackQweightWords(std::span<const int32_t> codes, int rows, 
     std::vector<int32_t> qweight(words_per_column * rows);
     const int per_word = 32 / bits;
     for (int r = 0; r < rows; ++r) {
-      const int32_t* row = codes.data() + static_cast<size_t>(r) * cols;
+      const uint8_t* row = codes.data() + static_cast<size_t>(r) * cols;
       for (size_t k = 0; k < words_per_column; ++k) {
         uint32_t word = 0;
         for (int j = 0; j < per_word; ++j) {
@@ -127,30 +127,30 @@ absl::Status CheckGptqBits(int bits) {
   return UnpackableBitsError(bits, kFormat);
 }
 
-absl::StatusOr<std::vector<int32_t>> PackGptqQweight(std::span<const int32_t> codes, int rows,
+absl::StatusOr<std::vector<int32_t>> PackGptqQweight(std::span<const uint8_t> codes, int rows,
                                                      int cols, int bits) {
   SR_RETURN_IF_ERROR(CheckGptqBits(bits));
   SR_RETURN_IF_ERROR(CheckStreamLength(cols, bits, "in_features"));
   SR_RETURN_IF_ERROR(CheckSize(codes.size(), static_cast<size_t>(rows) * cols, "codes"));
   const int32_t maxq = (1 << bits) - 1;
   if (const std::optional<size_t> i = FirstOutOfRange(codes, 0, maxq)) {
-    return absl::InvalidArgumentError(absl::StrCat("code ", codes[*i], " at [", *i / cols, ", ", *i % cols,
+    return absl::InvalidArgumentError(absl::StrCat("code ", static_cast<int>(codes[*i]), " at [", *i / cols, ", ", *i % cols,
                                                    "] outside [0, ", maxq, "]"));
   }
   return PackQweightWords(codes, rows, cols, bits);
 }
 
-absl::StatusOr<std::vector<int32_t>> UnpackGptqQweight(std::span<const int32_t> qweight, int rows,
+absl::StatusOr<std::vector<uint8_t>> UnpackGptqQweight(std::span<const int32_t> qweight, int rows,
                                                        int cols, int bits) {
   SR_RETURN_IF_ERROR(CheckGptqBits(bits));
   SR_RETURN_IF_ERROR(CheckStreamLength(cols, bits, "in_features"));
   SR_RETURN_IF_ERROR(
       CheckSize(qweight.size(), static_cast<size_t>(cols) * bits / 32 * rows, "qweight"));
-  std::vector<int32_t> codes(static_cast<size_t>(rows) * cols);
+  std::vector<uint8_t> codes(static_cast<size_t>(rows) * cols);
   for (int r = 0; r < rows; ++r) {
     for (int c = 0; c < cols; ++c) {
       codes[static_cast<size_t>(r) * cols + c] =
-          static_cast<int32_t>(GetBits(qweight, rows, r, static_cast<uint64_t>(c) * bits, bits));
+          static_cast<uint8_t>(GetBits(qweight, rows, r, static_cast<uint64_t>(c) * bits, bits));
     }
   }
   return codes;

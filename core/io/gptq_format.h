@@ -36,9 +36,9 @@ absl::Status CheckGptqBits(int bits);
 
 // codes [rows = out, cols = in] -> qweight [cols * bits / 32, rows].
 // cols * bits must be a multiple of 32.
-absl::StatusOr<std::vector<int32_t>> PackGptqQweight(std::span<const int32_t> codes, int rows,
+absl::StatusOr<std::vector<int32_t>> PackGptqQweight(std::span<const uint8_t> codes, int rows,
                                                      int cols, int bits);
-absl::StatusOr<std::vector<int32_t>> UnpackGptqQweight(std::span<const int32_t> qweight, int rows,
+absl::StatusOr<std::vector<uint8_t>> UnpackGptqQweight(std::span<const int32_t> qweight, int rows,
                                                        int cols, int bits);
 // zeros [groups, rows] -> qzeros [groups, rows * bits / 32]. kV1 stores zero - 1
 // and refuses a zero of 0 (InvalidArgument naming the group and row).

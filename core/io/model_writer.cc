@@ -589,7 +589,7 @@ absl::Status ValidateQuantizedWeight(const QuantizedWeight& w, std::string_view 
   }
   const int32_t maxq = (1 << w.bits) - 1;
   if (const std::optional<size_t> i = FirstOutOfRange(w.codes, 0, maxq)) {
-    return bad(absl::StrCat("code ", w.codes[*i], " at ", *i, " outside [0, ", maxq, "]"));
+    return bad(absl::StrCat("code ", static_cast<int>(w.codes[*i]), " at ", *i, " outside [0, ", maxq, "]"));
   }
   if (const std::optional<size_t> i = FirstOutOfRange(w.zeros, 0, maxq)) {
     return bad(absl::StrCat("zero point ", w.zeros[*i], " at ", *i, " outside [0, ", maxq, "]"));

@@ -231,7 +231,7 @@ bool IsDequantized(const QuantizedWeight& w, const std::vector<float>& values) {
       uint32_t bits = 0;
       for (int c = 0; c < w.cols; ++c) {
         const int g = w.g_idx[c];
-        const float q = scale[g] * static_cast<float>(w.codes[row + c] - zero[g]);
+        const float q = scale[g] * static_cast<float>(static_cast<int32_t>(w.codes[row + c]) - zero[g]);
         bits |= std::bit_cast<uint32_t>(q) ^ std::bit_cast<uint32_t>(values[row + c]);
       }
       if (bits != 0) differ.store(true, std::memory_order_relaxed);
@@ -241,29 +241,27 @@ bool IsDequantized(const QuantizedWeight& w, const std::vector<float>& values) {
 }
 
 // Codes per byte of the checkpoint's codes tensor: 2 for bits <= 4 (the low
-// nibble first), 1 for bits <= 8, else 0 (stored as I32).
+// nibble first), 1 for bits <= 8; 0 for wider grids, which have no codes
+// (QuantizedWeight) and are not checkpointed.
 int CodesPerByte(int bits) { return bits <= 4 ? 2 : bits <= 8 ? 1 : 0; }
 
-// Codes of bits <= 8 stored as bytes (an eighth or a quarter of I32),
-// narrowed a piece at a time while the file is written.
-StreamedTensor NarrowCodes(std::string name, const QuantizedWeight& w) {
-  const std::vector<int32_t>& codes = w.codes;
+// The codes as the checkpoint stores them: the bytes themselves, or two to a
+// byte for bits <= 4, paired a piece at a time while the file is written.
+StreamedTensor StoredCodes(std::string name, const QuantizedWeight& w) {
+  const std::vector<uint8_t>& codes = w.codes;
   const int per_byte = CodesPerByte(w.bits);
   const uint64_t nbytes = (codes.size() + per_byte - 1) / per_byte;
   return {std::move(name), DType::kU8, {static_cast<int64_t>(nbytes)}, nbytes,
           [&codes, per_byte](const ByteSink& sink) {
+            if (per_byte == 1) return sink(std::as_bytes(std::span<const uint8_t>(codes)));
             constexpr size_t kPiece = size_t{4} << 20;  // codes, even
-            std::vector<uint8_t> piece(std::min(kPiece, codes.size()));
+            std::vector<uint8_t> piece(std::min(kPiece, codes.size()) / 2 + 1);
             for (size_t begin = 0; begin < codes.size(); begin += kPiece) {
               const size_t n = std::min(kPiece, codes.size() - begin);
-              const int32_t* c = codes.data() + begin;
+              const uint8_t* c = codes.data() + begin;
               size_t out = 0;
-              if (per_byte == 2) {
-                for (size_t i = 0; i + 1 < n; i += 2) piece[out++] = static_cast<uint8_t>(c[i] | (c[i + 1] << 4));
-                if (n % 2 != 0) piece[out++] = static_cast<uint8_t>(c[n - 1]);
-              } else {
-                for (size_t i = 0; i < n; ++i) piece[out++] = static_cast<uint8_t>(c[i]);
-              }
+              for (size_t i = 0; i + 1 < n; i += 2) piece[out++] = static_cast<uint8_t>(c[i] | (c[i + 1] << 4));
+              if (n % 2 != 0) piece[out++] = c[n - 1];
               SR_RETURN_IF_ERROR(sink(std::as_bytes(std::span<const uint8_t>(piece.data(), out))));
             }
             return absl::OkStatus();
@@ -282,13 +280,13 @@ absl::Status WriteLayerTensors(const fs::path& partial, const PersistedLayer& la
     std::string values = e.values.empty() ? "none" : "stored";
     if (e.quantized.has_value()) {
       const QuantizedWeight& w = *e.quantized;
-      const std::vector<int64_t> rc = {w.rows, w.cols}, gr = {w.num_groups, w.rows};
+      const std::vector<int64_t> gr = {w.num_groups, w.rows};
       const int per_byte = CodesPerByte(w.bits);
-      if (per_byte > 0) {
-        tensors.push_back(NarrowCodes(CodesName(e.name), w));
-      } else {
-        in_memory.push_back({CodesName(e.name), DType::kI32, rc, Bytes(w.codes)});
+      if (per_byte == 0 || w.codes.size() != static_cast<size_t>(w.rows) * w.cols) {
+        return absl::InvalidArgumentError(absl::StrCat("layer checkpoint: tensor ", e.name, ": ", w.bits,
+                                                       "-bit codes are not kept (8 bits at most)"));
       }
+      tensors.push_back(StoredCodes(CodesName(e.name), w));
       in_memory.push_back({ScalesName(e.name), DType::kF32, gr, Bytes(w.scales)});
       in_memory.push_back({ZerosName(e.name), DType::kI32, gr, Bytes(w.zeros)});
       in_memory.push_back({GIdxName(e.name), DType::kI32, {w.cols}, Bytes(w.g_idx)});
@@ -397,20 +395,17 @@ absl::StatusOr<PersistedLayer> ReadLayerCheckpoint(const fs::path& partial, int 
         w.num_groups = q.at("num_groups").get<int>();
         const int64_t rc = static_cast<int64_t>(w.rows) * w.cols, gr = static_cast<int64_t>(w.num_groups) * w.rows;
         const int per_byte = q.at("codes_per_byte").get<int>();
-        if (per_byte != CodesPerByte(w.bits)) {
+        if (per_byte == 0 || per_byte != CodesPerByte(w.bits)) {
           return bad(absl::StrCat("tensor ", e.name, ": ", per_byte, " codes per byte for ", w.bits, " bits"));
         }
         SR_ASSIGN_OR_RETURN(const TensorInfo* codes,
-                            find(CodesName(e.name), per_byte > 0 ? DType::kU8 : DType::kI32,
-                                 per_byte > 0 ? (rc + per_byte - 1) / per_byte : rc));
+                            find(CodesName(e.name), DType::kU8, (rc + per_byte - 1) / per_byte));
         w.codes.resize(static_cast<size_t>(rc));
         const auto* p = reinterpret_cast<const uint8_t*>(codes->data);
         if (per_byte == 2) {
           for (int64_t i = 0; i < rc; ++i) w.codes[static_cast<size_t>(i)] = (p[i / 2] >> (4 * (i % 2))) & 15;
-        } else if (per_byte == 1) {
-          for (int64_t i = 0; i < rc; ++i) w.codes[static_cast<size_t>(i)] = p[i];
         } else {
-          std::memcpy(w.codes.data(), codes->data, codes->nbytes);
+          std::memcpy(w.codes.data(), p, static_cast<size_t>(rc));
         }
         SR_ASSIGN_OR_RETURN(const TensorInfo* scales, find(ScalesName(e.name), DType::kF32, gr));
         w.scales.resize(static_cast<size_t>(gr));

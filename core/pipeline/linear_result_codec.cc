@@ -62,7 +62,7 @@ absl::Status DecodeLinearResult(std::span<const uint8_t> bytes, LinearState* sta
       q.sym = qj.at("sym").get<bool>();
       q.act_order = qj.at("act_order").get<bool>();
       q.num_groups = qj.at("num_groups").get<int>();
-      q.codes = FromBinary<int32_t>(qj.at("codes"));
+      q.codes = FromBinary<uint8_t>(qj.at("codes"));
       q.scales = FromBinary<float>(qj.at("scales"));
       q.zeros = FromBinary<int32_t>(qj.at("zeros"));
       q.g_idx = FromBinary<int32_t>(qj.at("g_idx"));

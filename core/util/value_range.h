@@ -10,11 +10,15 @@
 
 namespace shrinkray {
 
-// The index of the first value outside [lo, hi] (lo <= hi), if any.
-inline std::optional<size_t> FirstOutOfRange(std::span<const int32_t> values, int32_t lo, int32_t hi) {
+namespace value_range_internal {
+
+template <typename T>
+std::optional<size_t> FirstOutOfRange(std::span<const T> values, int32_t lo, int32_t hi) {
   // v - lo as unsigned is above hi - lo exactly when v is outside [lo, hi].
   const uint32_t width = static_cast<uint32_t>(hi) - static_cast<uint32_t>(lo);
-  auto outside = [&](int32_t v) { return static_cast<uint32_t>(v) - static_cast<uint32_t>(lo) > width; };
+  auto outside = [&](T v) {
+    return static_cast<uint32_t>(static_cast<int32_t>(v)) - static_cast<uint32_t>(lo) > width;
+  };
   constexpr size_t kBlock = 64;
   size_t begin = 0;
   for (; begin + kBlock <= values.size(); begin += kBlock) {
@@ -26,6 +30,16 @@ inline std::optional<size_t> FirstOutOfRange(std::span<const int32_t> values, in
     if (outside(values[i])) return i;
   }
   return std::nullopt;
+}
+
+}  // namespace value_range_internal
+
+// The index of the first value outside [lo, hi] (lo <= hi), if any.
+inline std::optional<size_t> FirstOutOfRange(std::span<const int32_t> values, int32_t lo, int32_t hi) {
+  return value_range_internal::FirstOutOfRange(values, lo, hi);
+}
+inline std::optional<size_t> FirstOutOfRange(std::span<const uint8_t> values, int32_t lo, int32_t hi) {
+  return value_range_internal::FirstOutOfRange(values, lo, hi);
 }
 
 }  // namespace shrinkray

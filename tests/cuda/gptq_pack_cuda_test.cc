@@ -25,12 +25,11 @@ TEST_F(GptqPackCudaTest, QweightAndQzerosMatchCpuPacker) {
     const int maxq = (1 << bits) - 1;
     std::uniform_int_distribution<int> code(0, maxq), zero(1, maxq);
     std::vector<uint8_t> codes8(static_cast<size_t>(rows) * cols);
-    std::vector<int32_t> codes32(codes8.size());
-    for (size_t i = 0; i < codes8.size(); ++i) codes32[i] = codes8[i] = static_cast<uint8_t>(code(rng));
+    for (uint8_t& c : codes8) c = static_cast<uint8_t>(code(rng));
     std::vector<int32_t> zeros(static_cast<size_t>(groups) * rows);
     for (int32_t& z : zeros) z = zero(rng);
 
-    auto want_qw = PackGptqQweight(codes32, rows, cols, bits);
+    auto want_qw = PackGptqQweight(codes8, rows, cols, bits);
     ASSERT_TRUE(want_qw.ok()) << want_qw.status();
     SR_ASSERT_OK_AND_ASSIGN(auto d_codes, DeviceBuffer<uint8_t>::FromHost(codes8, stream_));
     SR_ASSERT_OK_AND_ASSIGN(auto d_qw, DeviceBuffer<int32_t>::Create(want_qw->size()));

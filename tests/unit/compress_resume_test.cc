@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/algo/rtn.h"
 #include "core/io/model_writer.h"
 #include "core/io/safetensors.h"
 #include "core/model/synthetic.h"
@@ -32,6 +33,7 @@ namespace shrinkray {
 namespace {
 
 namespace fs = std::filesystem;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 constexpr int kLayers = 4;
@@ -338,7 +340,8 @@ TEST(LayerCheckpointTest, RoundTripsEveryKindOfEntry) {
   layer.layer = 5;
   layer.seconds = 0.125;
   // Quantized with values equal to its codes (stored as codes only), with
-  // values that differ (stored too), 12-bit codes (I32), and no values at all.
+  // values that differ (stored too), 8-bit codes (a byte each, not two), and
+  // no values at all.
   auto quantized = [](int bits, bool act_order) {
     QuantizedWeight w;
     w.rows = 3;
@@ -358,7 +361,7 @@ TEST(LayerCheckpointTest, RoundTripsEveryKindOfEntry) {
     CompressedTensorEntry e;
     e.name = absl::StrCat("model.layers.5.mlp.m", k, ".weight");
     e.shape = {3, 8};
-    e.quantized = quantized(k == 2 ? 12 : 4, k == 1);
+    e.quantized = quantized(k == 2 ? 8 : 4, k == 1);
     if (k != 3) {
       for (int r = 0; r < 3; ++r) {
         for (int c = 0; c < 8; ++c) e.values.push_back(e.quantized->Dequantize(r, c));
@@ -415,12 +418,14 @@ TEST(LayerCheckpointTest, RoundTripsEveryKindOfEntry) {
   EXPECT_EQ(back->matrices[0].ToJson().dump(), m.ToJson().dump());
   EXPECT_EQ(back->matrices[0].error, m.error);
   EXPECT_EQ(back->matrices[0].rtn_error, m.rtn_error);
-  // The 4-bit codes went to disk two to a byte, the quantized values as codes only.
+  // The 4-bit codes went to disk two to a byte, the 8-bit ones a byte each,
+  // the quantized values as codes only.
   auto file = SafetensorsFile::Open(partial / "layers" / "layer-00005.safetensors");
   ASSERT_TRUE(file.ok());
   EXPECT_EQ((*file)->Find("model.layers.5.mlp.m0.weight#codes")->dtype, DType::kU8);
   EXPECT_EQ((*file)->Find("model.layers.5.mlp.m0.weight#codes")->numel(), 12);
-  EXPECT_EQ((*file)->Find("model.layers.5.mlp.m2.weight#codes")->dtype, DType::kI32);
+  EXPECT_EQ((*file)->Find("model.layers.5.mlp.m2.weight#codes")->dtype, DType::kU8);
+  EXPECT_EQ((*file)->Find("model.layers.5.mlp.m2.weight#codes")->numel(), 24);
   EXPECT_EQ((*file)->Find("model.layers.5.mlp.m0.weight"), nullptr);
   EXPECT_NE((*file)->Find("model.layers.5.mlp.m1.weight"), nullptr);
 }
@@ -466,6 +471,34 @@ TEST(LayerCheckpointTest, CodesAreStoredInTheFewestWholeBytes) {
     ASSERT_TRUE(back->tensors[i].quantized.has_value());
     EXPECT_EQ(back->tensors[i].quantized->codes, layer.tensors[i].quantized->codes) << widths[i];
   }
+}
+
+// Grids wider than 8 bits (allow_wide_bits, analysis only) carry no codes
+// and cannot be checkpointed: an error naming the tensor, nothing committed.
+TEST(LayerCheckpointTest, CodesWiderThanAByteAreRefused) {
+  const fs::path partial = testing::MakeTempDir("layer-ckpt-wide") / "out.partial";
+  ASSERT_TRUE(StartLayerCheckpoint(partial, {{"x", 1}}).ok());
+  std::vector<float> w(4 * 8);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = 0.01f * static_cast<float>(i) - 0.1f;
+  RtnOptions o;
+  o.bits = 12;
+  o.group_size = 4;
+  o.allow_wide_bits = true;
+  auto rtn = RtnQuantize(w, 4, 8, o);
+  ASSERT_TRUE(rtn.ok()) << rtn.status();
+  EXPECT_TRUE(rtn->quantized.codes.empty());
+  PersistedLayer layer;
+  layer.layer = 0;
+  CompressedTensorEntry e;
+  e.name = "model.layers.0.mlp.down_proj.weight";
+  e.shape = {4, 8};
+  e.quantized = std::move(rtn->quantized);
+  layer.tensors.push_back(std::move(e));
+  const absl::Status s = WriteLayerCheckpoint(partial, layer);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()),
+              AllOf(HasSubstr("model.layers.0.mlp.down_proj.weight"), HasSubstr("12-bit codes are not kept")));
+  EXPECT_EQ(VerifyLayerCheckpoint(partial, 0).code(), absl::StatusCode::kNotFound);
 }
 
 // The output writer's Add runs beside the tensors file (another thread); the

@@ -36,7 +36,7 @@ QuantizedWeight RandomQuantizedWeight(int rows, int cols, int bits, int group_si
   w.num_groups = group_size > 0 ? (cols + group_size - 1) / group_size : 1;
   const int32_t levels = 1 << bits;
   w.codes.resize(static_cast<size_t>(rows) * cols);
-  for (int32_t& c : w.codes) c = static_cast<int32_t>(rng.Next() % levels);
+  for (uint8_t& c : w.codes) c = static_cast<uint8_t>(rng.Next() % levels);
   w.scales.resize(static_cast<size_t>(w.num_groups) * rows);
   for (float& s : w.scales) s = 0.001f + 0.01f * (rng.NextSymmetric() + 1.0f);
   w.zeros.assign(w.scales.size(), levels / 2);
@@ -119,7 +119,7 @@ uint32_t ReferenceUnpack(const std::vector<int32_t>& qweight, int out, int bits,
 
 TEST(GptqPackTest, FourBitKnownAnswer) {
   // One output, inputs 0..7 with codes 0..7: the first word reads 0x76543210.
-  std::vector<int32_t> codes(8);
+  std::vector<uint8_t> codes(8);
   std::iota(codes.begin(), codes.end(), 0);
   auto q = PackGptqQweight(codes, /*rows=*/1, /*cols=*/8, /*bits=*/4);
   ASSERT_TRUE(q.ok()) << q.status();
@@ -130,7 +130,7 @@ TEST(GptqPackTest, FourBitKnownAnswer) {
 TEST(GptqPackTest, ThreeBitCrossWordKnownAnswer) {
   // 32 inputs in 3 words. Input 10 straddles words 0/1 (bits 30-31, then bit 0),
   // input 21 straddles words 1/2 (bit 31, then bits 0-1).
-  std::vector<int32_t> codes(32, 0);
+  std::vector<uint8_t> codes(32, 0);
   codes[0] = 1;   // word0 bit 0
   codes[10] = 7;  // word0 bits 30,31 = 11; word1 bit 0 = 1
   codes[11] = 1;  // word1 bit 1
@@ -149,7 +149,7 @@ TEST(GptqPackTest, ThreeBitCrossWordKnownAnswer) {
 }
 
 TEST(GptqPackTest, EightBitKnownAnswer) {
-  const std::vector<int32_t> codes = {0x01, 0x23, 0x45, 0xFF};
+  const std::vector<uint8_t> codes = {0x01, 0x23, 0x45, 0xFF};
   auto q = PackGptqQweight(codes, 1, 4, 8);
   ASSERT_TRUE(q.ok());
   EXPECT_EQ(static_cast<uint32_t>((*q)[0]), 0xFF452301u);
@@ -157,7 +157,7 @@ TEST(GptqPackTest, EightBitKnownAnswer) {
 
 TEST(GptqPackTest, QweightIsColumnMajorOverOutputs) {
   // Two outputs: qweight is [in*bits/32, out], so output 1's word is element 1.
-  std::vector<int32_t> codes(16);
+  std::vector<uint8_t> codes(16);
   for (int c = 0; c < 8; ++c) {
     codes[c] = c;          // output 0
     codes[8 + c] = 7 - c;  // output 1
@@ -208,7 +208,7 @@ TEST(GptqPackTest, V1ReadsAllOnesFieldAsTwoToTheBits) {
 
 TEST(GptqPackTest, UnsupportedBitsAreInvalidArgument) {
   for (int bits : {1, 5, 6, 7, 16}) {
-    std::vector<int32_t> codes(64, 0);
+    std::vector<uint8_t> codes(64, 0);
     auto q = PackGptqQweight(codes, 1, 64, bits);
     ASSERT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument) << bits;
     EXPECT_THAT(q.status().message(),
@@ -218,7 +218,7 @@ TEST(GptqPackTest, UnsupportedBitsAreInvalidArgument) {
 }
 
 TEST(GptqPackTest, UnpackableLengthsAreInvalidArgument) {
-  std::vector<int32_t> codes(172, 0);
+  std::vector<uint8_t> codes(172, 0);
   auto q = PackGptqQweight(codes, 1, 172, 4);  // 172 * 4 = 688 bits
   ASSERT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(q.status().message(), HasSubstr("not a multiple of 32"));
@@ -293,14 +293,14 @@ TEST(GptqPackTest, MatchesReferencePackLoop) {
 TEST(CompressedTensorsPackTest, KnownAnswersAndPadding) {
   std::vector<int32_t> codes(9);
   std::iota(codes.begin(), codes.end(), 0);  // 0..8: 4-bit pads to 2 words
-  auto p = PackCtRows(codes, 1, 9, 4);
+  auto p = PackCtRows(std::vector<uint8_t>(codes.begin(), codes.end()), 1, 9, 4);
   ASSERT_TRUE(p.ok()) << p.status();
   ASSERT_EQ(p->size(), 2u);
   EXPECT_EQ(static_cast<uint32_t>((*p)[0]), 0x76543210u);
   EXPECT_EQ(static_cast<uint32_t>((*p)[1]), 0x00000008u);  // padding is 0
 
   // 3 bits: 10 values per word, top 2 bits unused, no straddling.
-  std::vector<int32_t> three(11, 0);
+  std::vector<uint8_t> three(11, 0);
   three[9] = 7;
   three[10] = 5;
   auto p3 = PackCtRows(three, 1, 11, 3);
@@ -315,14 +315,14 @@ TEST(CompressedTensorsPackTest, KnownAnswersAndPadding) {
   EXPECT_EQ(static_cast<uint32_t>((*z)[0]), 0x76543210u);
   EXPECT_EQ(static_cast<uint32_t>((*z)[1]), 8u);
 
-  auto p8 = PackCtRows(std::vector<int32_t>{0x01, 0x23, 0x45, 0xFF}, 1, 4, 8);
+  auto p8 = PackCtRows(std::vector<uint8_t>{0x01, 0x23, 0x45, 0xFF}, 1, 4, 8);
   ASSERT_TRUE(p8.ok());
   EXPECT_EQ(static_cast<uint32_t>((*p8)[0]), 0xFF452301u);
 }
 
 TEST(CompressedTensorsPackTest, UnsupportedBitsAreInvalidArgument) {
   for (int bits : {5, 6, 7}) {
-    auto p = PackCtRows(std::vector<int32_t>(8, 0), 1, 8, bits);
+    auto p = PackCtRows(std::vector<uint8_t>(8, 0), 1, 8, bits);
     ASSERT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(p.status().message(),
                 HasSubstr("bits " + std::to_string(bits) +

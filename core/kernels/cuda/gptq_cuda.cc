@@ -263,9 +263,8 @@ absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const
   qw.sym = options.sym;
   qw.act_order = options.act_order && grouped && !options.static_groups;
   qw.num_groups = ng;
-  std::vector<uint8_t> codes(numel);
-  SR_STATUS_RETURN_IF_ERROR(d_codes.CopyToHost(absl::MakeSpan(codes), stream));
-  qw.codes.assign(codes.begin(), codes.end());
+  qw.codes.resize(numel);
+  SR_STATUS_RETURN_IF_ERROR(d_codes.CopyToHost(absl::MakeSpan(qw.codes), stream));
   qw.scales.resize(static_cast<size_t>(ng) * rows);
   qw.zeros.resize(static_cast<size_t>(ng) * rows);
   qw.g_idx.resize(cols);
