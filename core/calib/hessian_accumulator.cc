@@ -70,7 +70,6 @@ absl::Status HessianAccumulator::Assign(std::vector<float> h, long n_samples) {
   n_ = n_samples;
   symmetric_ = true;
   device_.reset();
-  host_pending_ = false;
   return absl::OkStatus();
 }
 
@@ -87,24 +86,22 @@ absl::Status HessianAccumulator::AssignOnDevice(std::shared_ptr<const DeviceHess
   n_ = n_samples;
   symmetric_ = true;
   device_ = std::move(h);
-  host_pending_ = true;
   return absl::OkStatus();
 }
 
 absl::Status HessianAccumulator::FetchToHost() {
-  if (!host_pending_) return absl::OkStatus();
+  if (!host_pending()) return absl::OkStatus();
   std::vector<float> h(static_cast<size_t>(dim_) * dim_);
   absl::Status s = device_->CopyToHost(absl::MakeSpan(h));
   if (!s.ok()) return absl::Status(s.code(), absl::StrCat("Hessian from the device: ", s.message()));
   h32_ = std::move(h);
   symmetric_ = true;
-  host_pending_ = false;
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<float>> HessianAccumulator::HessianF32() const {
   const size_t d = static_cast<size_t>(dim_);
-  if (host_pending_) {
+  if (host_pending()) {
     std::vector<float> out(d * d);
     SR_RETURN_IF_ERROR(device_->CopyToHost(absl::MakeSpan(out)));
     return out;
@@ -140,7 +137,7 @@ absl::StatusOr<absl::Span<const float>> HessianAccumulator::SymmetricF32() {
 
 absl::StatusOr<std::vector<double>> HessianAccumulator::HessianF64() const {
   const size_t d = static_cast<size_t>(dim_);
-  if (host_pending_) {
+  if (host_pending()) {
     SR_ASSIGN_OR_RETURN(std::vector<float> h, HessianF32());
     return std::vector<double>(h.begin(), h.end());
   }

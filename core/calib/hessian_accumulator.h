@@ -54,7 +54,7 @@ class HessianAccumulator {
   // accumulator next changes); else null.
   const std::shared_ptr<const DeviceHessian>& on_device() const { return device_; }
   // True while only the device holds the values (nothing fetched yet).
-  bool host_pending() const { return host_pending_; }
+  bool host_pending() const { return device_ != nullptr && h32_.empty(); }
   // Copies device-held values to the host, once; a no-op otherwise.
   absl::Status FetchToHost();
 
@@ -80,8 +80,8 @@ class HessianAccumulator {
 
   std::vector<float> h32_;  // upper triangle valid; all of it when symmetric_
   bool symmetric_ = false;  // set by Assign
-  std::shared_ptr<const DeviceHessian> device_;  // AssignOnDevice's values
-  bool host_pending_ = false;  // device_ not yet copied into h32_
+  // AssignOnDevice's values; h32_ stays empty until they are fetched.
+  std::shared_ptr<const DeviceHessian> device_;
   std::vector<double> h64_;
   std::vector<float> scratch32_;
   std::vector<double> scratch64_;

@@ -57,14 +57,12 @@ class CudaSolverBackend final : public SolverBackend {
   void HoldHessian(absl::Span<const float> h, const DeviceHessian* device) override {
     held_ = h;
     held_device_copy_ = device != nullptr && ReadsDevice(*device) ? device : nullptr;
-    holding_ = !h.empty() || held_device_copy_ != nullptr;
     held_on_device_ = false;
     ++hold_;
   }
   void ReleaseHessian() override {
     held_ = {};
     held_device_copy_ = nullptr;
-    holding_ = false;
     held_on_device_ = false;
     ++hold_;  // nothing prepared under the last hold serves again
   }
@@ -157,7 +155,8 @@ class CudaSolverBackend final : public SolverBackend {
   // `h` is the held Hessian (the same span, not merely equal values; the
   // empty span of a hold that only the device copy backs).
   bool Held(absl::Span<const float> h) const {
-    return holding_ && h.data() == held_.data() && h.size() == held_.size();
+    const bool holding = !held_.empty() || held_device_copy_ != nullptr;
+    return holding && h.data() == held_.data() && h.size() == held_.size();
   }
   // How many values the held Hessian has.
   size_t HeldCount() const {
@@ -186,7 +185,6 @@ class CudaSolverBackend final : public SolverBackend {
   std::unique_ptr<SparseGptCuda> sparsegpt_;
   absl::Span<const float> held_;  // the host values (empty when only the device copy backs the hold)
   const DeviceHessian* held_device_copy_ = nullptr;  // the same values on this device, or null
-  bool holding_ = false;
   long hold_ = 1;                 // which hold (or gap between holds) this is
   bool held_on_device_ = false;
   DeviceBuffer<float> held_device_;  // its device copy (grown, reused)
