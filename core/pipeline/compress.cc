@@ -317,6 +317,10 @@ struct LayerHooks {
   int first_layer = 0;
   std::function<absl::Status(int layer, bool load, LayerwiseResult& result)> restore_layer;
   std::function<void(int layer)> release_layer;
+  // Without blocking: whether `layer` (a later one) is in memory already, so
+  // that the executor may copy it ahead (LayerExecutor::Prefetch). None: every
+  // layer is.
+  std::function<bool(int layer)> layer_loaded;
 };
 
 absl::Status RunHook(const std::function<absl::Status()>& hook) {
@@ -417,6 +421,21 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
           : std::vector<std::vector<LinearGroup>>{
                 {LinearGroup::kQkv, LinearGroup::kO, LinearGroup::kGateUp, LinearGroup::kDown}};
 
+  // The next layer's weights go to the executor once this layer's own are
+  // on it (after its first pass: a prefetch before would displace this
+  // layer's own) and the next layer is in memory (at the latest before this
+  // layer's output pass; a layer with no statistics pass after its output
+  // pass), so that a device executor copies them while this layer computes.
+  int prefetched = -1;
+  int ran = -1;  // the latest layer with a pass run
+  auto prefetch_after = [&](int l) {
+    const int next = l + 1;
+    if (ran != l || next >= num_layers || prefetched == next) return;
+    if (hooks.layer_loaded && !hooks.layer_loaded(next)) return;
+    executor->Prefetch(model, next);
+    prefetched = next;
+  };
+
   for (int l = first_layer; l < num_layers; ++l) {
     const auto layer_start = Clock::now();
     const LayerwisePhases phases_before = result.phases;
@@ -443,6 +462,8 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
       auto phase_start = Clock::now();
       SR_RETURN_IF_ERROR(executor->RunLayer(model, l, /*output=*/false, &stats, options.cancel));
       result.phases.forward += Seconds(phase_start);
+      ran = l;
+      prefetch_after(l);
       if (Sharded(options.comm)) {
         phase_start = Clock::now();
         SR_RETURN_IF_ERROR(stats.MergeAcrossRanks(*options.comm));
@@ -454,9 +475,12 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
       }
     }
     // The next layer sees this layer's outputs with every weight compressed.
+    prefetch_after(l);
     const auto recompute_start = Clock::now();
     SR_RETURN_IF_ERROR(executor->RunLayer(model, l, /*output=*/true, nullptr, options.cancel));
     result.phases.forward += Seconds(recompute_start);
+    ran = l;
+    prefetch_after(l);
     result.layer_seconds.push_back(Seconds(layer_start));
     double err = 0.0;
     const size_t rows = result.matrices.size() - first_row;
@@ -723,6 +747,8 @@ absl::StatusOr<CompressReport> RunCompression(const Recipe& recipe, const Compre
     return writes->Submit([&write, tensors = std::move(saved.tensors)] { return write(tensors); });
   };
   hooks.release_layer = [&](int layer) { model->ReleaseLayer(layer); };
+  // The layer read ahead, once its read finished (and did not fail).
+  hooks.layer_loaded = [&](int layer) { return layer == layer_being_read && reads->DoneAndOk(); };
   hooks.after_layer = [&](int layer, LayerwiseResult& result) -> absl::Status {
     if (!leader) {
       for (const LlamaModel::NamedParameter& p : model->LayerParameters(layer)) {

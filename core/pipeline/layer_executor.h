@@ -56,6 +56,13 @@ class LayerExecutor {
   // depends on them, and one that keeps the layer's weights on a device
   // copies that group again; the caller must say so before the next RunLayer.
   virtual void WeightsChanged(int layer, LinearGroup group) {}
+  // A hint: `layer`'s weights are in memory (model.layer(layer)) and stay as
+  // they are until its first RunLayer; an executor that keeps a layer's
+  // weights on a device may start copying them now, beside the current
+  // layer's work, so that the next layer does not wait for its copy. They
+  // must stay valid and unchanged until that RunLayer (the copy may still be
+  // reading them). A failed copy is that RunLayer's error.
+  virtual void Prefetch(const LlamaModel& model, int layer) {}
 };
 
 // The block of LayerForwardStaged whose input a group's Linears read (0..3).

@@ -58,6 +58,11 @@ absl::Status SerialWorker::Wait() {
   return failure_;
 }
 
+bool SerialWorker::DoneAndOk() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queue_.empty() && !running_ && failure_.ok();
+}
+
 double SerialWorker::blocked_seconds() const {
   std::lock_guard<std::mutex> lock(mu_);
   return blocked_seconds_;

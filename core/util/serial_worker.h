@@ -34,6 +34,9 @@ class SerialWorker {
   absl::Status Submit(std::function<absl::Status()> task);
   // Blocks until every submitted task has run; the first failure, else OK.
   absl::Status Wait();
+  // Without blocking: every submitted task has run and none failed, so their
+  // results can be used before the Wait that would collect them.
+  bool DoneAndOk() const;
   // Seconds the caller spent blocked in Submit and Wait: what the overlap did
   // not hide (in line: all of the tasks' time).
   double blocked_seconds() const;

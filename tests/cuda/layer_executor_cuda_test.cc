@@ -56,9 +56,11 @@ class CudaLayerExecutorTest : public CudaTest {
   // change (testing::PerturbGroup) and both executors are told; then the output pass.
   // Once more with every group observed in one pass. `kept`: the GPU
   // executor's max_kept_blocks (3: passes resume from kept block outputs).
+  // `prefetch`: the GPU executor is handed layer l+1 after layer l's first
+  // pass (LayerExecutor::Prefetch, as the pipeline does) and copies it ahead.
   void CompareOn(LlamaModel& model, const std::vector<int32_t>& tokens, int windows, int seqlen,
                  int batch_windows, int kept, double h_bound, double norm_bound,
-                 ForwardDtype dtype = ForwardDtype::kFloat32) {
+                 ForwardDtype dtype = ForwardDtype::kFloat32, bool prefetch = false) {
     LayerExecutorSpec spec;
     spec.forward_dtype = dtype;
     spec.config = &model.config();
@@ -90,6 +92,7 @@ class CudaLayerExecutorTest : public CudaTest {
         }
         SR_ASSERT_OK(cpu->RunLayer(model, l, /*output=*/false, &cpu_stats, nullptr));
         SR_ASSERT_OK(gpu->RunLayer(model, l, /*output=*/false, &gpu_stats, nullptr));
+        if (prefetch && l + 1 < layers) gpu->Prefetch(model, l + 1);  // repeated: a no-op
         for (LinearGroup g : pass) {
           const HessianAccumulator* hc = cpu_stats.hessian(g);
           const HessianAccumulator* hg = gpu_stats.hessian(g);
@@ -127,9 +130,10 @@ class CudaLayerExecutorTest : public CudaTest {
       SR_ASSERT_OK(cpu->RunLayer(model, l, /*output=*/true, nullptr, nullptr));
       SR_ASSERT_OK(gpu->RunLayer(model, l, /*output=*/true, nullptr, nullptr));
     }
-    std::printf("%s, %d layers, %d windows x %d, kept blocks %d: worst H diff %.3g, worst norm diff %.3g "
+    std::printf("%s, %d layers, %d windows x %d, kept blocks %d%s: worst H diff %.3g, worst norm diff %.3g "
                 "(relative to max)\n",
-                std::string(ForwardDtypeName(dtype)).c_str(), layers, windows, seqlen, kept, worst_h, worst_norm);
+                std::string(ForwardDtypeName(dtype)).c_str(), layers, windows, seqlen, kept,
+                prefetch ? ", prefetched" : "", worst_h, worst_norm);
   }
 };
 
@@ -137,7 +141,7 @@ class CudaLayerExecutorTest : public CudaTest {
 // short), a fresh model for each number of kept blocks (the passes perturb
 // its weights). The caller checks that the data is there.
 void CompareOnStories(CudaLayerExecutorTest& test, std::initializer_list<int> kepts, double bound,
-                      ForwardDtype dtype) {
+                      ForwardDtype dtype, bool prefetch = false) {
   const fs::path model_dir = testing::SharedDataDir() / "stories260K";
   SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromFile(model_dir / "tokenizer.json"));
   SR_ASSERT_OK_AND_ASSIGN(CalibrationSet calibration,
@@ -146,12 +150,12 @@ void CompareOnStories(CudaLayerExecutorTest& test, std::initializer_list<int> ke
   for (int kept : kepts) {
     SCOPED_TRACE(kept);
     SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<LlamaModel> model, LlamaModel::Load(model_dir));
-    test.CompareOn(*model, calibration.tokens, 16, 128, 3, kept, bound, bound, dtype);
+    test.CompareOn(*model, calibration.tokens, 16, 128, 3, kept, bound, bound, dtype, prefetch);
   }
 }
 
 // Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMSNorm), MLP width 88.
-void CompareOnQwen(CudaLayerExecutorTest& test, double bound, ForwardDtype dtype) {
+void CompareOnQwen(CudaLayerExecutorTest& test, double bound, ForwardDtype dtype, bool prefetch = false) {
   for (const Architecture arch : {Architecture::kQwen2, Architecture::kQwen3}) {
     ModelConfig config = MakeLlamaConfig(64, 88, 2, 4, 2, 96, 64, false);
     config.arch = arch;
@@ -170,7 +174,7 @@ void CompareOnQwen(CudaLayerExecutorTest& test, double bound, ForwardDtype dtype
     SplitMix64 rng(3);
     for (int32_t& t : tokens) t = static_cast<int32_t>(rng.Next() % 96);
     SCOPED_TRACE(config.model_type);
-    test.CompareOn(*model, tokens, 6, 48, 4, 3, bound, bound, dtype);
+    test.CompareOn(*model, tokens, 6, 48, 4, 3, bound, bound, dtype, prefetch);
   }
 }
 
@@ -212,6 +216,18 @@ TEST_F(CudaLayerExecutorTest, Bf16ForwardStatisticsFollowTheCpuWithinBf16Roundin
   SHRINKRAY_REQUIRE_PATH(testing::SharedDataDir() / "stories260K" / "model.safetensors");
   SHRINKRAY_REQUIRE_PATH(testing::SharedDataDir() / "text" / "tinystories_train_prefix.txt");
   CompareOnStories(*this, {3, 0}, 5e-2, ForwardDtype::kBfloat16);
+}
+
+// Layers copied ahead (Prefetch after each layer's first pass, through the
+// page-locked staging buffer and the copy stream; bf16 rounded there): the
+// same statistics within the same bounds, so each layer ran with its own
+// weights, and the groups changed during the layer were copied on top.
+TEST_F(CudaLayerExecutorTest, PrefetchedLayersGiveTheSameStatistics) {
+  CompareOnQwen(*this, 2e-5, ForwardDtype::kFloat32, /*prefetch=*/true);
+  CompareOnQwen(*this, 5e-2, ForwardDtype::kBfloat16, /*prefetch=*/true);
+  SHRINKRAY_REQUIRE_PATH(testing::SharedDataDir() / "stories260K" / "model.safetensors");
+  SHRINKRAY_REQUIRE_PATH(testing::SharedDataDir() / "text" / "tinystories_train_prefix.txt");
+  CompareOnStories(*this, {3, 0}, 2e-5, ForwardDtype::kFloat32, /*prefetch=*/true);
 }
 
 TEST_F(CudaLayerExecutorTest, Float64HessiansAreLeftToTheCpu) {

@@ -516,6 +516,108 @@ TEST_F(CompressSyntheticTest, DeviceOnlyHessiansReachTheHostOnlyWhenACpuSolveNee
   }
 }
 
+// Records LayerExecutor::Prefetch against its contract: a layer is
+// prefetched once, before its first RunLayer, with its weights in memory and
+// unchanged until that RunLayer (except the groups WeightsChanged named),
+// which is what lets a device executor copy them ahead.
+class PrefetchCheckingExecutor final : public LayerExecutor {
+ public:
+  // What one run's executor saw (the executor ends with the run).
+  struct Log {
+    std::vector<int> prefetched;
+    int checked = 0;  // prefetched layers compared at their first pass
+  };
+  PrefetchCheckingExecutor(std::unique_ptr<LayerExecutor> cpu, Log* log) : cpu_(std::move(cpu)), log_(log) {}
+  std::string device() const override { return "fake-device"; }
+  absl::Status Embed(const LlamaModel& model, std::span<const int32_t> tokens) override {
+    return cpu_->Embed(model, tokens);
+  }
+  void Prefetch(const LlamaModel& model, int layer) override {
+    EXPECT_FALSE(ran_.contains(layer)) << "layer " << layer << " prefetched after it ran";
+    EXPECT_FALSE(snapshots_.contains(layer)) << "layer " << layer << " prefetched twice";
+    snapshots_[layer] = Snapshot(model, layer);
+    log_->prefetched.push_back(layer);
+  }
+  absl::Status RunLayer(const LlamaModel& model, int layer, bool output, LayerStatistics* stats,
+                        const CancellationToken* cancel) override {
+    if (ran_.insert(layer).second && snapshots_.contains(layer)) {
+      const std::vector<std::vector<float>> now = Snapshot(model, layer);
+      EXPECT_EQ(now, snapshots_[layer]) << "layer " << layer << " changed between its prefetch and its first pass";
+      ++log_->checked;
+    }
+    return cpu_->RunLayer(model, layer, output, stats, cancel);
+  }
+  void WeightsChanged(int layer, LinearGroup group) override {
+    EXPECT_TRUE(ran_.contains(layer)) << "a prefetched layer's weights changed before it ran";
+    cpu_->WeightsChanged(layer, group);
+  }
+
+ private:
+  static std::vector<std::vector<float>> Snapshot(const LlamaModel& model, int layer) {
+    const ModelConfig& c = model.config();
+    const LayerWeights& w = model.layer(layer);
+    const size_t C = c.hidden_size, I = c.intermediate_size, Q = c.q_dim(), KV = c.kv_dim();
+    auto copy = [](const float* p, size_t n) { return p ? std::vector<float>(p, p + n) : std::vector<float>(); };
+    return {copy(w.input_layernorm, C), copy(w.q_proj, Q * C),   copy(w.k_proj, KV * C),  copy(w.v_proj, KV * C),
+            copy(w.o_proj, C * Q),      copy(w.post_attention_layernorm, C), copy(w.gate_proj, I * C),
+            copy(w.up_proj, I * C),     copy(w.down_proj, C * I)};
+  }
+
+  std::unique_ptr<LayerExecutor> cpu_;
+  Log* log_;
+  std::map<int, std::vector<std::vector<float>>> snapshots_;
+  std::set<int> ran_;
+};
+
+// The pipeline hands every later layer to LayerExecutor::Prefetch once it is
+// in memory: a loaded model's at once (each layer after the first), a
+// streamed job's once its read-ahead finished (never before: the weights
+// would be half read), none when reads are not overlapped. The output is the
+// plain run's.
+TEST_F(CompressSyntheticTest, NextLayerIsPrefetchedOnlyOnceItIsInMemory) {
+  const Recipe recipe = MustParse("[{gptq: {bits: 4, group_size: 16}}]");
+  const int layers = config_.num_hidden_layers;
+  ASSERT_GE(layers, 2);
+  PrefetchCheckingExecutor::Log log;
+  auto executors = [&](const LayerExecutorSpec& spec) -> absl::StatusOr<std::unique_ptr<LayerExecutor>> {
+    log = {};
+    return std::unique_ptr<LayerExecutor>(new PrefetchCheckingExecutor(MakeCpuLayerExecutor(spec), &log));
+  };
+  ASSERT_TRUE(RunCompression(recipe, Options("plain")).ok());
+
+  // A streamed job with its reads overlapped: the layers whose read finished
+  // in time (at the latest before the previous layer's output pass).
+  CompressOptions o = Options("overlapped");
+  o.layerwise.executors = executors;
+  ASSERT_TRUE(o.overlap_io);
+  ASSERT_TRUE(RunCompression(recipe, o).ok());
+  EXPECT_LE(log.prefetched.size(), static_cast<size_t>(layers - 1));
+  for (int l : log.prefetched) EXPECT_GE(l, 1);
+  EXPECT_EQ(log.checked, static_cast<int>(log.prefetched.size()));
+  testing::ExpectSameFiles(dir_ / "plain", dir_ / "overlapped");
+
+  // Reads in line: the next layer is not in memory until its turn.
+  o = Options("in-line");
+  o.layerwise.executors = executors;
+  o.overlap_io = false;
+  ASSERT_TRUE(RunCompression(recipe, o).ok());
+  EXPECT_TRUE(log.prefetched.empty());
+  testing::ExpectSameFiles(dir_ / "plain", dir_ / "in-line");
+
+  // A loaded model: every layer after the first, in order.
+  auto model = LlamaModel::Load(model_dir_);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto calibration = CalibrationSetFromTokens(calib_, {8, 32, 0});
+  ASSERT_TRUE(calibration.ok()) << calibration.status();
+  LayerwiseOptions lo;
+  lo.executors = executors;
+  ASSERT_TRUE(CompressLayerwise(**model, recipe, *calibration, lo).ok());
+  std::vector<int> expected;
+  for (int l = 1; l < layers; ++l) expected.push_back(l);
+  EXPECT_EQ(log.prefetched, expected);
+  EXPECT_EQ(log.checked, layers - 1);
+}
+
 TEST_F(CompressSyntheticTest, CancelledRunLeavesNoFolder) {
   CancellationToken cancel;
   CompressOptions o = Options("cancelled");

@@ -138,5 +138,29 @@ TEST(SerialWorkerTest, InLineRunsEachTaskInsideSubmit) {
   EXPECT_EQ(ran, (std::vector<int>{1}));
 }
 
+TEST(SerialWorkerTest, DoneAndOkIsTrueOnlyOnceEveryTaskRanWithoutFailure) {
+  std::promise<void> gate;
+  std::shared_future<void> open = gate.get_future().share();
+  SerialWorker worker(/*max_waiting=*/1);
+  EXPECT_TRUE(worker.DoneAndOk());  // nothing submitted
+  std::promise<void> started;
+  ASSERT_TRUE(worker.Submit([&] {
+    started.set_value();
+    open.wait();
+    return absl::OkStatus();
+  }).ok());
+  started.get_future().wait();
+  EXPECT_FALSE(worker.DoneAndOk());  // running (out of the queue), never blocks
+  gate.set_value();
+  while (!worker.DoneAndOk()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(worker.Submit([] { return absl::DataLossError("bad shard"); }).ok());
+  ASSERT_EQ(worker.Wait().code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(worker.DoneAndOk());  // finished, but failed: its results are not there
+
+  std::unique_ptr<SerialWorker> in_line = SerialWorker::InLine();
+  ASSERT_TRUE(in_line->Submit([] { return absl::OkStatus(); }).ok());
+  EXPECT_TRUE(in_line->DoneAndOk());
+}
+
 }  // namespace
 }  // namespace shrinkray

@@ -191,4 +191,54 @@ class DeviceBuffer {
   size_t size_ = 0;
 };
 
+// An owning page-locked host allocation of `size()` elements of T: the DMA
+// engines copy from it while the host and the kernels work on (a copy from
+// pageable memory is staged by the driver and blocks the caller). Move-only.
+template <typename T>
+class PinnedHostBuffer {
+ public:
+  PinnedHostBuffer() = default;
+  ~PinnedHostBuffer() { Reset(); }
+  PinnedHostBuffer(const PinnedHostBuffer&) = delete;
+  PinnedHostBuffer& operator=(const PinnedHostBuffer&) = delete;
+  PinnedHostBuffer(PinnedHostBuffer&& other) noexcept
+      : ptr_(std::exchange(other.ptr_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+  PinnedHostBuffer& operator=(PinnedHostBuffer&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      ptr_ = std::exchange(other.ptr_, nullptr);
+      size_ = std::exchange(other.size_, 0);
+    }
+    return *this;
+  }
+
+  // `count` uninitialised elements; ResourceExhausted when the host cannot
+  // lock that much.
+  static absl::StatusOr<PinnedHostBuffer> Create(size_t count) {
+    PinnedHostBuffer buf;
+    if (count > 0) {
+      void* p = nullptr;
+      SR_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&p, count * sizeof(T), cudaHostAllocDefault));
+      buf.ptr_ = static_cast<T*>(p);
+      buf.size_ = count;
+    }
+    return buf;
+  }
+
+  T* data() { return ptr_; }
+  const T* data() const { return ptr_; }
+  size_t size() const { return size_; }
+
+  // As DeviceBuffer::Reset: a failing free is reported by the next checked call.
+  void Reset() {
+    if (ptr_ != nullptr) (void)cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    size_ = 0;
+  }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
 }  // namespace shrinkray

@@ -16,6 +16,14 @@
 // needs it: at 8B shapes 1 GB a layer that no longer crosses PCIe twice).
 // Only the embedding lookup runs on the host.
 //
+// Layers stream from host memory: the pipeline hands over the next layer as
+// soon as it is in memory (Prefetch), and a host thread copies it into a
+// page-locked staging buffer, slot by slot, each slot's DMA to the second
+// device weight buffer queued on a copy stream as soon as it is staged (for
+// bf16 the rounding runs there too); the next layer's first RunLayer then
+// waits on an event instead of copying 0.87 GB (8B shapes, fp32) from
+// pageable memory on the compute stream.
+//
 // Between the passes of one layer it keeps what the layer's blocks computed
 // (attention output, attention block output, MLP activation; all windows)
 // when they fit in device memory, and the next pass starts from the latest
@@ -27,9 +35,12 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -97,10 +108,17 @@ class CudaLayerExecutor final : public LayerExecutor {
       : spec_(spec), config_(*spec.config), device_(device), stream_(stream) {}
   ~CudaLayerExecutor() override {
     CudaDeviceGuard guard(device_);
+    (void)JoinAhead();  // a prefetch nothing used
+    if (copy_stream_ != nullptr) {
+      (void)cudaStreamSynchronize(copy_stream_);
+      (void)cudaStreamDestroy(copy_stream_);
+    }
+    if (copied_ != nullptr) (void)cudaEventDestroy(copied_);
     hidden_ = {};
     kept_ = {};
     weights_ = {};
     weights_bf16_ = {};
+    staging_ = {};
     act_norm_workspace_ = {};
     workspace_.reset();
     if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
@@ -123,13 +141,16 @@ class CudaLayerExecutor final : public LayerExecutor {
     return KeepBlocks();
   }
 
+  // What the rest of the job needs beside the executor's buffers (Hessians,
+  // the solvers' workspaces, a layer's weights): 8 GiB or 15% of the device.
+  static size_t Margin(size_t total_bytes) { return std::max<size_t>(size_t{8} << 30, total_bytes / 100 * 15); }
+
   // Allocates the kept block outputs, in block order, while they fit beside
-  // what the rest of the job needs (Hessians, the solvers' workspaces, a
-  // layer's weights): a margin of 8 GiB or 15% of the device.
+  // the margin.
   absl::Status KeepBlocks() {
     size_t free_bytes = 0, total_bytes = 0;
     SR_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
-    const size_t margin = std::max<size_t>(size_t{8} << 30, total_bytes / 100 * 15);
+    const size_t margin = Margin(total_bytes);
     const size_t rows = static_cast<size_t>(spec_.windows) * spec_.seqlen;
     const size_t widths[3] = {static_cast<size_t>(config_.q_dim()), static_cast<size_t>(config_.hidden_size),
                               static_cast<size_t>(config_.intermediate_size)};
@@ -220,6 +241,39 @@ class CudaLayerExecutor final : public LayerExecutor {
   void WeightsChanged(int layer, LinearGroup group) override {
     kept_blocks_.WeightsChanged(layer, group);
     if (layer == uploaded_layer_) stale_[static_cast<size_t>(group)] = true;
+    // Against the contract (a prefetched layer stays as it is until it
+    // runs), but cheap to honour: the group is copied again on top.
+    if (layer == ahead_layer_) ahead_stale_[static_cast<size_t>(group)] = true;
+  }
+
+  void Prefetch(const LlamaModel& model, int layer) override {
+    if (prefetch_off_ || layer == uploaded_layer_ || layer == ahead_layer_) return;
+    // A bad layer is reported by its RunLayer; an earlier prefetch nothing
+    // used is dropped (its error too: the layer it copied will not run).
+    if (!CheckLayerViews(config_, layer, model.layer(layer)).ok()) return;
+    (void)JoinAhead();
+    if (!UseDevice().ok()) return;
+    const absl::Status ready = PrepareAhead();
+    if (!ready.ok()) {
+      // A second weight buffer beside the margin, or page-locked memory, did
+      // not fit: every layer is copied when it runs, as without prefetching.
+      prefetch_off_ = true;
+      weights_[1 - current_] = {};
+      weights_bf16_[1 - current_] = {};
+      staging_ = {};
+      (void)cudaGetLastError();
+      return;
+    }
+    ahead_layer_ = layer;
+    ahead_stale_ = {};
+    // The views are copied; the thread reads only the values they point to.
+    try {
+      ahead_thread_ = std::thread([this, h = model.layer(layer), into = 1 - current_] {
+        ahead_status_ = CopyAhead(h, into);
+      });
+    } catch (const std::system_error&) {
+      ahead_layer_ = -1;  // no thread to be had: copied when it runs
+    }
   }
 
  private:
@@ -267,80 +321,159 @@ class CudaLayerExecutor final : public LayerExecutor {
     return l;
   }
 
-  // Copies one weight (null: none) to its slot; a matrix of a bf16 forward
-  // is also rounded into weights_bf16_.
-  absl::Status Put(const float* host, Slot slot, bool matrix) {
-    if (host == nullptr) return absl::OkStatus();
-    float* dst = weights_.data() + slot.offset;
-    SR_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(dst, host, slot.count * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  // One weight of a layer: its host view (null: the model has none), its
+  // slot, whether it is a matrix (rounded for bf16) and the group whose
+  // compression changes it (none: norms and biases).
+  struct Entry {
+    const float* host;
+    Slot slot;
+    std::optional<LinearGroup> group;
+  };
+  std::array<Entry, 15> Entries(const LayerWeights& h) const {
+    const Layout& L = layout_;
+    const bool qk = config_.qk_norm;
+    return {{{h.input_layernorm, L.input_layernorm, std::nullopt},
+             {h.q_bias, L.q_bias, std::nullopt},
+             {h.k_bias, L.k_bias, std::nullopt},
+             {h.v_bias, L.v_bias, std::nullopt},
+             {qk ? h.q_norm : nullptr, L.q_norm, std::nullopt},
+             {qk ? h.k_norm : nullptr, L.k_norm, std::nullopt},
+             {h.o_bias, L.o_bias, std::nullopt},
+             {h.post_attention_layernorm, L.post_attention_layernorm, std::nullopt},
+             {h.q_proj, L.q_proj, LinearGroup::kQkv},
+             {h.k_proj, L.k_proj, LinearGroup::kQkv},
+             {h.v_proj, L.v_proj, LinearGroup::kQkv},
+             {h.o_proj, L.o_proj, LinearGroup::kO},
+             {h.gate_proj, L.gate_proj, LinearGroup::kGateUp},
+             {h.up_proj, L.up_proj, LinearGroup::kGateUp},
+             {h.down_proj, L.down_proj, LinearGroup::kDown}}};
+  }
+
+  // Buffer `b` of weights_ (and weights_bf16_), allocated on first use.
+  absl::Status AllocateWeights(int b) {
+    const size_t total = layout_.total;
+    if (weights_[b].size() >= total) return absl::OkStatus();
+    SR_ASSIGN_OR_RETURN(weights_[b], DeviceBuffer<float>::Create(total));
     if constexpr (kBf16) {
-      if (matrix) {
+      SR_ASSIGN_OR_RETURN(weights_bf16_[b], DeviceBuffer<__nv_bfloat16>::Create(total));
+    }
+    return absl::OkStatus();
+  }
+
+  // Copies one weight from `host` (pageable or staged) to its slot of
+  // buffer `b` on `stream`; a matrix of a bf16 forward is also rounded into
+  // weights_bf16_[b].
+  absl::Status Put(const float* host, const Entry& e, int b, cudaStream_t stream) {
+    float* dst = weights_[b].data() + e.slot.offset;
+    SR_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(dst, host, e.slot.count * sizeof(float), cudaMemcpyHostToDevice, stream));
+    if constexpr (kBf16) {
+      if (e.group.has_value()) {
         SR_RETURN_IF_ERROR(
-            convert_to_bf16(weights_bf16_.data() + slot.offset, dst, static_cast<long>(slot.count), stream_));
+            convert_to_bf16(weights_bf16_[b].data() + e.slot.offset, dst, static_cast<long>(e.slot.count), stream));
       }
     }
     return absl::OkStatus();
   }
 
-  // The device views of a layer whose weights are in place.
+  // What prefetching needs besides the current buffer: the second weight
+  // buffer, a page-locked staging buffer of a whole layer, the copy stream
+  // and its event. Made on the first Prefetch.
+  absl::Status PrepareAhead() {
+    if (weights_[1 - current_].size() < layout_.total) {
+      // Kept block outputs were sized for one layer's weights beside the
+      // margin; the second must fit beside it too.
+      size_t free_bytes = 0, total_bytes = 0;
+      SR_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+      const size_t bytes = layout_.total * (sizeof(float) + (kBf16 ? sizeof(__nv_bfloat16) : 0));
+      if (bytes + Margin(total_bytes) > free_bytes) {
+        return absl::ResourceExhaustedError("no room for a second layer's weights beside the margin");
+      }
+    }
+    SR_RETURN_IF_ERROR(AllocateWeights(1 - current_));
+    if (staging_.size() < layout_.total) {
+      SR_ASSIGN_OR_RETURN(staging_, PinnedHostBuffer<float>::Create(layout_.total));
+    }
+    if (copy_stream_ == nullptr) {
+      SR_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+    }
+    if (copied_ == nullptr) SR_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming));
+    return absl::OkStatus();
+  }
+
+  // The prefetch thread: each weight into the staging buffer, then its DMA
+  // (and bf16 rounding) queued on the copy stream, so that the copies run
+  // while the next weight is staged; `copied_` marks the end.
+  absl::Status CopyAhead(const LayerWeights& h, int into) {
+    SR_RETURN_IF_ERROR(UseDevice());  // this thread's current device
+    // The previous prefetch's copies read the staging buffer.
+    SR_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(copy_stream_));
+    for (const Entry& e : Entries(h)) {
+      if (e.host == nullptr) continue;
+      float* staged = staging_.data() + e.slot.offset;
+      std::memcpy(staged, e.host, e.slot.count * sizeof(float));
+      SR_RETURN_IF_ERROR(Put(staged, e, into, copy_stream_));
+    }
+    SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(copied_, copy_stream_));
+    return absl::OkStatus();
+  }
+
+  // Ends the prefetch thread, if any: its status (the copies it queued may
+  // still run; `copied_` marks them).
+  absl::Status JoinAhead() {
+    if (ahead_thread_.joinable()) ahead_thread_.join();
+    ahead_layer_ = -1;
+    return std::exchange(ahead_status_, absl::OkStatus());
+  }
+
+  // The device views of a layer whose weights are in buffer current_.
   const float* Vector(const float* host, Slot slot) const {
-    return host == nullptr ? nullptr : weights_.data() + slot.offset;
+    return host == nullptr ? nullptr : weights_[current_].data() + slot.offset;
   }
   const T* Matrix(Slot slot) const {
     if constexpr (kBf16) {
-      return weights_bf16_.data() + slot.offset;
+      return weights_bf16_[current_].data() + slot.offset;
     } else {
-      return weights_.data() + slot.offset;
+      return weights_[current_].data() + slot.offset;
     }
   }
 
-  // Makes the device copy of `layer`'s weights current: all of them for a
-  // new layer, only the groups WeightsChanged named since the last upload
-  // for the same layer (norms and biases never change within a layer).
+  // Makes the device copy of `layer`'s weights current: the prefetched copy
+  // when there is one (waited for on the compute stream), else all of them
+  // for a new layer; then the groups WeightsChanged named since (norms and
+  // biases never change within a layer).
   absl::StatusOr<CudaLayerWeightsOf<T>> UploadLayer(const LlamaModel& model, int layer) {
     const ModelConfig& c = config_;
     const LayerWeights& h = model.layer(layer);
     SR_RETURN_IF_ERROR(CheckLayerViews(c, layer, h));
     const Layout& L = layout_;
-    if (weights_.size() < L.total) {
-      SR_ASSIGN_OR_RETURN(weights_, DeviceBuffer<float>::Create(L.total));
-      if constexpr (kBf16) {
-        SR_ASSIGN_OR_RETURN(weights_bf16_, DeviceBuffer<__nv_bfloat16>::Create(L.total));
-      }
-    }
     // The previous pass's kernels may still read the buffer.
     SR_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    const bool whole = layer != uploaded_layer_;
+    bool whole = layer != uploaded_layer_;
+    std::array<bool, 4> stale = stale_;
     // Until every copy below is enqueued the device copy is of no layer.
     uploaded_layer_ = -1;
-    const float* q_norm = c.qk_norm ? h.q_norm : nullptr;
-    const float* k_norm = c.qk_norm ? h.k_norm : nullptr;
-    if (whole) {
-      SR_RETURN_IF_ERROR(Put(h.input_layernorm, L.input_layernorm, false));
-      SR_RETURN_IF_ERROR(Put(h.q_bias, L.q_bias, false));
-      SR_RETURN_IF_ERROR(Put(h.k_bias, L.k_bias, false));
-      SR_RETURN_IF_ERROR(Put(h.v_bias, L.v_bias, false));
-      SR_RETURN_IF_ERROR(Put(q_norm, L.q_norm, false));
-      SR_RETURN_IF_ERROR(Put(k_norm, L.k_norm, false));
-      SR_RETURN_IF_ERROR(Put(h.o_bias, L.o_bias, false));
-      SR_RETURN_IF_ERROR(Put(h.post_attention_layernorm, L.post_attention_layernorm, false));
+    if (whole && ahead_layer_ == layer) {
+      stale = ahead_stale_;
+      SR_RETURN_IF_ERROR(JoinAhead());
+      SR_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(stream_, copied_, 0));
+      current_ = 1 - current_;
+      whole = false;
     }
-    auto stale = [&](LinearGroup g) { return whole || stale_[static_cast<size_t>(g)]; };
-    if (stale(LinearGroup::kQkv)) {
-      SR_RETURN_IF_ERROR(Put(h.q_proj, L.q_proj, true));
-      SR_RETURN_IF_ERROR(Put(h.k_proj, L.k_proj, true));
-      SR_RETURN_IF_ERROR(Put(h.v_proj, L.v_proj, true));
+    // A prefetch of another layer (the next one, handed over before this
+    // layer's first pass) fills the other buffer meanwhile.
+    SR_RETURN_IF_ERROR(AllocateWeights(current_));
+    for (const Entry& e : Entries(h)) {
+      if (e.host == nullptr) continue;
+      if (whole || (e.group.has_value() && stale[static_cast<size_t>(*e.group)])) {
+        SR_RETURN_IF_ERROR(Put(e.host, e, current_, stream_));
+      }
     }
-    if (stale(LinearGroup::kO)) SR_RETURN_IF_ERROR(Put(h.o_proj, L.o_proj, true));
-    if (stale(LinearGroup::kGateUp)) {
-      SR_RETURN_IF_ERROR(Put(h.gate_proj, L.gate_proj, true));
-      SR_RETURN_IF_ERROR(Put(h.up_proj, L.up_proj, true));
-    }
-    if (stale(LinearGroup::kDown)) SR_RETURN_IF_ERROR(Put(h.down_proj, L.down_proj, true));
     uploaded_layer_ = layer;
     stale_ = {};
 
+    const float* q_norm = c.qk_norm ? h.q_norm : nullptr;
+    const float* k_norm = c.qk_norm ? h.k_norm : nullptr;
     CudaLayerWeightsOf<T> w;
     w.input_layernorm = Vector(h.input_layernorm, L.input_layernorm);
     w.q_proj = Matrix(L.q_proj);
@@ -420,10 +553,24 @@ class CudaLayerExecutor final : public LayerExecutor {
   std::array<DeviceBuffer<T>, 3> kept_;
   KeptBlocks kept_blocks_{0};  // kept_[0, kept()) are allocated
   Layout layout_ = LayoutOf(config_);
-  DeviceBuffer<float> weights_;  // the current layer's weights (layout_), fp32 as uploaded
-  DeviceBuffer<__nv_bfloat16> weights_bf16_;  // bf16: the matrices rounded, same offsets
-  int uploaded_layer_ = -1;  // whose weights weights_ holds; -1: none (or a failed upload)
+  // Two layers' weights (layout_), fp32 as uploaded: the current layer's in
+  // weights_[current_], the prefetched one's in the other.
+  std::array<DeviceBuffer<float>, 2> weights_;
+  std::array<DeviceBuffer<__nv_bfloat16>, 2> weights_bf16_;  // bf16: the matrices rounded, same offsets
+  int current_ = 0;
+  int uploaded_layer_ = -1;  // whose weights weights_[current_] holds; -1: none (or a failed upload)
   std::array<bool, 4> stale_{};  // groups of uploaded_layer_ changed since (WeightsChanged)
+  // Prefetching (the second buffer): the layer, its thread and the thread's
+  // status (read after the join), the staging buffer, the copy stream and
+  // the event after a prefetch's last copy.
+  int ahead_layer_ = -1;
+  std::array<bool, 4> ahead_stale_{};
+  std::thread ahead_thread_;
+  absl::Status ahead_status_;
+  bool prefetch_off_ = false;
+  PinnedHostBuffer<float> staging_;
+  cudaStream_t copy_stream_ = nullptr;
+  cudaEvent_t copied_ = nullptr;
   DeviceBuffer<double> act_norm_workspace_;
   std::unique_ptr<CudaLayerWorkspaceOf<T>> workspace_;
 };
