@@ -54,6 +54,8 @@ struct GptqOptions {
   absl::Span<const uint8_t> keep_mask;
   // Permits bits up to 16 (analysis/tests: a near-lossless grid). Recipes stay 2..8.
   bool allow_wide_bits = false;
+  // Ask for report.output_error (see SolveReport).
+  bool output_error = false;
 };
 
 struct GptqResult {

@@ -1,6 +1,8 @@
 // What a Hessian-based solver (GPTQ, SparseGPT) reports besides its result.
 #pragma once
 
+#include <optional>
+
 namespace shrinkray {
 
 struct SolveReport {
@@ -14,6 +16,12 @@ struct SolveReport {
   // Columns whose diag(H) was exactly zero (treated as dead).
   int dead_columns = 0;
   double seconds = 0.0;
+  // RelativeOutputError (core/pipeline/apply_stages.h) of the result against
+  // the solve's input w under its (undamped) Hessian, when the options asked
+  // for it (output_error) and the solver had both at hand: the GPU solvers,
+  // whose W and result are still on the device. Unset otherwise (the CPU
+  // solvers): the caller computes it.
+  std::optional<double> output_error;
 };
 
 }  // namespace shrinkray

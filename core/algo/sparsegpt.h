@@ -43,6 +43,8 @@ struct SparseGptOptions {
   bool sym = true;
   int group_size = -1;
   bool allow_wide_bits = false;
+  // Ask for report.output_error (see SolveReport).
+  bool output_error = false;
 };
 
 struct SparseGptResult {

@@ -123,6 +123,7 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
   const bool f64 = stage.hessian_dtype == HessianPrecision::kFloat64 && !stats.h64.empty();
   const HessianPrecision precision = f64 ? HessianPrecision::kFloat64 : HessianPrecision::kFloat32;
   report->methods.push_back(std::string(StageMethodName(stage.method)));
+  state->output_error.reset();
   switch (stage.method) {
     case StageMethod::kRtn: {
       RtnOptions o;
@@ -146,6 +147,7 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       o.damp_auto_increment = stage.damp_auto_increment;
       o.block_size = stage.block_size;
       o.precision = precision;
+      o.output_error = state->report_output_error;
       if (state->keep.empty() && stage.keep_input_zeros) {
         // A pass after the pruning one: its zeros are the keep mask.
         state->keep.resize(w.size());
@@ -162,6 +164,7 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       SR_RETURN_IF_ERROR(Annotate(r.status(), module, stage));
       state->weight = std::move(r->weight);
       state->quantized = std::move(r->quantized);
+      state->output_error = r->report.output_error;
       report->solver_loss += r->report.loss;
       report->damp_used = r->report.damp_used;
       report->damp_increments += r->report.damp_increments;
@@ -180,6 +183,7 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       o.bits = stage.bits;
       o.sym = stage.sym;
       o.group_size = stage.group_size;
+      o.output_error = state->report_output_error;
       auto r = Solve<SparseGptResult>(
           solvers, f64, [&] { return solvers->SparseGpt(w, rows, cols, stats.h32, o); },
           [&]() -> absl::StatusOr<SparseGptResult> {
@@ -191,6 +195,7 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       state->weight = std::move(r->weight);
       state->keep = std::move(r->keep);
       if (r->quantized.has_value()) state->quantized = std::move(r->quantized);
+      state->output_error = r->report.output_error;
       report->solver_loss += r->report.loss;
       report->damp_used = r->report.damp_used;
       report->damp_increments += r->report.damp_increments;

@@ -26,6 +26,13 @@ struct LinearState {
   std::vector<uint8_t> keep;  // [rows, cols] 1 = kept; empty until a pruning stage ran
   std::optional<QuantizedWeight> quantized;
   std::string pattern;  // "N:M" of the pruning stage, empty otherwise
+  // Set by the caller when `weight` is the matrix's original and the next
+  // stage is its only one: a GPTQ or SparseGPT solve is then asked for the
+  // output error of its result (SolveReport::output_error), which ApplyStage
+  // leaves in `output_error` when the solver had it at hand (a device solve:
+  // no second copy of W and Q for it); unset after any other stage.
+  bool report_output_error = false;
+  std::optional<double> output_error;
 };
 
 // The statistics of the matrix's input (shared by the matrices of a group).

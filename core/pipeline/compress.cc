@@ -176,6 +176,7 @@ absl::Status SolveMatrix(const LinearSlot& slot, int layer, LinearGroup group, c
   report->cols = slot.cols;
   const RecipeStage* quantizer = nullptr;
   std::vector<float> before_quantizer;
+  state->report_output_error = slot.stages.size() == 1;
   for (const RecipeStage* stage : slot.stages) {
     if (stage->quantizes()) {
       quantizer = stage;
@@ -185,8 +186,12 @@ absl::Status SolveMatrix(const LinearSlot& slot, int layer, LinearGroup group, c
         ApplyStage(*stage, slot.module, slot.rows, slot.cols, input, state, report, options.solvers));
   }
   const auto error_start = Clock::now();
-  SR_ASSIGN_OR_RETURN(report->error,
-                      RelativeOutputErrorOn(options.solvers, original, state->weight, slot.rows, slot.cols, input));
+  if (state->output_error.has_value()) {
+    report->error = *state->output_error;  // the solve's own, from its device copies
+  } else {
+    SR_ASSIGN_OR_RETURN(report->error,
+                        RelativeOutputErrorOn(options.solvers, original, state->weight, slot.rows, slot.cols, input));
+  }
   // Joint SparseGPT quantization has no RTN counterpart with equal settings,
   // and RTN's own error needs no second copy.
   if (options.compare_rtn && quantizer != nullptr && !quantizer->prunes() &&

@@ -113,6 +113,46 @@ TEST_F(SolverBackendCudaTest, HeldHessianGivesThePerMatrixResultsBitForBit) {
   }
 }
 
+// A solve asked for its output error (options.output_error) reports, from
+// the device copies of W and the result it made, what OutputError gives for
+// that result afterwards (the same kernel on the same values): held and
+// unheld, GPTQ and SparseGPT; not asked, it reports none.
+TEST_F(SolverBackendCudaTest, ASolveAskedForItsOutputErrorReportsOutputErrorsValue) {
+  const int cols = 160, rows = 96;
+  const std::vector<float> h = MakeHessian(cols, 7u);
+  const std::vector<float> w = RandomNormal(static_cast<size_t>(rows) * cols, 0.02f, 12u);
+  GptqOptions gptq;
+  gptq.bits = 4;
+  gptq.group_size = 32;
+  gptq.act_order = true;
+  SparseGptOptions sparse;
+  sparse.sparsity = 0.5;
+  std::unique_ptr<SolverBackend> backend = Backend();
+  ASSERT_NE(backend, nullptr);
+  for (const bool hold : {false, true}) {
+    SCOPED_TRACE(hold ? "held" : "unheld");
+    std::unique_ptr<HeldHessian> scope = hold ? std::make_unique<HeldHessian>(backend.get(), h) : nullptr;
+    SR_ASSERT_OK_AND_ASSIGN(GptqResult quiet, backend->Gptq(w, rows, cols, h, gptq));
+    EXPECT_FALSE(quiet.report.output_error.has_value());
+    GptqOptions asked = gptq;
+    asked.output_error = true;
+    SR_ASSERT_OK_AND_ASSIGN(GptqResult q, backend->Gptq(w, rows, cols, h, asked));
+    ExpectSame(q, quiet);
+    ASSERT_TRUE(q.report.output_error.has_value());
+    SR_ASSERT_OK_AND_ASSIGN(double e, backend->OutputError(w, q.weight, rows, cols, h));
+    EXPECT_EQ(*q.report.output_error, e);
+    EXPECT_GT(e, 0.0);
+
+    SparseGptOptions sparse_asked = sparse;
+    sparse_asked.output_error = true;
+    SR_ASSERT_OK_AND_ASSIGN(SparseGptResult p, backend->SparseGpt(w, rows, cols, h, sparse_asked));
+    ASSERT_TRUE(p.report.output_error.has_value());
+    SR_ASSERT_OK_AND_ASSIGN(double ep, backend->OutputError(w, p.weight, rows, cols, h));
+    EXPECT_EQ(*p.report.output_error, ep);
+    EXPECT_GT(ep, e);  // half the weights gone costs more than 4-bit rounding
+  }
+}
+
 // A hold serves only the values it was made for.
 TEST_F(SolverBackendCudaTest, AHoldNeverServesOtherValues) {
   const int cols = 96, rows = 48;

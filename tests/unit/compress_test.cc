@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/algo/gptq.h"
+#include "core/algo/sparsegpt.h"
 #include "core/calib/calibration_set.h"
 #include "core/calib/layer_statistics.h"
 #include "core/comm/communicator.h"
@@ -25,6 +27,7 @@
 #include "core/pipeline/apply_stages.h"
 #include "core/pipeline/eval.h"
 #include "core/pipeline/layer_executor.h"
+#include "core/pipeline/solver_backend.h"
 #include "core/util/status_macros.h"
 #include "core/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
@@ -513,6 +516,81 @@ TEST_F(CompressSyntheticTest, DeviceOnlyHessiansReachTheHostOnlyWhenACpuSolveNee
       EXPECT_GT(backend.empty_spans_read, 0);
     }
     testing::ExpectSameFiles(dir_ / plain, dir_ / c.name);
+  }
+}
+
+// A backend that solves on the CPU and, when asked, reports the output error
+// with the solve, as the GPU solvers do from the copies of W and the result
+// they already hold; its OutputError is left to the CPU, and counted.
+class ErrorReportingBackend final : public SolverBackend {
+ public:
+  std::string name() const override { return "error-reporting"; }
+  absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
+                                  const GptqOptions& options) override {
+    SR_ASSIGN_OR_RETURN(GptqResult r, GptqQuantize(w, rows, cols, h, options));
+    if (options.output_error) {
+      ++asked;
+      r.report.output_error = RelativeOutputError(w, r.weight, rows, cols, h);
+    }
+    return r;
+  }
+  absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols,
+                                            absl::Span<const float> h, const SparseGptOptions& options) override {
+    SR_ASSIGN_OR_RETURN(SparseGptResult r, SparseGptPrune(w, rows, cols, h, options));
+    if (options.output_error) {
+      ++asked;
+      r.report.output_error = RelativeOutputError(w, r.weight, rows, cols, h);
+    }
+    return r;
+  }
+  absl::StatusOr<double> OutputError(absl::Span<const float>, absl::Span<const float>, int, int,
+                                     absl::Span<const float>) override {
+    ++error_calls;
+    return absl::UnimplementedError("left to the CPU");
+  }
+
+  int asked = 0;
+  int error_calls = 0;
+};
+
+// A matrix whose only stage is a GPTQ or SparseGPT solve takes its reported
+// error from the solve (no second pass over W and Q); with more stages, or a
+// stage that is no solve, the pipeline computes it. The errors and the files
+// are the plain run's either way.
+TEST_F(CompressSyntheticTest, ASingleStageSolveReportsItsOwnOutputError) {
+  const int matrices = config_.num_hidden_layers * 7;
+  struct Case {
+    const char* name;
+    const char* yaml;
+    int asked;
+  };
+  const Case cases[] = {
+      {"gptq", "[{gptq: {bits: 4, group_size: 16}}]", matrices},
+      {"sparsegpt", "[{sparsegpt: {sparsity: 0.5}}]", matrices},
+      {"chain", "[{sparsegpt: {sparsity: 0.5}}, {gptq: {bits: 4, group_size: 16}}]", 0},
+      {"wanda", "[{wanda: {sparsity: 0.5}}]", 0},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const Recipe recipe = MustParse(c.yaml);
+    CompressOptions plain = Options(absl::StrCat(c.name, "-plain"));
+    plain.layerwise.compare_rtn = false;
+    auto expected = RunCompression(recipe, plain);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    ErrorReportingBackend backend;
+    CompressOptions o = Options(c.name);
+    o.layerwise.compare_rtn = false;
+    o.layerwise.solvers = &backend;
+    auto report = RunCompression(recipe, o);
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_EQ(backend.asked, c.asked);
+    EXPECT_EQ(backend.error_calls, matrices - c.asked);
+    ASSERT_EQ(report->matrices.size(), expected->matrices.size());
+    for (size_t i = 0; i < report->matrices.size(); ++i) {
+      EXPECT_EQ(report->matrices[i].error, expected->matrices[i].error) << report->matrices[i].module;
+      EXPECT_GT(report->matrices[i].error, 0.0) << report->matrices[i].module;
+    }
+    testing::ExpectSameFiles(dir_ / plain.out_dir.filename(), dir_ / c.name);
   }
 }
 

@@ -88,7 +88,9 @@ class CudaSolverBackend final : public SolverBackend {
       SR_RETURN_IF_ERROR(gptq_->PrepareHessian(dh, cols, options));
       gptq_prepared_ = key;
     }
-    return GptqQuantizePrepared(*gptq_, w, rows, options, stream_);
+    // The error (when asked) against the held Hessian as it is, undamped.
+    SR_ASSIGN_OR_RETURN(const float* dh, HeldOnDevice());
+    return GptqQuantizePrepared(*gptq_, w, rows, options, stream_, dh);
   }
 
   absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
@@ -116,7 +118,8 @@ class CudaSolverBackend final : public SolverBackend {
       SR_RETURN_IF_ERROR(sparsegpt_->PrepareHessian(dh, cols, options));
       sparsegpt_prepared_ = key;
     }
-    return SparseGptPrunePrepared(*sparsegpt_, w, rows, options, stream_);
+    SR_ASSIGN_OR_RETURN(const float* dh, HeldOnDevice());
+    return SparseGptPrunePrepared(*sparsegpt_, w, rows, options, stream_, dh);
   }
 
   absl::StatusOr<double> OutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,

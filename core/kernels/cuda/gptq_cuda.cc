@@ -10,6 +10,7 @@
 #include "core/algo/quantizer.h"
 #include "core/kernels/cuda/blas.h"
 #include "core/kernels/cuda/gptq_cuda_launch.h"
+#include "core/kernels/cuda/output_error_cuda.h"
 
 namespace shrinkray {
 namespace {
@@ -217,15 +218,15 @@ absl::StatusOr<GptqResult> GptqQuantizeCuda(absl::Span<const float> w, int rows,
   }
   SR_CUDA_ASSIGN_OR_RETURN(std::unique_ptr<GptqCuda> gptq, GptqCuda::Create(stream));
   gptq->set_timing(false);
-  {
-    SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream));
-    SR_STATUS_RETURN_IF_ERROR(gptq->PrepareHessian(d_h.data(), cols, options));
-  }
-  return GptqQuantizePrepared(*gptq, w, rows, options, stream);
+  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream));
+  SR_STATUS_RETURN_IF_ERROR(gptq->PrepareHessian(d_h.data(), cols, options));
+  if (!options.output_error) d_h.Reset();  // not needed past the preparation
+  return GptqQuantizePrepared(*gptq, w, rows, options, stream, d_h.data());
 }
 
 absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const float> w, int rows,
-                                                const GptqOptions& options, cudaStream_t stream) {
+                                                const GptqOptions& options, cudaStream_t stream,
+                                                const float* h) {
   const int cols = gptq.cols();
   if (cols == 0) return absl::FailedPreconditionError("GptqQuantizePrepared: no prepared Hessian");
   if (rows <= 0 || w.size() != static_cast<size_t>(rows) * cols) {
@@ -251,6 +252,11 @@ absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const
 
   GptqResult result;
   result.report = report;
+  if (options.output_error && h != nullptr) {
+    // W (Quantize leaves it as it was) and Q are on the device already.
+    SR_STATUS_RETURN_IF_ERROR(
+        report_output_error(d_w.data(), d_q.data(), rows, cols, h, stream, &result.report.output_error));
+  }
   result.perm = gptq.perm();
   result.weight.resize(numel);
   SR_STATUS_RETURN_IF_ERROR(d_q.CopyToHost(absl::MakeSpan(result.weight), stream));

@@ -118,8 +118,10 @@ absl::StatusOr<GptqResult> GptqQuantizeCuda(absl::Span<const float> w, int rows,
 // The same from an already prepared GptqCuda (PrepareHessian with these
 // options' act_order and damping; `stream` is the one it was made for): what
 // GptqQuantizeCuda does after its PrepareHessian, so matrices that share a
-// Hessian prepare it once.
+// Hessian prepare it once. `h`: the Hessian as prepared (device, undamped),
+// for report.output_error when options.output_error asks for it.
 absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const float> w, int rows,
-                                                const GptqOptions& options, cudaStream_t stream);
+                                                const GptqOptions& options, cudaStream_t stream,
+                                                const float* h = nullptr);
 
 }  // namespace shrinkray

@@ -63,4 +63,17 @@ absl::StatusOr<double> relative_output_error(const float* w, const float* q, int
   return num / den;
 }
 
+absl::Status report_output_error(const float* w, const float* q, int rows, int cols, const float* h,
+                                 cudaStream_t stream, std::optional<double>* out) {
+  absl::StatusOr<double> e = relative_output_error(w, q, rows, cols, h, stream);
+  if (e.ok()) {
+    *out = *e;
+    return absl::OkStatus();
+  }
+  out->reset();
+  if (!absl::IsResourceExhausted(e.status())) return e.status();
+  (void)cudaGetLastError();  // the failed allocation is not the next launch's error
+  return absl::OkStatus();
+}
+
 }  // namespace shrinkray

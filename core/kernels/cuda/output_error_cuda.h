@@ -12,6 +12,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <optional>
+
 #include "absl/status/statusor.h"
 
 namespace shrinkray {
@@ -23,5 +25,13 @@ constexpr int kOutputErrorTileCols = 1024;
 // w, q: device [rows, cols]; h: device [cols, cols] symmetric. Synchronous.
 absl::StatusOr<double> relative_output_error(const float* w, const float* q, int rows, int cols, const float* h,
                                              cudaStream_t stream);
+
+// The same as a solver's extra (SolveReport::output_error), from the copies
+// of W and the result the solve made: `out` is set, or left unset when the
+// error's workspace does not fit (CUDA's last error cleared: the solve's
+// result stands and the caller computes the error its own way); any other
+// failure is returned.
+absl::Status report_output_error(const float* w, const float* q, int rows, int cols, const float* h,
+                                 cudaStream_t stream, std::optional<double>* out);
 
 }  // namespace shrinkray

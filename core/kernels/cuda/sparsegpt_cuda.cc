@@ -8,6 +8,7 @@
 #include "core/algo/validation.h"
 #include "core/kernels/cuda/blas.h"
 #include "core/kernels/cuda/gptq_cuda_launch.h"
+#include "core/kernels/cuda/output_error_cuda.h"
 #include "core/kernels/cuda/sparsegpt_cuda_launch.h"
 
 namespace shrinkray {
@@ -218,16 +219,15 @@ absl::StatusOr<SparseGptResult> SparseGptPruneCuda(absl::Span<const float> w, in
   SR_STATUS_RETURN_IF_ERROR(algo_internal::CheckMatrix("h", h, cols, cols));
   SR_CUDA_ASSIGN_OR_RETURN(std::unique_ptr<SparseGptCuda> sgpt, SparseGptCuda::Create(stream));
   sgpt->set_timing(false);
-  {
-    SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream));
-    SR_STATUS_RETURN_IF_ERROR(sgpt->PrepareHessian(d_h.data(), cols, options));
-  }
-  return SparseGptPrunePrepared(*sgpt, w, rows, options, stream);
+  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream));
+  SR_STATUS_RETURN_IF_ERROR(sgpt->PrepareHessian(d_h.data(), cols, options));
+  if (!options.output_error) d_h.Reset();  // not needed past the preparation
+  return SparseGptPrunePrepared(*sgpt, w, rows, options, stream, d_h.data());
 }
 
 absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl::Span<const float> w,
                                                        int rows, const SparseGptOptions& options,
-                                                       cudaStream_t stream) {
+                                                       cudaStream_t stream, const float* h) {
   const int cols = sgpt.cols();
   if (cols == 0) return absl::FailedPreconditionError("SparseGptPrunePrepared: no prepared Hessian");
   // Its callers check w's values (CheckMatrix, in the CPU solver's order);
@@ -251,6 +251,11 @@ absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl
   SR_STATUS_RETURN_IF_ERROR(d_keep.CopyToHost(absl::MakeSpan(result.keep), stream));
   result.pruned = rep.pruned;
   result.report = rep.report;
+  if (options.output_error && h != nullptr) {
+    // W (Prune leaves it as it was) and the result are on the device already.
+    SR_STATUS_RETURN_IF_ERROR(
+        report_output_error(d_w.data(), d_q.data(), rows, cols, h, stream, &result.report.output_error));
+  }
   return result;
 }
 

@@ -121,8 +121,11 @@ absl::StatusOr<SparseGptResult> SparseGptPruneCuda(absl::Span<const float> w, in
 // The same from an already prepared SparseGptCuda (PrepareHessian with these
 // options' damping; `stream` is the one it was made for), so matrices that
 // share a Hessian prepare it once. The caller has checked w's values
-// (algo_internal::CheckMatrix); this checks its shape only.
+// (algo_internal::CheckMatrix); this checks its shape only. `h`: the
+// Hessian as prepared (device, undamped), for report.output_error when
+// options.output_error asks for it.
 absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl::Span<const float> w, int rows,
-                                                       const SparseGptOptions& options, cudaStream_t stream);
+                                                       const SparseGptOptions& options, cudaStream_t stream,
+                                                       const float* h = nullptr);
 
 }  // namespace shrinkray
