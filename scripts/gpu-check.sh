@@ -5,6 +5,7 @@
 #   scripts/gpu-check.sh [section...]     sections: env ops goldens goldens-gpu nccl table compress-job
 #                                         compress-job-bf16 compress-job-8b gptq-smoke
 #                                         gptq-8b sparsegpt-8b training forward-vs-transformers
+#                                         attention
 #                                         (default: env ops goldens)
 #
 #   env      nvidia-smi, and ldd of every bundled program through the bundle's
@@ -45,6 +46,9 @@
 #            forwards and statistics on bf16 tensor cores)
 #   compress-job-8b  the bf16 job on Llama-3-8B decoder shapes, $JOB8B_LAYERS (8) layers,
 #            timeout $JOB8B_TIMEOUT (300 s)
+#   attention  attention_bench: the causal attention forward at Llama-3-8B
+#            shapes (8 x 2048 tokens, 32 / 8 heads of 128), fp32 tiled vs fp32
+#            one-warp-per-query vs bf16 flash, one table; timeout 120 s
 #   table    the GPTQ and SparseGPT rows of docs/results.md (scripts/results-table.sh,
 #            full protocol) with DEVICE=cuda: forwards, statistics and solves on the GPU, one process per
 #            row in parallel; each row solved on one device must be within 0.5%
@@ -230,6 +234,8 @@ section_gptq_8b() {
   run_bench gptq-8b "$limit" --layers "${GPTQ_LAYERS:-32}" --budget-s $((limit - 30)) ${GPTQ_8B_ARGS:-}
 }
 
+section_attention() { BENCH_PROG=attention_bench run_bench attention 120; }
+
 section_nccl() {
   if [[ ! -x "$BUNDLE/bin/shrinkray_cuda_tests" ]]; then
     STATUS=FAIL; NOTE="no shrinkray_cuda_tests in the bundle"; echo "$NOTE"; return
@@ -410,9 +416,9 @@ section_table() {
 sections=("$@")
 ((${#sections[@]} > 0)) || sections=(env ops goldens)
 for s in "${sections[@]}"; do
-  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | compress-job | compress-job-bf16 | compress-job-8b | gptq-smoke | gptq-8b | sparsegpt-8b | training | forward-vs-transformers) ;; *)
+  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | compress-job | compress-job-bf16 | compress-job-8b | gptq-smoke | gptq-8b | sparsegpt-8b | training | forward-vs-transformers | attention) ;; *)
     echo "unknown section '$s' (env ops goldens goldens-gpu nccl table compress-job compress-job-bf16 compress-job-8b gptq-smoke gptq-8b sparsegpt-8b" \
-      "training forward-vs-transformers)" >&2; exit 2 ;;
+      "training forward-vs-transformers attention)" >&2; exit 2 ;;
   esac
 done
 

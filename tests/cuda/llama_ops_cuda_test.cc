@@ -193,7 +193,13 @@ TEST_P(AttentionCudaTest, MatchesCpu) {
   std::vector<float> out(nq);
   SR_ASSERT_OK(d_o.CopyToHost(absl::MakeSpan(out), stream_));
   const auto e32 = Compare(out, ref);
-  EXPECT_LE(e32.nmse, kNmseF32) << "fp32 " << Describe(e32);
+  EXPECT_LE(e32.nmse, kNmseF32) << "fp32 (tiled if HD 64/128) " << Describe(e32);
+  // The one-warp-per-query fp32 kernel it replaced for those head sizes.
+  SR_ASSERT_OK(attention_forward_simt(d_o.data(), d_q.data(), d_k.data(), d_v.data(), B, T, NH, NKV, HD, window,
+                                      stream_));
+  SR_ASSERT_OK(d_o.CopyToHost(absl::MakeSpan(out), stream_));
+  const auto e32simt = Compare(out, ref);
+  EXPECT_LE(e32simt.nmse, kNmseF32) << "fp32 SIMT " << Describe(e32simt);
 
   // bf16: tensor-core kernel where the shape allows, and the SIMT kernel.
   SR_ASSERT_OK_AND_ASSIGN(auto d_q16, DeviceBuffer<bf16>::FromHost(ToBf16(q), stream_));
@@ -215,15 +221,18 @@ TEST_P(AttentionCudaTest, MatchesCpu) {
   EXPECT_LE(esimt.nmse, kNmseBf16Out) << "bf16 SIMT " << Describe(esimt);
 }
 
-// T around the 64-row tiles (1, 63, 64, 65, 200), GQA groups 1/2/4/8, HD 64
-// and 128 (tensor cores) and 16/80 (SIMT fallback), sliding windows.
+// T around the 64-row tiles (1, 63, 64, 65, 200) and the fp32 kernel's
+// 32-row ones (31, 33), GQA groups 1/2/4/8, HD 64 and 128 (tensor cores; fp32
+// tiled) and 16/80 (SIMT fallback), sliding windows inside one 32-key tile
+// (5) and across tiles (70).
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionCudaTest,
     ::testing::Values(AttnShape{1, 1, 4, 2, 64, 0}, AttnShape{2, 63, 4, 2, 64, 0},
                       AttnShape{1, 64, 8, 1, 128, 0}, AttnShape{2, 65, 4, 4, 128, 0},
                       AttnShape{1, 200, 8, 2, 128, 0}, AttnShape{1, 300, 32, 8, 128, 0},
                       AttnShape{2, 37, 4, 2, 16, 0}, AttnShape{1, 50, 2, 1, 80, 0},
-                      AttnShape{1, 200, 4, 2, 128, 70}, AttnShape{1, 130, 4, 2, 64, 5}),
+                      AttnShape{1, 200, 4, 2, 128, 70}, AttnShape{1, 130, 4, 2, 64, 5},
+                      AttnShape{3, 31, 4, 1, 64, 0}, AttnShape{1, 33, 8, 8, 128, 33}),
     AttnName);
 
 TEST_F(LlamaOpsCudaTest, RejectsBadArguments) {

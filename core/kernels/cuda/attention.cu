@@ -19,8 +19,12 @@
 //    and the per-element mask runs only on tiles that straddle the band or T.
 //    Optionally writes lse[B, NH, T] = log(sum_j exp(s_ij)) (natural log of
 //    the scaled scores), which the backward (attention_backward.cu) needs.
+//  * AttentionTiledF32Kernel: fp32 inputs with HD 64 or 128 (the reference
+//    forward_dtype float32): 32 queries per CTA share K/V tiles in shared
+//    memory, four threads per query, online softmax per tile.
 //  * AttentionSimtKernel: one warp per query row, fp32, any HD <= 256 — the
-//    fallback (fp32 inputs, odd head sizes) and a cross-check in the tests.
+//    fallback (odd head sizes, bf16 without tensor cores) and a cross-check
+//    in the tests.
 #include <cstdint>
 
 #include "core/kernels/cuda/mma.cuh"
@@ -280,6 +284,136 @@ cudaError_t LaunchFlashFwd(bf16* out, float* lse, const bf16* q, const bf16* k, 
   return cudaGetLastError();
 }
 
+// ---- fp32 tiled ----------------------------------------------------------------
+
+// kTiledBr query rows of one (b, h) per CTA share each tile of kTiledBc keys
+// staged in shared memory, so K and V come from memory once per kTiledBr
+// queries (the SIMT kernel reads them once per query: at seqlen 2048 that is
+// L2 traffic of ~8 TB a layer at 8B shapes). Four threads per query row:
+// thread s of a row owns the float4s s + 4t (t < HD/16) of its q and output,
+// so the four read 64 contiguous bytes of a K or V row at a time and the
+// eight rows of a warp read the same bytes (a broadcast; no bank conflicts).
+// A row's partial dot products meet by two shuffles. Per tile, all scores
+// first (registers), then one rescale of the accumulator by
+// exp(m_old - m_new) and the P V sum, in fp32 (expf, as the SIMT kernel).
+constexpr int kTiledSlices = 4;                         // threads per query row
+constexpr int kTiledBr = 32;                            // query rows per CTA
+constexpr int kTiledBc = 32;                            // keys per tile
+constexpr int kTiledThreads = kTiledBr * kTiledSlices;  // 128
+
+__device__ __forceinline__ float Dot4(float4 a, float4 b, float acc) {
+  acc = fmaf(a.x, b.x, acc);
+  acc = fmaf(a.y, b.y, acc);
+  acc = fmaf(a.z, b.z, acc);
+  return fmaf(a.w, b.w, acc);
+}
+__device__ __forceinline__ float4 Axpy4(float p, float4 x, float4 y) {
+  return make_float4(fmaf(p, x.x, y.x), fmaf(p, x.y, y.y), fmaf(p, x.z, y.z), fmaf(p, x.w, y.w));
+}
+__device__ __forceinline__ float4 Scale4(float4 x, float c) {
+  return make_float4(x.x * c, x.y * c, x.z * c, x.w * c);
+}
+
+template <int kHD>
+__global__ void __launch_bounds__(kTiledThreads)
+    AttentionTiledF32Kernel(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
+                            const float* __restrict__ k, const float* __restrict__ v, int T, int NH, int NKV,
+                            int window, float scale) {
+  static_assert(kHD % (4 * kTiledSlices) == 0, "HD must be a multiple of 16");
+  constexpr int kRow4 = kHD / 4;                  // float4s per row
+  constexpr int kVec = kRow4 / kTiledSlices;      // float4s per thread
+  __shared__ float4 ks[kTiledBc][kRow4];
+  __shared__ float4 vs[kTiledBc][kRow4];
+  const int b = blockIdx.z;
+  const int h = blockIdx.y;
+  const int q0 = blockIdx.x * kTiledBr;
+  const int row = threadIdx.x / kTiledSlices;
+  const int slice = threadIdx.x % kTiledSlices;
+  const int i = q0 + row;
+  const bool valid = i < T;  // rows past T compute nothing visible and write nothing
+  const int kvh = h / (NH / NKV);
+  const long q_stride = static_cast<long>(NH) * kHD;
+  const long kv_stride = static_cast<long>(NKV) * kHD;
+
+  float4 qr[kVec];
+  float4 acc[kVec];
+  const float4* qi =
+      reinterpret_cast<const float4*>(q + (static_cast<long>(b) * T + (valid ? i : 0)) * q_stride +
+                                      static_cast<long>(h) * kHD);
+#pragma unroll
+  for (int t = 0; t < kVec; ++t) {
+    qr[t] = valid ? qi[slice + kTiledSlices * t] : make_float4(0.f, 0.f, 0.f, 0.f);
+    acc[t] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float m = -INFINITY;
+  float l = 0.0f;
+  const int last = min(q0 + kTiledBr, T) - 1;  // the CTA's last query row
+  const int lo = window > 0 ? max(0, q0 - window + 1) : 0;
+  for (int j0 = lo / kTiledBc * kTiledBc; j0 <= last; j0 += kTiledBc) {
+    __syncthreads();  // every row is done with the previous tile
+    for (int e = threadIdx.x; e < kTiledBc * kRow4; e += kTiledThreads) {
+      const int jj = e / kRow4;
+      const int c = e % kRow4;
+      const int j = j0 + jj;
+      float4 kk = make_float4(0.f, 0.f, 0.f, 0.f), vv = kk;
+      if (j < T) {
+        const long at = (static_cast<long>(b) * T + j) * kv_stride + static_cast<long>(kvh) * kHD;
+        kk = reinterpret_cast<const float4*>(k + at)[c];
+        vv = reinterpret_cast<const float4*>(v + at)[c];
+      }
+      ks[jj][c] = kk;
+      vs[jj][c] = vv;
+    }
+    __syncthreads();
+    float s[kTiledBc];
+    float tile_max = -INFINITY;
+#pragma unroll
+    for (int jj = 0; jj < kTiledBc; ++jj) {
+      float d = 0.0f;
+#pragma unroll
+      for (int t = 0; t < kVec; ++t) d = Dot4(qr[t], ks[jj][slice + kTiledSlices * t], d);
+      // Every lane takes part (no branch above): the row's four partial sums.
+      d += __shfl_xor_sync(0xffffffffu, d, 1);
+      d += __shfl_xor_sync(0xffffffffu, d, 2);
+      const int j = j0 + jj;
+      const bool visible = valid && j <= i && (window <= 0 || j > i - window);
+      s[jj] = visible ? d * scale : -INFINITY;
+      tile_max = fmaxf(tile_max, s[jj]);
+    }
+    const float m_new = fmaxf(m, tile_max);
+    if (m_new != -INFINITY) {  // else nothing of this row is visible yet
+      const float corr = expf(m - m_new);  // m = -inf before the first visible key: 0
+      l *= corr;
+#pragma unroll
+      for (int t = 0; t < kVec; ++t) acc[t] = Scale4(acc[t], corr);
+#pragma unroll
+      for (int jj = 0; jj < kTiledBc; ++jj) {
+        const float p = expf(s[jj] - m_new);  // hidden keys: exp(-inf) = 0
+        l += p;
+#pragma unroll
+        for (int t = 0; t < kVec; ++t) acc[t] = Axpy4(p, vs[jj][slice + kTiledSlices * t], acc[t]);
+      }
+      m = m_new;
+    }
+  }
+  if (!valid) return;
+  float4* oi = reinterpret_cast<float4*>(out + (static_cast<long>(b) * T + i) * q_stride +
+                                         static_cast<long>(h) * kHD);
+  const float inv = 1.0f / l;  // key i is always visible: l >= 1
+#pragma unroll
+  for (int t = 0; t < kVec; ++t) oi[slice + kTiledSlices * t] = Scale4(acc[t], inv);
+  if (lse != nullptr && slice == 0) lse[(static_cast<long>(b) * NH + h) * T + i] = m + logf(l);
+}
+
+template <int kHD>
+cudaError_t LaunchTiledF32(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T,
+                           int NH, int NKV, int window, cudaStream_t stream) {
+  const dim3 grid((T + kTiledBr - 1) / kTiledBr, NH, B);
+  const float scale = 1.0f / sqrtf(static_cast<float>(kHD));
+  AttentionTiledF32Kernel<kHD><<<grid, kTiledThreads, 0, stream>>>(out, lse, q, k, v, T, NH, NKV, window, scale);
+  return cudaGetLastError();
+}
+
 // ---- SIMT fallback ------------------------------------------------------------
 
 constexpr int kSimtMaxHD = 256;
@@ -378,6 +512,18 @@ cudaError_t LaunchAttentionTensorCore(bf16* out, float* lse, const bf16* q, cons
     return LaunchFlashFwd<64, kFwdWarps, kFwdMinBlocks>(out, lse, q, k, v, B, T, NH, NKV, window,
                                                         stream);
   }
+  return cudaErrorInvalidValue;
+}
+
+bool AttentionTiledF32Ok(const void* out, const void* q, const void* k, const void* v, int HD) {
+  return (HD == 64 || HD == 128) && IsAligned16(out) && IsAligned16(q) && IsAligned16(k) && IsAligned16(v);
+}
+
+cudaError_t LaunchAttentionTiledF32(float* out, float* lse, const float* q, const float* k, const float* v, int B,
+                                    int T, int NH, int NKV, int HD, int window, cudaStream_t stream) {
+  if (B == 0 || T == 0 || NH == 0) return cudaSuccess;
+  if (HD == 128) return LaunchTiledF32<128>(out, lse, q, k, v, B, T, NH, NKV, window, stream);
+  if (HD == 64) return LaunchTiledF32<64>(out, lse, q, k, v, B, T, NH, NKV, window, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -80,16 +80,21 @@ absl::Status rope_forward(__nv_bfloat16* out, const __nv_bfloat16* inp, const fl
 // kernel. bf16 with HD in {64, 128} and 16-byte aligned pointers runs the
 // flash-attention-2 tensor-core kernel (mma.sync bf16 QK^T and PV, fp32
 // accumulation, online softmax in registers, P rounded to bf16 before PV as
-// flash-attention does); any other case (and fp32) runs a SIMT kernel in fp32
-// (HD <= 256). out must not alias q, k or v. train_ops.h has the variant that
-// also writes the log-sum-exp for the backward (same kernels).
+// flash-attention does); fp32 with HD in {64, 128} and aligned pointers runs
+// a tiled SIMT kernel (32 queries share each K/V tile in shared memory); any
+// other case runs a SIMT kernel in fp32, one warp per query (HD <= 256). out
+// must not alias q, k or v. train_ops.h has the variant that also writes the
+// log-sum-exp for the backward (same kernels).
 absl::Status attention_forward(float* out, const float* q, const float* k, const float* v, int B,
                                int T, int NH, int NKV, int HD, int window, cudaStream_t stream);
 absl::Status attention_forward(__nv_bfloat16* out, const __nv_bfloat16* q,
                                const __nv_bfloat16* k, const __nv_bfloat16* v, int B, int T,
                                int NH, int NKV, int HD, int window, cudaStream_t stream);
 
-// Forces the SIMT attention kernel for bf16 too (tests cross-check the two).
+// Forces the one-warp-per-query SIMT attention kernel (tests cross-check it
+// against the others; the attention bench times it beside them).
+absl::Status attention_forward_simt(float* out, const float* q, const float* k, const float* v, int B, int T,
+                                    int NH, int NKV, int HD, int window, cudaStream_t stream);
 absl::Status attention_forward_simt(__nv_bfloat16* out, const __nv_bfloat16* q,
                                     const __nv_bfloat16* k, const __nv_bfloat16* v, int B, int T,
                                     int NH, int NKV, int HD, int window, cudaStream_t stream);

@@ -168,6 +168,20 @@ absl::Status rope_forward(bf16* out, const bf16* inp, const float* cos, const fl
 absl::Status attention_forward(float* out, const float* q, const float* k, const float* v, int B,
                                int T, int NH, int NKV, int HD, int window, cudaStream_t stream) {
   SR_STATUS_RETURN_IF_ERROR(CheckAttention(out, q, k, v, B, T, NH, NKV, HD));
+  if (kernels::AttentionTiledF32Ok(out, q, k, v, HD)) {
+    SR_CUDA_RETURN_IF_ERROR(
+        kernels::LaunchAttentionTiledF32(out, nullptr, q, k, v, B, T, NH, NKV, HD, window, stream));
+  } else {
+    SR_CUDA_RETURN_IF_ERROR(
+        kernels::LaunchAttentionSimt<float>(out, nullptr, q, k, v, B, T, NH, NKV, HD, window,
+                                            stream));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status attention_forward_simt(float* out, const float* q, const float* k, const float* v, int B,
+                                    int T, int NH, int NKV, int HD, int window, cudaStream_t stream) {
+  SR_STATUS_RETURN_IF_ERROR(CheckAttention(out, q, k, v, B, T, NH, NKV, HD));
   SR_CUDA_RETURN_IF_ERROR(
       kernels::LaunchAttentionSimt<float>(out, nullptr, q, k, v, B, T, NH, NKV, HD, window,
                                           stream));
