@@ -165,52 +165,57 @@ absl::Status rope_forward(bf16* out, const bf16* inp, const float* cos, const fl
   return RopeImpl(out, inp, cos, sin, B, T, NH, HD, stream);
 }
 
+namespace {
+
+// The fast kernel of each type where the shape allows (fp32: tiled; bf16:
+// tensor cores), else (or when `simt`) the one-warp-per-query kernel.
+bool FastAttentionOk(const float* out, const float* q, const float* k, const float* v, int /*NH*/, int /*NKV*/,
+                     int HD) {
+  return kernels::AttentionTiledF32Ok(out, q, k, v, HD);
+}
+bool FastAttentionOk(const bf16* out, const bf16* q, const bf16* k, const bf16* v, int NH, int NKV, int HD) {
+  return kernels::AttentionTensorCoreOk(out, q, k, v, NH, NKV, HD);
+}
+cudaError_t LaunchFastAttention(float* out, const float* q, const float* k, const float* v, int B, int T, int NH,
+                                int NKV, int HD, int window, cudaStream_t stream) {
+  return kernels::LaunchAttentionTiledF32(out, nullptr, q, k, v, B, T, NH, NKV, HD, window, stream);
+}
+cudaError_t LaunchFastAttention(bf16* out, const bf16* q, const bf16* k, const bf16* v, int B, int T, int NH,
+                                int NKV, int HD, int window, cudaStream_t stream) {
+  return kernels::LaunchAttentionTensorCore(out, nullptr, q, k, v, B, T, NH, NKV, HD, window, stream);
+}
+
+template <typename T>
+absl::Status AttentionImpl(T* out, const T* q, const T* k, const T* v, int B, int T_, int NH, int NKV, int HD,
+                           int window, bool simt, cudaStream_t stream) {
+  SR_STATUS_RETURN_IF_ERROR(CheckAttention(out, q, k, v, B, T_, NH, NKV, HD));
+  if (!simt && FastAttentionOk(out, q, k, v, NH, NKV, HD)) {
+    SR_CUDA_RETURN_IF_ERROR(LaunchFastAttention(out, q, k, v, B, T_, NH, NKV, HD, window, stream));
+  } else {
+    SR_CUDA_RETURN_IF_ERROR(
+        kernels::LaunchAttentionSimt<T>(out, nullptr, q, k, v, B, T_, NH, NKV, HD, window, stream));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status attention_forward(float* out, const float* q, const float* k, const float* v, int B,
                                int T, int NH, int NKV, int HD, int window, cudaStream_t stream) {
-  SR_STATUS_RETURN_IF_ERROR(CheckAttention(out, q, k, v, B, T, NH, NKV, HD));
-  if (kernels::AttentionTiledF32Ok(out, q, k, v, HD)) {
-    SR_CUDA_RETURN_IF_ERROR(
-        kernels::LaunchAttentionTiledF32(out, nullptr, q, k, v, B, T, NH, NKV, HD, window, stream));
-  } else {
-    SR_CUDA_RETURN_IF_ERROR(
-        kernels::LaunchAttentionSimt<float>(out, nullptr, q, k, v, B, T, NH, NKV, HD, window,
-                                            stream));
-  }
-  return absl::OkStatus();
+  return AttentionImpl(out, q, k, v, B, T, NH, NKV, HD, window, /*simt=*/false, stream);
 }
-
 absl::Status attention_forward_simt(float* out, const float* q, const float* k, const float* v, int B,
                                     int T, int NH, int NKV, int HD, int window, cudaStream_t stream) {
-  SR_STATUS_RETURN_IF_ERROR(CheckAttention(out, q, k, v, B, T, NH, NKV, HD));
-  SR_CUDA_RETURN_IF_ERROR(
-      kernels::LaunchAttentionSimt<float>(out, nullptr, q, k, v, B, T, NH, NKV, HD, window,
-                                          stream));
-  return absl::OkStatus();
+  return AttentionImpl(out, q, k, v, B, T, NH, NKV, HD, window, /*simt=*/true, stream);
 }
-
 absl::Status attention_forward(bf16* out, const bf16* q, const bf16* k, const bf16* v, int B,
                                int T, int NH, int NKV, int HD, int window, cudaStream_t stream) {
-  SR_STATUS_RETURN_IF_ERROR(CheckAttention(out, q, k, v, B, T, NH, NKV, HD));
-  if (kernels::AttentionTensorCoreOk(out, q, k, v, NH, NKV, HD)) {
-    SR_CUDA_RETURN_IF_ERROR(
-        kernels::LaunchAttentionTensorCore(out, nullptr, q, k, v, B, T, NH, NKV, HD, window,
-                                           stream));
-  } else {
-    SR_CUDA_RETURN_IF_ERROR(
-        kernels::LaunchAttentionSimt<bf16>(out, nullptr, q, k, v, B, T, NH, NKV, HD, window,
-                                           stream));
-  }
-  return absl::OkStatus();
+  return AttentionImpl(out, q, k, v, B, T, NH, NKV, HD, window, /*simt=*/false, stream);
 }
-
 absl::Status attention_forward_simt(bf16* out, const bf16* q, const bf16* k, const bf16* v, int B,
                                     int T, int NH, int NKV, int HD, int window,
                                     cudaStream_t stream) {
-  SR_STATUS_RETURN_IF_ERROR(CheckAttention(out, q, k, v, B, T, NH, NKV, HD));
-  SR_CUDA_RETURN_IF_ERROR(
-      kernels::LaunchAttentionSimt<bf16>(out, nullptr, q, k, v, B, T, NH, NKV, HD, window,
-                                         stream));
-  return absl::OkStatus();
+  return AttentionImpl(out, q, k, v, B, T, NH, NKV, HD, window, /*simt=*/true, stream);
 }
 
 }  // namespace shrinkray
