@@ -208,7 +208,7 @@ run_bench() {
   if ((rc == 124 || rc == 137)); then
     STATUS=FAIL; NOTE="timed out after ${limit}s (see $name.log)"
   elif ((rc == 2)); then
-    STATUS=FAIL; NOTE="rc=2: non-finite hidden state or loss (numerics bug); ${result#RESULT }"
+    STATUS=FAIL; NOTE="rc=2: a numerics check failed (non-finite values, or kernels that disagree); ${result#RESULT }"
   elif ((rc != 0)); then
     STATUS=FAIL; NOTE="rc=$rc (see $name.log)"
   else

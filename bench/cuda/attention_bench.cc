@@ -74,6 +74,10 @@ int Main(int argc, char** argv) {
       return 2;
     }
   }
+  if (HD != 64 && HD != 128) {
+    std::fprintf(stderr, "attention_bench: --head-dim must be 64 or 128 (the tiled and tensor-core kernels)\n");
+    return 2;
+  }
   BENCH_ASSIGN_OR_FAIL(const int devices, CudaDeviceCount());
   if (devices == 0) {
     std::fprintf(stderr, "attention_bench: no CUDA device\n");

@@ -183,7 +183,7 @@ TEST_P(AttentionCudaTest, MatchesCpu) {
   std::vector<float> ref(nq);
   attention_forward(ref.data(), q.data(), k.data(), v.data(), B, T, NH, NKV, HD, window);
 
-  // fp32 SIMT kernel.
+  // fp32: the tiled kernel where the shape allows (HD 64/128), else SIMT.
   SR_ASSERT_OK_AND_ASSIGN(auto d_q, DeviceBuffer<float>::FromHost(q, stream_));
   SR_ASSERT_OK_AND_ASSIGN(auto d_k, DeviceBuffer<float>::FromHost(k, stream_));
   SR_ASSERT_OK_AND_ASSIGN(auto d_v, DeviceBuffer<float>::FromHost(v, stream_));
@@ -224,7 +224,7 @@ TEST_P(AttentionCudaTest, MatchesCpu) {
 // T around the 64-row tiles (1, 63, 64, 65, 200) and the fp32 kernel's
 // 32-row ones (31, 33), GQA groups 1/2/4/8, HD 64 and 128 (tensor cores; fp32
 // tiled) and 16/80 (SIMT fallback), sliding windows inside one 32-key tile
-// (5) and across tiles (70).
+// (5) and across tiles (33, 70).
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionCudaTest,
     ::testing::Values(AttnShape{1, 1, 4, 2, 64, 0}, AttnShape{2, 63, 4, 2, 64, 0},
@@ -232,7 +232,7 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnShape{1, 200, 8, 2, 128, 0}, AttnShape{1, 300, 32, 8, 128, 0},
                       AttnShape{2, 37, 4, 2, 16, 0}, AttnShape{1, 50, 2, 1, 80, 0},
                       AttnShape{1, 200, 4, 2, 128, 70}, AttnShape{1, 130, 4, 2, 64, 5},
-                      AttnShape{3, 31, 4, 1, 64, 0}, AttnShape{1, 33, 8, 8, 128, 33}),
+                      AttnShape{3, 31, 4, 1, 64, 0}, AttnShape{1, 100, 8, 8, 128, 33}),
     AttnName);
 
 TEST_F(LlamaOpsCudaTest, RejectsBadArguments) {

@@ -316,7 +316,7 @@ __device__ __forceinline__ float4 Scale4(float4 x, float c) {
 
 template <int kHD>
 __global__ void __launch_bounds__(kTiledThreads)
-    AttentionTiledF32Kernel(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
+    AttentionTiledF32Kernel(float* __restrict__ out, const float* __restrict__ q,
                             const float* __restrict__ k, const float* __restrict__ v, int T, int NH, int NKV,
                             int window, float scale) {
   static_assert(kHD % (4 * kTiledSlices) == 0, "HD must be a multiple of 16");
@@ -402,15 +402,14 @@ __global__ void __launch_bounds__(kTiledThreads)
   const float inv = 1.0f / l;  // key i is always visible: l >= 1
 #pragma unroll
   for (int t = 0; t < kVec; ++t) oi[slice + kTiledSlices * t] = Scale4(acc[t], inv);
-  if (lse != nullptr && slice == 0) lse[(static_cast<long>(b) * NH + h) * T + i] = m + logf(l);
 }
 
 template <int kHD>
-cudaError_t LaunchTiledF32(float* out, float* lse, const float* q, const float* k, const float* v, int B, int T,
-                           int NH, int NKV, int window, cudaStream_t stream) {
+cudaError_t LaunchTiledF32(float* out, const float* q, const float* k, const float* v, int B, int T, int NH,
+                           int NKV, int window, cudaStream_t stream) {
   const dim3 grid((T + kTiledBr - 1) / kTiledBr, NH, B);
   const float scale = 1.0f / sqrtf(static_cast<float>(kHD));
-  AttentionTiledF32Kernel<kHD><<<grid, kTiledThreads, 0, stream>>>(out, lse, q, k, v, T, NH, NKV, window, scale);
+  AttentionTiledF32Kernel<kHD><<<grid, kTiledThreads, 0, stream>>>(out, q, k, v, T, NH, NKV, window, scale);
   return cudaGetLastError();
 }
 
@@ -519,11 +518,11 @@ bool AttentionTiledF32Ok(const void* out, const void* q, const void* k, const vo
   return (HD == 64 || HD == 128) && IsAligned16(out) && IsAligned16(q) && IsAligned16(k) && IsAligned16(v);
 }
 
-cudaError_t LaunchAttentionTiledF32(float* out, float* lse, const float* q, const float* k, const float* v, int B,
-                                    int T, int NH, int NKV, int HD, int window, cudaStream_t stream) {
+cudaError_t LaunchAttentionTiledF32(float* out, const float* q, const float* k, const float* v, int B, int T,
+                                    int NH, int NKV, int HD, int window, cudaStream_t stream) {
   if (B == 0 || T == 0 || NH == 0) return cudaSuccess;
-  if (HD == 128) return LaunchTiledF32<128>(out, lse, q, k, v, B, T, NH, NKV, window, stream);
-  if (HD == 64) return LaunchTiledF32<64>(out, lse, q, k, v, B, T, NH, NKV, window, stream);
+  if (HD == 128) return LaunchTiledF32<128>(out, q, k, v, B, T, NH, NKV, window, stream);
+  if (HD == 64) return LaunchTiledF32<64>(out, q, k, v, B, T, NH, NKV, window, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -49,10 +49,11 @@ template <typename T>
 cudaError_t LaunchAttentionSimt(T* out, float* lse, const T* q, const T* k, const T* v, int B,
                                 int T_, int NH, int NKV, int HD, int window, cudaStream_t stream);
 // fp32 with HD in {64, 128} and 16-byte aligned pointers (checked by the
-// caller via AttentionTiledF32Ok): K/V tiles shared by 32 queries.
+// caller via AttentionTiledF32Ok): K/V tiles shared by 32 queries. No lse:
+// the fp32 path is inference only (the trainer's backward runs bf16).
 bool AttentionTiledF32Ok(const void* out, const void* q, const void* k, const void* v, int HD);
-cudaError_t LaunchAttentionTiledF32(float* out, float* lse, const float* q, const float* k, const float* v, int B,
-                                    int T, int NH, int NKV, int HD, int window, cudaStream_t stream);
+cudaError_t LaunchAttentionTiledF32(float* out, const float* q, const float* k, const float* v, int B, int T,
+                                    int NH, int NKV, int HD, int window, cudaStream_t stream);
 
 // attention_backward.cu: the flash-attention-2 backward (bf16, HD in {64, 128},
 // 16-byte aligned pointers, T >= 1). Workspaces, owned by the caller:

@@ -178,7 +178,7 @@ bool FastAttentionOk(const bf16* out, const bf16* q, const bf16* k, const bf16* 
 }
 cudaError_t LaunchFastAttention(float* out, const float* q, const float* k, const float* v, int B, int T, int NH,
                                 int NKV, int HD, int window, cudaStream_t stream) {
-  return kernels::LaunchAttentionTiledF32(out, nullptr, q, k, v, B, T, NH, NKV, HD, window, stream);
+  return kernels::LaunchAttentionTiledF32(out, q, k, v, B, T, NH, NKV, HD, window, stream);
 }
 cudaError_t LaunchFastAttention(bf16* out, const bf16* q, const bf16* k, const bf16* v, int B, int T, int NH,
                                 int NKV, int HD, int window, cudaStream_t stream) {
