@@ -5,7 +5,7 @@
 #   scripts/gpu-check.sh [section...]     sections: env ops goldens goldens-gpu nccl table compress-job
 #                                         compress-job-bf16 compress-job-8b gptq-smoke
 #                                         gptq-8b sparsegpt-8b training forward-vs-transformers
-#                                         attention
+#                                         attention hessian
 #                                         (default: env ops goldens)
 #
 #   env      nvidia-smi, and ldd of every bundled program through the bundle's
@@ -49,6 +49,9 @@
 #   attention  attention_bench: the causal attention forward at Llama-3-8B
 #            shapes (8 x 2048 tokens, 32 / 8 heads of 128), fp32 tiled vs fp32
 #            one-warp-per-query vs bf16 flash, one table; timeout 120 s
+#   hessian  hessian_bench: H of widths 4096 and 14336 from 32768 tokens, fp32
+#            vs 3xTF32 (the fp32 executor's) vs TF32 vs bf16, one table; fails
+#            when 3xTF32 is off by more than 1e-5 of max |H|; timeout 120 s
 #   table    the GPTQ and SparseGPT rows of docs/results.md (scripts/results-table.sh,
 #            full protocol) with DEVICE=cuda: forwards, statistics and solves on the GPU, one process per
 #            row in parallel; each row solved on one device must be within 0.5%
@@ -235,6 +238,7 @@ section_gptq_8b() {
 }
 
 section_attention() { BENCH_PROG=attention_bench run_bench attention 120; }
+section_hessian() { BENCH_PROG=hessian_bench run_bench hessian 120; }
 
 section_nccl() {
   if [[ ! -x "$BUNDLE/bin/shrinkray_cuda_tests" ]]; then
@@ -416,9 +420,9 @@ section_table() {
 sections=("$@")
 ((${#sections[@]} > 0)) || sections=(env ops goldens)
 for s in "${sections[@]}"; do
-  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | compress-job | compress-job-bf16 | compress-job-8b | gptq-smoke | gptq-8b | sparsegpt-8b | training | forward-vs-transformers | attention) ;; *)
+  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | compress-job | compress-job-bf16 | compress-job-8b | gptq-smoke | gptq-8b | sparsegpt-8b | training | forward-vs-transformers | attention | hessian) ;; *)
     echo "unknown section '$s' (env ops goldens goldens-gpu nccl table compress-job compress-job-bf16 compress-job-8b gptq-smoke gptq-8b sparsegpt-8b" \
-      "training forward-vs-transformers attention)" >&2; exit 2 ;;
+      "training forward-vs-transformers attention hessian)" >&2; exit 2 ;;
   esac
 done
 

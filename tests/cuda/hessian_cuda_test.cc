@@ -5,6 +5,10 @@
 // Tolerance: fp32 accumulation over ~10^3 products per entry gives relative
 // errors ~1e-6 (nmse ~1e-12); tensor-core fp32 accumulation may truncate:
 // nmse <= 1e-9 for bf16 inputs, <= 1e-10 for fp32 (IEEE) inputs.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
 #include <vector>
 
 #include "core/kernels/cuda/hessian_cuda.h"
@@ -69,7 +73,7 @@ TEST_F(HessianCudaTest, Bf16AndFp32RunningAverageMatchesDouble) {
       } else {
         SR_ASSERT_OK_AND_ASSIGN(auto d_x, DeviceBuffer<float>::FromHost(batches[i], stream_));
         SR_ASSERT_OK(hessian_accumulate(d_h.data(), kCols, &n, d_x.data(), tokens,
-                                        kBatchSamples[i], /*allow_tf32=*/false, stream_));
+                                        kBatchSamples[i], Fp32HessianGemm::kFp32, stream_));
         ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
       }
     }
@@ -119,12 +123,74 @@ TEST_F(HessianCudaTest, BlockTriangularPathMatchesDoubleAndIsSymmetric) {
   EXPECT_EQ(asymmetric, 0);
 }
 
+// fp32 activations (not bf16-rounded: full 24-bit mantissas) through the
+// three GEMMs: 3xTF32 is about as close to the double reference as the fp32
+// GEMM (within 16x of its max error, and under 1e-5 of max |H|), plain TF32
+// is far off (so the split is what makes 3xTF32 exact): on the plain path
+// (cols 200; a batch of 9008 rows spans two 8192-row splits, so only the
+// first split may rescale H) and the block-triangular one (3072, symmetric
+// bit for bit), over batches.
+TEST_F(HessianCudaTest, ThreeTf32MatchesFp32Accuracy) {
+  struct Case {
+    int cols;
+    std::vector<int> samples;  // per batch, kSeq rows each
+  };
+  const Case cases[] = {{200, {3, 563, 2}}, {3072, {3, 2}}};
+  for (const Case& c : cases) {
+    const int cols = c.cols;
+    SCOPED_TRACE(cols);
+    std::vector<std::vector<float>> batches;
+    long total = 0;
+    uint32_t seed = 500;
+    for (int b : c.samples) {
+      std::vector<float> x = RandomNormal(static_cast<size_t>(b) * kSeq * cols, 1.0f, seed++);
+      for (size_t i = 0; i < x.size(); i += 7) x[i] *= 30.0f;  // a few large activations, as LLMs have
+      batches.push_back(std::move(x));
+      total += b;
+    }
+    const std::vector<double> ref = Reference(batches, cols, total);
+    double scale = 0.0;
+    for (double v : ref) scale = std::max(scale, std::fabs(v));
+    std::map<Fp32HessianGemm, double> error;
+    for (const Fp32HessianGemm gemm : {Fp32HessianGemm::kFp32, Fp32HessianGemm::k3xTf32, Fp32HessianGemm::kTf32}) {
+      SR_ASSERT_OK_AND_ASSIGN(auto d_h, DeviceBuffer<float>::Create(ref.size()));
+      SR_ASSERT_OK(d_h.Memset(0xff, stream_));  // NaN garbage: the first batch must not read it
+      long n = 0;
+      for (size_t i = 0; i < batches.size(); ++i) {
+        SR_ASSERT_OK_AND_ASSIGN(auto d_x, DeviceBuffer<float>::FromHost(batches[i], stream_));
+        SR_ASSERT_OK(hessian_accumulate(d_h.data(), cols, &n, d_x.data(),
+                                        static_cast<long>(batches[i].size()) / cols, c.samples[i], gemm, stream_));
+        ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+      }
+      EXPECT_EQ(n, total);
+      std::vector<float> h(ref.size());
+      SR_ASSERT_OK(d_h.CopyToHost(absl::MakeSpan(h), stream_));
+      double worst = 0.0;
+      long asymmetric = 0;
+      for (int r = 0; r < cols; ++r) {
+        for (int col = 0; col < cols; ++col) {
+          const size_t at = static_cast<size_t>(r) * cols + col;
+          worst = std::max(worst, std::fabs(h[at] - ref[at]));  // NaN fails the bounds below
+          asymmetric += h[at] != h[static_cast<size_t>(col) * cols + r];
+        }
+      }
+      error[gemm] = std::isfinite(worst) ? worst / scale : 1.0;
+      if (cols == 3072) EXPECT_EQ(asymmetric, 0);
+    }
+    std::printf("cols %d: max error / max |H|: fp32 %.3g, 3xTF32 %.3g, TF32 %.3g\n", cols,
+                error[Fp32HessianGemm::kFp32], error[Fp32HessianGemm::k3xTf32], error[Fp32HessianGemm::kTf32]);
+    EXPECT_LE(error[Fp32HessianGemm::k3xTf32], std::max(16.0 * error[Fp32HessianGemm::kFp32], 1e-6));
+    EXPECT_LE(error[Fp32HessianGemm::k3xTf32], 1e-5);
+    EXPECT_GE(error[Fp32HessianGemm::kTf32], 10.0 * error[Fp32HessianGemm::k3xTf32]);
+  }
+}
+
 TEST_F(HessianCudaTest, RejectsBadArguments) {
   long n = 0;
   const float* x = nullptr;
-  EXPECT_EQ(hessian_accumulate(nullptr, 4, &n, x, 2, 1, false, stream_).code(),
+  EXPECT_EQ(hessian_accumulate(nullptr, 4, &n, x, 2, 1, Fp32HessianGemm::kFp32, stream_).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(hessian_accumulate(nullptr, 0, &n, x, 2, 1, false, stream_).code(),
+  EXPECT_EQ(hessian_accumulate(nullptr, 0, &n, x, 2, 1, Fp32HessianGemm::k3xTf32, stream_).code(),
             absl::StatusCode::kInvalidArgument);
 }
 

@@ -1,11 +1,13 @@
 #include "core/kernels/cuda/hessian_cuda.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "absl/strings/str_format.h"
 #include "core/kernels/cuda/blas.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/hessian_cuda_launch.h"
+#include "core/util/status_macros.h"
 
 namespace shrinkray {
 namespace {
@@ -20,8 +22,82 @@ int SymmetricBlock(int cols) {
   return 0;
 }
 
+// C = alpha · aᵀ b + beta · C for a, b row-major [tokens, cols]: the whole
+// [cols, cols] product, or (block > 0) only its lower blocks (i, j), i >= j,
+// of a k x k grid of block x block tiles — (k + 1) / 2k of the FLOPs (57% for
+// 14336 = 7 x 2048) — as one strided-batched GEMM per block diagonal d = i - j
+// (the k - d blocks of a diagonal are equally spaced in aᵀ, bᵀ and H); the
+// caller mirrors them once the sum is complete. Each entry is still one dot
+// product over the tokens. beta = 0 means cuBLAS never reads C.
+absl::Status LowerProduct(cublasHandle_t handle, float* h, int cols, int block, const void* a, const void* b,
+                          cudaDataType_t type, int tokens, float alpha, float beta, cublasComputeType_t compute) {
+  // a row-major [tokens, cols] is column-major aᵀ [cols, tokens] (ld cols):
+  // op N times op T.
+  if (block == 0) {
+    SR_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_T, cols, cols, tokens, &alpha, a, type,
+                                           cols, b, type, cols, &beta, h, CUDA_R_32F, cols, compute,
+                                           CUBLAS_GEMM_DEFAULT));
+    return absl::OkStatus();
+  }
+  const int k = cols / block;
+  const size_t elem = type == CUDA_R_16BF ? 2 : 4;
+  const char* ab = static_cast<const char*>(a);
+  for (int d = 0; d < k; ++d) {
+    const long long stride_x = block;                                      // elements
+    const long long stride_h = static_cast<long long>(block) * (cols + 1);  // (j, j) -> (j+1, j+1)
+    SR_CUBLAS_RETURN_IF_ERROR(cublasGemmStridedBatchedEx(
+        handle, CUBLAS_OP_N, CUBLAS_OP_T, block, block, tokens, &alpha, ab + static_cast<size_t>(d) * block * elem,
+        type, cols, stride_x, b, type, cols, stride_x, &beta, h + static_cast<size_t>(d) * block, CUDA_R_32F, cols,
+        stride_h, k - d, compute, CUBLAS_GEMM_DEFAULT));
+  }
+  return absl::OkStatus();
+}
+
+// Rows per split of the 3xTF32 path: big and small of one chunk in 512 MiB,
+// and at most 8192 rows (GEMMs of K = 8192 run near peak already).
+constexpr size_t kSplitFloats = size_t{64} << 20;
+constexpr long kSplitMaxRows = 8192;
+
+// H = beta · H + alpha · xᵀ x by 3xTF32 (hessian_cuda.h), over chunks of
+// rows whose split fits the workspace. Unavailable (kUnavailable) when the
+// workspace cannot be had: the caller then runs the fp32 GEMM.
+absl::Status LowerProduct3xTf32(cublasHandle_t handle, float* h, int cols, int block, const float* x, long tokens,
+                                float alpha, float beta, cudaStream_t stream) {
+  const long chunk =
+      std::max<long>(1, std::min({tokens, kSplitMaxRows, static_cast<long>(kSplitFloats / 2 / cols)}));
+  void* workspace = nullptr;
+  const size_t floats = static_cast<size_t>(chunk) * cols;
+  if (cudaMallocAsync(&workspace, 2 * floats * sizeof(float), stream) != cudaSuccess) {
+    (void)cudaGetLastError();  // not the next launch's error
+    return absl::UnavailableError("3xTF32: no workspace");
+  }
+  float* big = static_cast<float*>(workspace);
+  float* small = big + floats;
+  absl::Status status;
+  for (long r0 = 0; r0 < tokens && status.ok(); r0 += chunk) {
+    const int rows = static_cast<int>(std::min(chunk, tokens - r0));
+    const float* xc = x + static_cast<size_t>(r0) * cols;
+    // The first chunk rescales H (beta); the rest add to it.
+    const float beta_c = r0 == 0 ? beta : 1.0f;
+    status = CudaStatus(kernels::LaunchSplitTf32(big, small, xc, static_cast<long>(rows) * cols, stream),
+                        "LaunchSplitTf32", __FILE__, __LINE__);
+    if (!status.ok()) break;
+    status = LowerProduct(handle, h, cols, block, big, big, CUDA_R_32F, rows, alpha, beta_c,
+                          CUBLAS_COMPUTE_32F_FAST_TF32);
+    if (!status.ok()) break;
+    status = LowerProduct(handle, h, cols, block, big, small, CUDA_R_32F, rows, alpha, 1.0f,
+                          CUBLAS_COMPUTE_32F_FAST_TF32);
+    if (!status.ok()) break;
+    status = LowerProduct(handle, h, cols, block, small, big, CUDA_R_32F, rows, alpha, 1.0f,
+                          CUBLAS_COMPUTE_32F_FAST_TF32);
+  }
+  // Stream-ordered: freed once the GEMMs that read it are done.
+  (void)cudaFreeAsync(workspace, stream);
+  return status;
+}
+
 absl::Status Accumulate(float* h, int cols, long* n_samples, const void* x, cudaDataType_t type,
-                        long tokens, int batch_samples, cublasComputeType_t compute,
+                        long tokens, int batch_samples, cublasComputeType_t compute, bool three_tf32,
                         cudaStream_t stream) {
   if (cols <= 0 || tokens < 0 || batch_samples <= 0 || n_samples == nullptr || *n_samples < 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -52,36 +128,16 @@ absl::Status Accumulate(float* h, int cols, long* n_samples, const void* x, cuda
     return absl::OkStatus();
   }
   SR_CUDA_ASSIGN_OR_RETURN(cublasHandle_t handle, CublasHandleFor(stream));
-  // x row-major [tokens, cols] is column-major X^T [cols, tokens] (ld cols);
-  // H = X^T X = (X^T)(X^T)^T: op N times op T. beta = 0 on the first batch
-  // means cuBLAS never reads h (it may hold garbage).
   const int block = SymmetricBlock(cols);
-  if (block == 0) {
-    SR_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_T, cols, cols,
-                                           static_cast<int>(tokens), &alpha, x, type, cols, x, type,
-                                           cols, &beta, h, CUDA_R_32F, cols, compute,
-                                           CUBLAS_GEMM_DEFAULT));
-  } else {
-    // H is symmetric: compute only the blocks (i, j) with i >= j of a k x k
-    // grid of block x block tiles — (k + 1) / 2k of the FLOPs (57% for 14336
-    // = 7 x 2048) — as one strided-batched GEMM per block diagonal d = i - j
-    // (the k - d blocks of a diagonal are equally spaced in X^T and in H),
-    // then mirror them into the upper blocks. Each entry is still one fp32
-    // dot product over the tokens.
-    const int k = cols / block;
-    const size_t elem = type == CUDA_R_16BF ? 2 : 4;
-    const char* xb = static_cast<const char*>(x);
-    for (int d = 0; d < k; ++d) {
-      const long long stride_x = block;                                      // elements
-      const long long stride_h = static_cast<long long>(block) * (cols + 1);  // (j, j) -> (j+1, j+1)
-      SR_CUBLAS_RETURN_IF_ERROR(cublasGemmStridedBatchedEx(
-          handle, CUBLAS_OP_N, CUBLAS_OP_T, block, block, static_cast<int>(tokens), &alpha,
-          xb + static_cast<size_t>(d) * block * elem, type, cols, stride_x, x, type, cols, stride_x,
-          &beta, h + static_cast<size_t>(d) * block, CUDA_R_32F, cols, stride_h, k - d, compute,
-          CUBLAS_GEMM_DEFAULT));
-    }
-    SR_CUDA_RETURN_IF_ERROR(kernels::LaunchMirrorLowerBlocks(h, cols, block, stream));
+  absl::Status product = absl::UnavailableError("fp32");
+  if (three_tf32) {
+    product = LowerProduct3xTf32(handle, h, cols, block, static_cast<const float*>(x), tokens, alpha, beta, stream);
   }
+  if (absl::IsUnavailable(product)) {
+    product = LowerProduct(handle, h, cols, block, x, x, type, static_cast<int>(tokens), alpha, beta, compute);
+  }
+  SR_RETURN_IF_ERROR(product);
+  if (block > 0) SR_CUDA_RETURN_IF_ERROR(kernels::LaunchMirrorLowerBlocks(h, cols, block, stream));
   *n_samples = n_new;
   return absl::OkStatus();
 }
@@ -99,13 +155,14 @@ double hessian_accumulate_flops(int cols, long tokens) {
 absl::Status hessian_accumulate(float* h, int cols, long* n_samples, const __nv_bfloat16* x,
                                 long tokens, int batch_samples, cudaStream_t stream) {
   return Accumulate(h, cols, n_samples, x, CUDA_R_16BF, tokens, batch_samples, CUBLAS_COMPUTE_32F,
-                    stream);
+                    /*three_tf32=*/false, stream);
 }
 
 absl::Status hessian_accumulate(float* h, int cols, long* n_samples, const float* x, long tokens,
-                                int batch_samples, bool allow_tf32, cudaStream_t stream) {
+                                int batch_samples, Fp32HessianGemm gemm, cudaStream_t stream) {
   return Accumulate(h, cols, n_samples, x, CUDA_R_32F, tokens, batch_samples,
-                    allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, stream);
+                    gemm == Fp32HessianGemm::kTf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                    gemm == Fp32HessianGemm::k3xTf32, stream);
 }
 
 }  // namespace shrinkray

@@ -1,5 +1,8 @@
 #include "core/kernels/cuda/hessian_cuda_launch.h"
 
+#include <algorithm>
+#include <cstdint>
+
 namespace shrinkray::kernels {
 namespace {
 
@@ -24,7 +27,35 @@ __global__ void MirrorLowerBlocksKernel(float* h, int cols, int block) {
   }
 }
 
+__device__ __forceinline__ float RoundToTf32(float v) {
+  uint32_t u = __float_as_uint(v);
+  if ((u & 0x7f800000u) == 0x7f800000u) return v;  // inf, NaN
+  // TF32 keeps 10 of fp32's 23 mantissa bits: add half of the 13 dropped
+  // bits' unit, then drop them (a carry into the exponent is the right result).
+  u = (u + 0x1000u) & 0xffffe000u;
+  return __uint_as_float(u);
+}
+
+__global__ void SplitTf32Kernel(float* __restrict__ big, float* __restrict__ small, const float* __restrict__ x,
+                                long n) {
+  for (long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<long>(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    const float b = RoundToTf32(v);
+    big[i] = b;
+    small[i] = v - b;
+  }
+}
+
 }  // namespace
+
+cudaError_t LaunchSplitTf32(float* big, float* small, const float* x, long n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  const long threads = 256;
+  const long blocks = std::min<long>((n + threads - 1) / threads, 65536);
+  SplitTf32Kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(big, small, x, n);
+  return cudaGetLastError();
+}
 
 cudaError_t LaunchMirrorLowerBlocks(float* h, int cols, int block, cudaStream_t stream) {
   const dim3 grid(cols / kTile, cols / kTile);

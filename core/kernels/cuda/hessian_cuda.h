@@ -24,10 +24,24 @@ namespace shrinkray {
 absl::Status hessian_accumulate(float* h, int cols, long* n_samples, const __nv_bfloat16* x,
                                 long tokens, int batch_samples, cudaStream_t stream);
 
-// fp32 x: CUBLAS_COMPUTE_32F (IEEE fp32), or CUBLAS_COMPUTE_32F_FAST_TF32 when
-// allow_tf32 (only on explicit request: ~10-bit mantissa products).
+// How the products of fp32 activations are computed:
+//   kFp32    CUBLAS_COMPUTE_32F: IEEE fp32 on the SIMT cores (the reference).
+//   k3xTf32  fp32 accuracy on TF32 tensor cores: x = big + small with big
+//            rounded to TF32 (exact in it) and small = x - big (exact in
+//            fp32), and H from big·big + big·small + small·big, each a TF32
+//            GEMM with fp32 accumulation (small·small, ~2^-22 of x·x, is
+//            dropped; small's own TF32 rounding costs as much). Three TF32
+//            products cost less than one on the fp32 cores (H100: 3 x 1/494
+//            vs 1/67 s per PFLOP); the split runs over chunks of at most
+//            8192 rows, in a workspace of up to 512 MiB from the
+//            stream-ordered allocator (without one the call falls back to
+//            kFp32).
+//   kTf32    CUBLAS_COMPUTE_32F_FAST_TF32: only on explicit request (10-bit
+//            mantissa products).
+enum class Fp32HessianGemm { kFp32, k3xTf32, kTf32 };
+
 absl::Status hessian_accumulate(float* h, int cols, long* n_samples, const float* x, long tokens,
-                                int batch_samples, bool allow_tf32, cudaStream_t stream);
+                                int batch_samples, Fp32HessianGemm gemm, cudaStream_t stream);
 
 // The multiply-add FLOPs (2 per product) one hessian_accumulate call of
 // `tokens` rows spends on a cols x cols H: tokens · cols² · 2 for one full

@@ -11,4 +11,9 @@ namespace shrinkray::kernels {
 // dividing cols.
 cudaError_t LaunchMirrorLowerBlocks(float* h, int cols, int block, cudaStream_t stream);
 
+// big[i] = x[i] rounded to TF32 (10-bit mantissa, to nearest, ties away from
+// zero; exactly representable in TF32), small[i] = x[i] - big[i] (exact in
+// fp32). Non-finite values pass through as big (small is then NaN).
+cudaError_t LaunchSplitTf32(float* big, float* small, const float* x, long n, cudaStream_t stream);
+
 }  // namespace shrinkray::kernels
