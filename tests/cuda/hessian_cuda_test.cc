@@ -128,8 +128,9 @@ TEST_F(HessianCudaTest, BlockTriangularPathMatchesDoubleAndIsSymmetric) {
 // GEMM (within 16x of its max error, and under 1e-5 of max |H|), plain TF32
 // is far off (so the split is what makes 3xTF32 exact): on the plain path
 // (cols 200; a batch of 9008 rows spans two 8192-row splits, so only the
-// first split may rescale H) and the block-triangular one (3072, symmetric
-// bit for bit), over batches.
+// first split may rescale H) and the block-triangular one (3072), over
+// batches; 3xTF32 (mirrored element by element) and the block path are
+// symmetric bit for bit.
 TEST_F(HessianCudaTest, ThreeTf32MatchesFp32Accuracy) {
   struct Case {
     int cols;
@@ -175,7 +176,8 @@ TEST_F(HessianCudaTest, ThreeTf32MatchesFp32Accuracy) {
         }
       }
       error[gemm] = std::isfinite(worst) ? worst / scale : 1.0;
-      if (cols == 3072) EXPECT_EQ(asymmetric, 0);
+      // The fp32 GEMM's full product (cols 200) is symmetric to rounding only.
+      if (cols == 3072 || gemm == Fp32HessianGemm::k3xTf32) EXPECT_EQ(asymmetric, 0);
     }
     std::printf("cols %d: max error / max |H|: fp32 %.3g, 3xTF32 %.3g, TF32 %.3g\n", cols,
                 error[Fp32HessianGemm::kFp32], error[Fp32HessianGemm::k3xTf32], error[Fp32HessianGemm::kTf32]);

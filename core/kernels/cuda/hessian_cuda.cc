@@ -129,14 +129,21 @@ absl::Status Accumulate(float* h, int cols, long* n_samples, const void* x, cuda
   }
   SR_CUDA_ASSIGN_OR_RETURN(cublasHandle_t handle, CublasHandleFor(stream));
   const int block = SymmetricBlock(cols);
-  absl::Status product = absl::UnavailableError("fp32");
   if (three_tf32) {
-    product = LowerProduct3xTf32(handle, h, cols, block, static_cast<const float*>(x), tokens, alpha, beta, stream);
+    const absl::Status product =
+        LowerProduct3xTf32(handle, h, cols, block, static_cast<const float*>(x), tokens, alpha, beta, stream);
+    if (!absl::IsUnavailable(product)) {
+      SR_RETURN_IF_ERROR(product);
+      // Three sums per entry, added in an order that differs between (i, j)
+      // and (j, i) (bigᵀsmall of one is smallᵀbig of the other), and on the
+      // block path upper blocks never computed: the lower triangle, mirrored
+      // element by element, makes H exactly symmetric.
+      SR_CUDA_RETURN_IF_ERROR(kernels::LaunchMirrorLowerTriangle(h, cols, stream));
+      *n_samples = n_new;
+      return absl::OkStatus();
+    }
   }
-  if (absl::IsUnavailable(product)) {
-    product = LowerProduct(handle, h, cols, block, x, x, type, static_cast<int>(tokens), alpha, beta, compute);
-  }
-  SR_RETURN_IF_ERROR(product);
+  SR_RETURN_IF_ERROR(LowerProduct(handle, h, cols, block, x, x, type, static_cast<int>(tokens), alpha, beta, compute));
   if (block > 0) SR_CUDA_RETURN_IF_ERROR(kernels::LaunchMirrorLowerBlocks(h, cols, block, stream));
   *n_samples = n_new;
   return absl::OkStatus();

@@ -27,6 +27,28 @@ __global__ void MirrorLowerBlocksKernel(float* h, int cols, int block) {
   }
 }
 
+// One 32 x 32 tile on or above the diagonal per CTA: every element strictly
+// above the diagonal (row < column, column-major h[row + col * cols]) takes
+// the value of its mirror below it. The whole source tile is read into
+// shared memory before any write, so a diagonal tile (source and
+// destination the same) only ever reads lower elements, which no thread
+// writes.
+__global__ void MirrorLowerTriangleKernel(float* h, int cols) {
+  __shared__ float tile[kTile][kTile + 1];
+  const int tr = blockIdx.y * kTile;  // destination rows
+  const int tc = blockIdx.x * kTile;  // destination columns
+  if (tr > tc) return;                // wholly below the diagonal
+  for (int j = threadIdx.y; j < kTile; j += blockDim.y) {
+    const int row = tc + threadIdx.x, col = tr + j;  // source (the transposed position)
+    if (row < cols && col < cols) tile[j][threadIdx.x] = h[static_cast<long>(row) + static_cast<long>(col) * cols];
+  }
+  __syncthreads();
+  for (int j = threadIdx.y; j < kTile; j += blockDim.y) {
+    const int row = tr + threadIdx.x, col = tc + j;
+    if (row < col && col < cols) h[static_cast<long>(row) + static_cast<long>(col) * cols] = tile[threadIdx.x][j];
+  }
+}
+
 __device__ __forceinline__ float RoundToTf32(float v) {
   uint32_t u = __float_as_uint(v);
   if ((u & 0x7f800000u) == 0x7f800000u) return v;  // inf, NaN
@@ -48,6 +70,12 @@ __global__ void SplitTf32Kernel(float* __restrict__ big, float* __restrict__ sma
 }
 
 }  // namespace
+
+cudaError_t LaunchMirrorLowerTriangle(float* h, int cols, cudaStream_t stream) {
+  const int tiles = (cols + kTile - 1) / kTile;
+  MirrorLowerTriangleKernel<<<dim3(tiles, tiles), dim3(kTile, 8), 0, stream>>>(h, cols);
+  return cudaGetLastError();
+}
 
 cudaError_t LaunchSplitTf32(float* big, float* small, const float* x, long n, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;

@@ -11,6 +11,10 @@ namespace shrinkray::kernels {
 // dividing cols.
 cudaError_t LaunchMirrorLowerBlocks(float* h, int cols, int block, cudaStream_t stream);
 
+// Every element of h [cols, cols] strictly above the diagonal takes the value
+// of its mirror below it (any cols): h becomes exactly symmetric.
+cudaError_t LaunchMirrorLowerTriangle(float* h, int cols, cudaStream_t stream);
+
 // big[i] = x[i] rounded to TF32 (10-bit mantissa, to nearest, ties away from
 // zero; exactly representable in TF32), small[i] = x[i] - big[i] (exact in
 // fp32). Non-finite values pass through as big (small is then NaN).
