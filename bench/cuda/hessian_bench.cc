@@ -6,7 +6,8 @@
 // --reps after a warm-up), TFLOP/s (the block-triangular FLOPs each computes;
 // 3xTF32 counts one product, as the result is one), and each H's largest
 // difference from the fp32 one relative to max |H|; exit status 2 when
-// 3xTF32 is off by more than 1e-5.
+// 3xTF32 is off by more than 1e-4 (broken, not merely truncating: see
+// hessian_cuda.h).
 //
 //   hessian_bench [--tokens 32768] [--reps 5]     widths 4096 and 14336 (Llama-3-8B)
 #include <cuda_bf16.h>
@@ -58,7 +59,7 @@ int Main(int argc, char** argv) {
     if (flags.Is("--tokens")) ok = flags.Int(&tokens);
     else if (flags.Is("--reps")) ok = flags.Int(&reps);
     else ok = false;
-    if (!ok || tokens <= 0) {
+    if (!ok || tokens <= 0 || reps < 1) {
       std::fprintf(stderr, "hessian_bench: bad or unknown flag %s\n", flags.name());
       return 2;
     }
@@ -126,7 +127,7 @@ int Main(int argc, char** argv) {
   (void)cudaStreamDestroy(stream);
   std::printf("RESULT 3xTF32 %.0f / %.0f TFLOP/s (width 4096 / 14336) vs fp32 %.0f / %.0f; max rel diff %.3g\n",
               tflops_3x[0], tflops_3x[1], tflops_fp32[0], tflops_fp32[1], worst_3x);
-  if (!(worst_3x <= 1e-5)) {
+  if (!(worst_3x <= 1e-4)) {
     std::fprintf(stderr, "hessian_bench: 3xTF32 differs from fp32 by %.3g of max |H|\n", worst_3x);
     return 2;
   }

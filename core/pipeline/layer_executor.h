@@ -19,7 +19,7 @@
 // (core/kernels/cuda/cuda_layer_executor.cc) keeps the hidden states on the
 // device in fp32 (or bf16: the recipe's forward_dtype), runs the same op
 // sequence with cuBLAS GEMMs and accumulates each group's Hessian (fp32:
-// 3xTF32, fp32 accuracy on tensor cores, never plain TF32; bf16: tensor cores
+// 3xTF32, near-fp32 on tensor cores, never plain TF32; bf16: tensor cores
 // with fp32 accumulation) and Wanda norm there
 // in the same running form; the statistics are then handed to the CPU
 // accumulators (the Hessians left on the device: AssignOnDevice), so merging

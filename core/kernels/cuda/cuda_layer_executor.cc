@@ -8,7 +8,7 @@
 // 0.87 GB plus what compression changed), runs
 // CudaLayerForwardStaged over the windows `batch_windows` at a time, and for
 // a statistics pass accumulates each requested group's Hessian (fp32: 3xTF32,
-// fp32 accuracy on tensor cores; bf16: tensor cores, fp32 accumulation) and Wanda
+// near-fp32 on tensor cores; bf16: tensor cores, fp32 accumulation) and Wanda
 // norm on the device in the CPU accumulators' running form, then hands them
 // to the LayerStatistics: the Wanda norms downloaded, the Hessians left on
 // the device (HessianAccumulator::AssignOnDevice; a GPU solver backend reads
@@ -515,7 +515,7 @@ class CudaLayerExecutor final : public LayerExecutor {
       if constexpr (kBf16) {
         SR_RETURN_IF_ERROR(hessian_accumulate(d.hessian.data(), cols, &d.hessian_samples, x, rows, samples, stream_));
       } else {
-        // fp32 accuracy on TF32 tensor cores (hessian_cuda.h): at 8B shapes
+        // Near-fp32 on TF32 tensor cores (hessian_cuda.h): at 8B shapes
         // the Hessians are ~88 TFLOP a layer, 1.3 s on the fp32 cores.
         SR_RETURN_IF_ERROR(hessian_accumulate(d.hessian.data(), cols, &d.hessian_samples, x, rows, samples,
                                               Fp32HessianGemm::k3xTf32, stream_));

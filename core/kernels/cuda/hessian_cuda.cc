@@ -53,7 +53,7 @@ absl::Status LowerProduct(cublasHandle_t handle, float* h, int cols, int block, 
   return absl::OkStatus();
 }
 
-// Rows per split of the 3xTF32 path: big and small of one chunk in 512 MiB,
+// Rows per split of the 3xTF32 path: big and small of one chunk in 256 MiB,
 // and at most 8192 rows (GEMMs of K = 8192 run near peak already).
 constexpr size_t kSplitFloats = size_t{64} << 20;
 constexpr long kSplitMaxRows = 8192;

@@ -26,16 +26,20 @@ absl::Status hessian_accumulate(float* h, int cols, long* n_samples, const __nv_
 
 // How the products of fp32 activations are computed:
 //   kFp32    CUBLAS_COMPUTE_32F: IEEE fp32 on the SIMT cores (the reference).
-//   k3xTf32  fp32 accuracy on TF32 tensor cores: x = big + small with big
-//            rounded to TF32 (exact in it) and small = x - big (exact in
+//   k3xTf32  near-fp32 products on TF32 tensor cores: x = big + small with
+//            big rounded to TF32 (exact in it) and small = x - big (exact in
 //            fp32), and H from big·big + big·small + small·big, each a TF32
 //            GEMM with fp32 accumulation (small·small, ~2^-22 of x·x, is
-//            dropped; small's own TF32 rounding costs as much). Three TF32
-//            products cost less than one on the fp32 cores (H100: 3 x 1/494
-//            vs 1/67 s per PFLOP); the split runs over chunks of at most
-//            8192 rows, in a workspace of up to 512 MiB from the
-//            stream-ordered allocator (without one the call falls back to
-//            kFp32).
+//            dropped; small's own TF32 rounding costs as much). The tensor
+//            cores' fp32 accumulation may truncate rather than round, which
+//            over thousands of rows leaves errors of ~1e-5 of max |H| where
+//            the fp32 cores leave ~1e-6 (bf16 activations: ~1e-3); far below
+//            GPTQ's 1% damping. Three TF32 products cost less than one on
+//            the fp32 cores (H100: 3 x 1/494 vs 1/67 s per PFLOP). The split
+//            runs over chunks of at most 8192 rows, in a workspace of up to
+//            256 MiB from the stream-ordered allocator (without one the call
+//            falls back to kFp32). H is mirrored element by element: exactly
+//            symmetric.
 //   kTf32    CUBLAS_COMPUTE_32F_FAST_TF32: only on explicit request (10-bit
 //            mantissa products).
 enum class Fp32HessianGemm { kFp32, k3xTf32, kTf32 };
