@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "core/kernels/tf32_round.h"
+
 namespace shrinkray::kernels {
 namespace {
 
@@ -49,21 +51,12 @@ __global__ void MirrorLowerTriangleKernel(float* h, int cols) {
   }
 }
 
-__device__ __forceinline__ float RoundToTf32(float v) {
-  uint32_t u = __float_as_uint(v);
-  if ((u & 0x7f800000u) == 0x7f800000u) return v;  // inf, NaN
-  // TF32 keeps 10 of fp32's 23 mantissa bits: add half of the 13 dropped
-  // bits' unit, then drop them (a carry into the exponent is the right result).
-  u = (u + 0x1000u) & 0xffffe000u;
-  return __uint_as_float(u);
-}
-
 __global__ void SplitTf32Kernel(float* __restrict__ big, float* __restrict__ small, const float* __restrict__ x,
                                 long n) {
   for (long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<long>(gridDim.x) * blockDim.x) {
     const float v = x[i];
-    const float b = RoundToTf32(v);
+    const float b = __uint_as_float(RoundTf32Bits(__float_as_uint(v)));
     big[i] = b;
     small[i] = v - b;
   }
