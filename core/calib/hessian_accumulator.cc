@@ -155,12 +155,6 @@ absl::StatusOr<std::vector<double>> HessianAccumulator::HessianF64() const {
 }
 
 absl::Status HessianAccumulator::MergeAcrossRanks(Communicator& comm) {
-  // One rank: the sums are ours as they are, and a Hessian left on a device
-  // stays there (an all-reduce would copy it down for nothing).
-  if (comm.size() == 1) {
-    if (n_ <= 0) return absl::InternalError("Hessian all-reduce: no samples on any rank");
-    return absl::OkStatus();
-  }
   SR_RETURN_IF_ERROR(FetchToHost());
   Allocate();  // a rank without windows adds zeros
   const size_t d = static_cast<size_t>(dim_);

@@ -18,7 +18,6 @@
 #include "core/algo/sparsegpt.h"
 #include "core/calib/calibration_set.h"
 #include "core/calib/layer_statistics.h"
-#include "core/comm/communicator.h"
 #include "core/io/model_writer.h"
 #include "core/io/safetensors.h"
 #include "core/io/text_file.h"
@@ -491,8 +490,6 @@ TEST_F(CompressSyntheticTest, DeviceOnlyHessiansReachTheHostOnlyWhenACpuSolveNee
       {"gptq", "[{gptq: {bits: 4, group_size: 16}}]", true, 0},
       {"chain", "[{sparsegpt: {sparsity: 0.5}}, {gptq: {bits: 4, group_size: 16}}]", true, groups},
       {"cpu-solvers", "[{gptq: {bits: 4, group_size: 16}}]", false, groups},
-      // A job with a communicator of one rank: nothing to merge, no copy.
-      {"one-rank", "[{gptq: {bits: 4, group_size: 16}}]", true, 0},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -503,8 +500,6 @@ TEST_F(CompressSyntheticTest, DeviceOnlyHessiansReachTheHostOnlyWhenACpuSolveNee
     DeviceReadingBackend backend;
     CompressOptions o = Options(c.name);
     if (c.backend) o.layerwise.solvers = &backend;
-    std::unique_ptr<Communicator> one_rank = MakeLocalCommunicator();
-    if (std::string(c.name) == "one-rank") o.layerwise.comm = one_rank.get();
     o.layerwise.executors = [&](const LayerExecutorSpec& spec) -> absl::StatusOr<std::unique_ptr<LayerExecutor>> {
       return std::unique_ptr<LayerExecutor>(new HessianHandingExecutor(MakeCpuLayerExecutor(spec), &fetches));
     };
