@@ -516,12 +516,16 @@ TEST_F(CompressSyntheticTest, DeviceOnlyHessiansReachTheHostOnlyWhenACpuSolveNee
 
 // A backend that solves on the CPU and, when asked, reports the output error
 // with the solve, as the GPU solvers do from the copies of W and the result
-// they already hold; its OutputError is left to the CPU, and counted.
+// they already hold; its OutputError is left to the CPU, and counted. With
+// `gptq_unsupported` it answers Unimplemented for GPTQ (as the GPU backend
+// for a keep mask), so the pipeline solves those on the CPU.
 class ErrorReportingBackend final : public SolverBackend {
  public:
+  explicit ErrorReportingBackend(bool gptq_unsupported = false) : gptq_unsupported_(gptq_unsupported) {}
   std::string name() const override { return "error-reporting"; }
   absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
                                   const GptqOptions& options) override {
+    if (gptq_unsupported_) return absl::UnimplementedError("not on this device");
     SR_ASSIGN_OR_RETURN(GptqResult r, GptqQuantize(w, rows, cols, h, options));
     if (options.output_error) {
       ++asked;
@@ -546,24 +550,29 @@ class ErrorReportingBackend final : public SolverBackend {
 
   int asked = 0;
   int error_calls = 0;
+
+ private:
+  bool gptq_unsupported_;
 };
 
 // A matrix whose only stage is a GPTQ or SparseGPT solve takes its reported
-// error from the solve (no second pass over W and Q); with more stages, or a
-// stage that is no solve, the pipeline computes it. The errors and the files
-// are the plain run's either way.
+// error from the solve (no second pass over W and Q); with more stages, a
+// stage that is no solve, or a solve the backend handed back to the CPU, the
+// pipeline computes it. The errors and the files are the plain run's always.
 TEST_F(CompressSyntheticTest, ASingleStageSolveReportsItsOwnOutputError) {
   const int matrices = config_.num_hidden_layers * 7;
   struct Case {
     const char* name;
     const char* yaml;
     int asked;
+    bool gptq_unsupported = false;
   };
   const Case cases[] = {
       {"gptq", "[{gptq: {bits: 4, group_size: 16}}]", matrices},
       {"sparsegpt", "[{sparsegpt: {sparsity: 0.5}}]", matrices},
       {"chain", "[{sparsegpt: {sparsity: 0.5}}, {gptq: {bits: 4, group_size: 16}}]", 0},
       {"wanda", "[{wanda: {sparsity: 0.5}}]", 0},
+      {"cpu-fallback", "[{gptq: {bits: 4, group_size: 16}}]", 0, true},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -572,7 +581,7 @@ TEST_F(CompressSyntheticTest, ASingleStageSolveReportsItsOwnOutputError) {
     plain.layerwise.compare_rtn = false;
     auto expected = RunCompression(recipe, plain);
     ASSERT_TRUE(expected.ok()) << expected.status();
-    ErrorReportingBackend backend;
+    ErrorReportingBackend backend(c.gptq_unsupported);
     CompressOptions o = Options(c.name);
     o.layerwise.compare_rtn = false;
     o.layerwise.solvers = &backend;
