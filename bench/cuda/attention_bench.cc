@@ -29,28 +29,6 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-// Best milliseconds of `reps` calls of `run` (after one warm-up call).
-absl::StatusOr<double> BestMs(const std::function<absl::Status()>& run, int reps, cudaStream_t stream) {
-  cudaEvent_t start = nullptr, stop = nullptr;
-  SR_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
-  SR_CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop));
-  absl::Status status = run();
-  double best = 1e30;
-  for (int r = 0; status.ok() && r < reps; ++r) {
-    (void)cudaEventRecord(start, stream);
-    status = run();
-    (void)cudaEventRecord(stop, stream);
-    if (cudaEventSynchronize(stop) != cudaSuccess) status = absl::InternalError("attention bench: a kernel failed");
-    float ms = 0.0f;
-    (void)cudaEventElapsedTime(&ms, start, stop);
-    best = std::min(best, static_cast<double>(ms));
-  }
-  (void)cudaEventDestroy(start);
-  (void)cudaEventDestroy(stop);
-  if (!status.ok()) return status;
-  return best;
-}
-
 double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
   double d = 0.0;
   for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(static_cast<double>(a[i]) - b[i]));
@@ -130,7 +108,7 @@ int Main(int argc, char** argv) {
        true},
   };
   for (size_t r = 0; r < std::size(rows); ++r) {
-    BENCH_ASSIGN_OR_FAIL(const double ms, BestMs(rows[r].run, reps, stream));
+    BENCH_ASSIGN_OR_FAIL(const double ms, bench::BestMs(rows[r].run, reps, stream));
     std::vector<float>& got = r == 0 ? tiled : other;
     if (rows[r].bf16_out) {
       std::vector<bf16> host16(nq);

@@ -2,13 +2,18 @@
 // print and return 1 from the enclosing function, and a flag cursor.
 #pragma once
 
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 #define BENCH_CHECK_OK(expr)                                                        \
   do {                                                                              \
@@ -65,5 +70,29 @@ class FlagCursor {
   char** argv_;
   int i_ = 0;
 };
+
+// The best milliseconds (CUDA events on `stream`) of `reps` calls of `run`,
+// after one warm-up call; the first failure of `run` or of a kernel instead.
+inline absl::StatusOr<double> BestMs(const std::function<absl::Status()>& run, int reps, cudaStream_t stream) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  if (cudaEventCreate(&start) != cudaSuccess || cudaEventCreate(&stop) != cudaSuccess) {
+    return absl::InternalError("BestMs: cudaEventCreate failed");
+  }
+  absl::Status status = run();
+  double best = 1e30;
+  for (int r = 0; status.ok() && r < reps; ++r) {
+    (void)cudaEventRecord(start, stream);
+    status = run();
+    (void)cudaEventRecord(stop, stream);
+    if (cudaEventSynchronize(stop) != cudaSuccess) status = absl::InternalError("BestMs: a kernel failed");
+    float ms = 0.0f;
+    (void)cudaEventElapsedTime(&ms, start, stop);
+    best = std::min(best, static_cast<double>(ms));
+  }
+  (void)cudaEventDestroy(start);
+  (void)cudaEventDestroy(stop);
+  if (!status.ok()) return status;
+  return best;
+}
 
 }  // namespace shrinkray::bench

@@ -30,27 +30,6 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-absl::StatusOr<double> BestMs(const std::function<absl::Status()>& run, int reps, cudaStream_t stream) {
-  cudaEvent_t start = nullptr, stop = nullptr;
-  SR_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
-  SR_CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop));
-  absl::Status status = run();
-  double best = 1e30;
-  for (int r = 0; status.ok() && r < reps; ++r) {
-    (void)cudaEventRecord(start, stream);
-    status = run();
-    (void)cudaEventRecord(stop, stream);
-    if (cudaEventSynchronize(stop) != cudaSuccess) status = absl::InternalError("hessian bench: a kernel failed");
-    float ms = 0.0f;
-    (void)cudaEventElapsedTime(&ms, start, stop);
-    best = std::min(best, static_cast<double>(ms));
-  }
-  (void)cudaEventDestroy(start);
-  (void)cudaEventDestroy(stop);
-  if (!status.ok()) return status;
-  return best;
-}
-
 int Main(int argc, char** argv) {
   int tokens = 32768, reps = 5;
   bench::FlagCursor flags(argc, argv);
@@ -103,7 +82,7 @@ int Main(int argc, char** argv) {
     };
     for (size_t r = 0; r < std::size(rows); ++r) {
       // n_samples 0 each call: H = (2/1) xᵀx, never read before written.
-      BENCH_ASSIGN_OR_FAIL(const double ms, BestMs(
+      BENCH_ASSIGN_OR_FAIL(const double ms, bench::BestMs(
                                                 [&] {
                                                   long s = 0;
                                                   return rows[r].run(&s);
