@@ -5,7 +5,7 @@
 #   scripts/gpu-check.sh [section...]     sections: env ops goldens goldens-gpu nccl table compress-job
 #                                         compress-job-bf16 compress-job-8b gptq-smoke
 #                                         gptq-8b sparsegpt-8b training forward-vs-transformers
-#                                         attention hessian
+#                                         attention hessian hinv
 #                                         (default: env ops goldens)
 #
 #   env      nvidia-smi, and ldd of every bundled program through the bundle's
@@ -52,6 +52,10 @@
 #   hessian  hessian_bench: H of widths 4096 and 14336 from 32768 tokens, fp32
 #            vs 3xTF32 (the fp32 executor's) vs TF32 vs bf16, one table; fails
 #            when 3xTF32 is off by more than 1e-4 of max |H|; timeout 120 s
+#   hinv     hessian_inverse_bench: the solvers' inverse factor at widths 4096 and
+#            14336, flipped Cholesky (potrf + trtri, the default) vs the chain
+#            (potrf + potri + potrf), ms and each factor's residual; fails when a
+#            factor does not invert H; timeout 120 s
 #   table    the GPTQ and SparseGPT rows of docs/results.md (scripts/results-table.sh,
 #            full protocol) with DEVICE=cuda: forwards, statistics and solves on the GPU, one process per
 #            row in parallel; each row solved on one device must be within 0.5%
@@ -239,6 +243,7 @@ section_gptq_8b() {
 
 section_attention() { BENCH_PROG=attention_bench run_bench attention 120; }
 section_hessian() { BENCH_PROG=hessian_bench run_bench hessian 120; }
+section_hinv() { BENCH_PROG=hessian_inverse_bench run_bench hinv 120; }
 
 section_nccl() {
   if [[ ! -x "$BUNDLE/bin/shrinkray_cuda_tests" ]]; then
@@ -420,9 +425,9 @@ section_table() {
 sections=("$@")
 ((${#sections[@]} > 0)) || sections=(env ops goldens)
 for s in "${sections[@]}"; do
-  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | compress-job | compress-job-bf16 | compress-job-8b | gptq-smoke | gptq-8b | sparsegpt-8b | training | forward-vs-transformers | attention | hessian) ;; *)
+  case "$s" in env | ops | goldens | goldens-gpu | nccl | table | compress-job | compress-job-bf16 | compress-job-8b | gptq-smoke | gptq-8b | sparsegpt-8b | training | forward-vs-transformers | attention | hessian | hinv) ;; *)
     echo "unknown section '$s' (env ops goldens goldens-gpu nccl table compress-job compress-job-bf16 compress-job-8b gptq-smoke gptq-8b sparsegpt-8b" \
-      "training forward-vs-transformers attention hessian)" >&2; exit 2 ;;
+      "training forward-vs-transformers attention hessian hinv)" >&2; exit 2 ;;
   esac
 done
 

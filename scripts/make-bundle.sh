@@ -62,7 +62,7 @@ mapfile -t PROGRAMS < <(find "$BUILD" -type f -perm -u+x -not -path '*/CMakeFile
                           -not -path '*/_deps/*' -print | sort)
 # Only what scripts/gpu-check.sh runs ($BUNDLE_PROGRAMS, space-separated; "all"
 # takes every program): the device call carries at most 64 MiB in all.
-BUNDLE_PROGRAMS=${BUNDLE_PROGRAMS:-shrinkray shrinkray_unit_tests shrinkray_cuda_tests gptq_llama8b_bench kd_train_bench attention_bench hessian_bench}
+BUNDLE_PROGRAMS=${BUNDLE_PROGRAMS:-shrinkray shrinkray_unit_tests shrinkray_cuda_tests gptq_llama8b_bench kd_train_bench attention_bench hessian_bench hessian_inverse_bench}
 progs=()
 for p in "${PROGRAMS[@]}"; do
   is_program "$p" || continue

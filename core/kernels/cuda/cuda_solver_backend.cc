@@ -10,7 +10,7 @@
 // copied to the device once, on first use (or, when the GPU executor of the
 // same device accumulated it, read where it is: no copy at all, and the host
 // never holds it), and each solver prepares it (dead
-// columns, permutation, damping, the Cholesky chain) once per set of options
+// columns, permutation, damping, the inverse factor) once per set of options
 // that the preparation reads: q, k and v then share one copy and one
 // preparation, and the matrix errors read the same copy. The results are those
 // of a preparation per matrix (the same kernels on the same input).

@@ -1,14 +1,15 @@
 // GPTQ on the GPU, numerically the CPU solver (core/algo/gptq.{h,cc}) and the
 // reference's fasterquant: same dead-column rule, damping, Hinv =
-// chol(chol_inverse(chol(H)), upper) (cuSOLVER potrf / potri / potrf in fp32),
+// chol(chol_inverse(chol(H)), upper) (in fp32, by default from cuSOLVER potrf
+// and trtri on the index-reversed H: HessianInverseCuda),
 // act_order, static or dynamic groups with the stale-outer-W refit, rint
 // rounding, and the 128-column blocked sweep with the trailing update
 // W[:, i2:] -= Err1 · Hinv[i1:i2, i2:] as one cuBLAS GEMM per block (fp32,
 // CUBLAS_COMPUTE_32F unless allow_tf32).
 //
-// Differences from the CPU result come only from summation order (cuSOLVER vs
-// LAPACK, cuBLAS vs OpenBLAS): W entries differ in the last bits after the
-// first trailing update, which flips a code where w/scale lies within that
+// Differences from the CPU result come only from rounding (the factor's
+// steps, cuSOLVER vs LAPACK, cuBLAS vs OpenBLAS): W entries differ in the
+// last bits after the first trailing update, which flips a code where w/scale lies within that
 // noise of a rounding boundary; a flipped code then moves the rest of its
 // row's errors (see tests/cuda/gptq_cuda_test.cc for the measured bound).
 //
@@ -47,7 +48,7 @@ struct GptqCudaOutputs {
 
 // Milliseconds spent per phase (CUDA events), accumulated until Reset.
 struct GptqCudaTimes {
-  double hinv_ms = 0.0;      // dead columns, permutation, damping, potrf/potri/potrf, check
+  double hinv_ms = 0.0;      // dead columns, permutation, damping, the inverse factor, check
   double prepare_ms = 0.0;   // per weight: grid fits, column gather
   double sweep_ms = 0.0;     // in-block column sweeps
   double trailing_ms = 0.0;  // trailing GEMMs

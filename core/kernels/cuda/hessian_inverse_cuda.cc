@@ -15,8 +15,8 @@ namespace shrinkray {
 using cuda_internal::Grow;
 
 absl::StatusOr<std::unique_ptr<HessianInverseCuda>> HessianInverseCuda::Create(
-    cudaStream_t stream) {
-  std::unique_ptr<HessianInverseCuda> p(new HessianInverseCuda(stream));
+    cudaStream_t stream, InverseFactorMethod method) {
+  std::unique_ptr<HessianInverseCuda> p(new HessianInverseCuda(stream, method));
   // Create the handle now so that a missing library fails here, early.
   SR_CUDA_ASSIGN_OR_RETURN(cusolverDnHandle_t solver, CusolverHandleFor(stream));
   (void)solver;
@@ -69,24 +69,10 @@ absl::Status HessianInverseCuda::Prepare(const float* h, int cols, bool act_orde
   SR_STATUS_RETURN_IF_ERROR(dead_.CopyFromHost(dead, stream_));
   SR_STATUS_RETURN_IF_ERROR(perm_.CopyFromHost(perm_host_, stream_));
   SR_CUDA_RETURN_IF_ERROR(
-      kernels::LaunchHessianPermute(hbase_.data(), h, cols, perm_.data(), dead_.data(), stream_));
+      kernels::LaunchHessianPermute(hbase_.data(), h, cols, perm_.data(), dead_.data(),
+                                    method_ == InverseFactorMethod::kFlippedCholesky, stream_));
 
   SR_CUDA_ASSIGN_OR_RETURN(cusolverDnHandle_t solver, CusolverHandleFor(stream_));
-  int lwork_potrf = 0;
-  int lwork_potri = 0;
-  SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf_bufferSize(solver, CUBLAS_FILL_MODE_LOWER, cols,
-                                                          hinv_.data(), cols, &lwork_potrf));
-  SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotri_bufferSize(solver, CUBLAS_FILL_MODE_LOWER, cols,
-                                                          hinv_.data(), cols, &lwork_potri));
-  SR_STATUS_RETURN_IF_ERROR(
-      Grow(solver_work_, static_cast<size_t>(std::max({lwork_potrf, lwork_potri, 1}))));
-  const int lwork = static_cast<int>(std::min<size_t>(solver_work_.size(), 0x7fffffff));
-
-  // The chain, as core/algo/hessian_inverse.cc: the row-major buffer is
-  // symmetric, so cuSOLVER's column-major lower triangle is our upper one;
-  // potri fills only that triangle, which is all the second potrf reads, and
-  // its factor read row-major is U = cholesky(H^-1, upper). The strict lower
-  // triangle (row-major) keeps stale values: nothing reads it.
   const double damp0 = damp;
   int tries = 0;
   std::string why;
@@ -94,17 +80,10 @@ absl::Status HessianInverseCuda::Prepare(const float* h, int cols, bool act_orde
     SR_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hinv_.data(), hbase_.data(), n2 * sizeof(float),
                                             cudaMemcpyDeviceToDevice, stream_));
     SR_STATUS_RETURN_IF_ERROR(info_.Memset(0, stream_));
+    // The mean of the diagonal does not depend on its order (flipped or not).
     SR_CUDA_RETURN_IF_ERROR(
         kernels::LaunchHessianDamp(hinv_.data(), cols, static_cast<float>(damp), stream_));
-    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, cols,
-                                                 hinv_.data(), cols, solver_work_.data(), lwork,
-                                                 info_.data()));
-    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotri(solver, CUBLAS_FILL_MODE_LOWER, cols,
-                                                 hinv_.data(), cols, solver_work_.data(), lwork,
-                                                 info_.data() + 1));
-    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, cols,
-                                                 hinv_.data(), cols, solver_work_.data(), lwork,
-                                                 info_.data() + 2));
+    SR_STATUS_RETURN_IF_ERROR(Factor(solver, cols));
     SR_CUDA_RETURN_IF_ERROR(
         kernels::LaunchHessianCheckFactor(hinv_.data(), cols, info_.data() + 3, stream_));
     int info[4] = {0, 0, 0, 0};
@@ -116,17 +95,7 @@ absl::Status HessianInverseCuda::Prepare(const float* h, int cols, bool act_orde
       cols_ = cols;
       return absl::OkStatus();
     }
-    // A failed potrf leaves garbage for the later steps, so the first
-    // nonzero info is the one that explains the failure.
-    if (info[0] != 0) {
-      why = absl::StrCat("cholesky(H) failed at column ", info[0] - 1, " (info ", info[0], ")");
-    } else if (info[1] != 0) {
-      why = absl::StrCat("cholesky_inverse failed (info ", info[1], ")");
-    } else if (info[2] != 0) {
-      why = absl::StrCat("cholesky(H^-1) failed at column ", info[2] - 1, " (info ", info[2], ")");
-    } else {
-      why = "non-finite or non-positive entry in the inverse factor";
-    }
+    why = Explain(info, cols);
     if (increment <= 0.0) break;
     damp += increment;
     ++tries;
@@ -135,6 +104,83 @@ absl::Status HessianInverseCuda::Prepare(const float* h, int cols, bool act_orde
       "Hessian is not positive definite: %s; damping raised %d time(s) from %g by %g up to %g "
       "without success",
       why, tries, damp0, increment, damp));
+}
+
+absl::Status HessianInverseCuda::Factor(cusolverDnHandle_t solver, int cols) {
+  // cuSOLVER is column-major: a row-major symmetric buffer is the same matrix,
+  // and its column-major lower triangle is our (row-major) upper one.
+  if (method_ == InverseFactorMethod::kCholeskyInverseChain) {
+    // As core/algo/hessian_inverse.cc: potri fills only the triangle the
+    // second potrf reads, and that factor read row-major is
+    // U = cholesky(H^-1, upper). The strict lower triangle (row-major) keeps
+    // stale values: nothing reads it.
+    int lwork_potrf = 0;
+    int lwork_potri = 0;
+    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf_bufferSize(solver, CUBLAS_FILL_MODE_LOWER, cols,
+                                                            hinv_.data(), cols, &lwork_potrf));
+    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotri_bufferSize(solver, CUBLAS_FILL_MODE_LOWER, cols,
+                                                            hinv_.data(), cols, &lwork_potri));
+    SR_STATUS_RETURN_IF_ERROR(
+        Grow(solver_work_, static_cast<size_t>(std::max({lwork_potrf, lwork_potri, 1}))));
+    const int lwork = static_cast<int>(std::min<size_t>(solver_work_.size(), 0x7fffffff));
+    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, cols,
+                                                 hinv_.data(), cols, solver_work_.data(), lwork,
+                                                 info_.data()));
+    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotri(solver, CUBLAS_FILL_MODE_LOWER, cols,
+                                                 hinv_.data(), cols, solver_work_.data(), lwork,
+                                                 info_.data() + 1));
+    SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, cols,
+                                                 hinv_.data(), cols, solver_work_.data(), lwork,
+                                                 info_.data() + 2));
+    return absl::OkStatus();
+  }
+  // Flipped (see the header): hinv_ holds A = J H J. potrf with the
+  // column-major upper triangle gives A = S^T S (S upper), which the
+  // row-major lower triangle holds as R = S^T (A = R R^T); trtri on the same
+  // triangle leaves S^-1 there, read row-major R^-1. Reversing the whole
+  // buffer (a[i][j] <- a[n-1-i][n-1-j]) turns it into J R^-1 J = U in the
+  // row-major upper triangle; the strict lower triangle gets the stale half
+  // of A, which nothing reads.
+  int lwork_potrf = 0;
+  SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf_bufferSize(solver, CUBLAS_FILL_MODE_UPPER, cols,
+                                                          hinv_.data(), cols, &lwork_potrf));
+  size_t trtri_device_bytes = 0;
+  size_t trtri_host_bytes = 0;
+  SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnXtrtri_bufferSize(
+      solver, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, cols, CUDA_R_32F, hinv_.data(), cols,
+      &trtri_device_bytes, &trtri_host_bytes));
+  const size_t trtri_floats = (trtri_device_bytes + sizeof(float) - 1) / sizeof(float);
+  SR_STATUS_RETURN_IF_ERROR(
+      Grow(solver_work_, std::max({static_cast<size_t>(std::max(lwork_potrf, 1)), trtri_floats})));
+  if (solver_host_work_.size() < trtri_host_bytes) solver_host_work_.resize(trtri_host_bytes);
+  const int lwork = static_cast<int>(std::min<size_t>(solver_work_.size(), 0x7fffffff));
+  SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_UPPER, cols, hinv_.data(),
+                                               cols, solver_work_.data(), lwork, info_.data()));
+  SR_CUSOLVER_RETURN_IF_ERROR(cusolverDnXtrtri(
+      solver, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, cols, CUDA_R_32F, hinv_.data(), cols,
+      solver_work_.data(), solver_work_.size() * sizeof(float),
+      solver_host_work_.empty() ? nullptr : solver_host_work_.data(), trtri_host_bytes,
+      info_.data() + 1));
+  SR_CUDA_RETURN_IF_ERROR(
+      kernels::LaunchReverseInPlace(hinv_.data(), static_cast<long>(cols) * cols, stream_));
+  return absl::OkStatus();
+}
+
+std::string HessianInverseCuda::Explain(const int info[4], int cols) const {
+  // A failed potrf leaves garbage for the later steps, so the first nonzero
+  // info is the one that explains the failure.
+  if (method_ == InverseFactorMethod::kCholeskyInverseChain) {
+    if (info[0] != 0) return absl::StrCat("cholesky(H) failed at column ", info[0] - 1, " (info ", info[0], ")");
+    if (info[1] != 0) return absl::StrCat("cholesky_inverse failed (info ", info[1], ")");
+    if (info[2] != 0) return absl::StrCat("cholesky(H^-1) failed at column ", info[2] - 1, " (info ", info[2], ")");
+  } else {
+    // potrf of J H J stops at its leading minor of order info, i.e. at
+    // column n - info of H counted from the end: the same column the chain's
+    // first potrf names when the trouble is one column's.
+    if (info[0] != 0) return absl::StrCat("cholesky(H) failed at column ", cols - info[0], " (flipped, info ", info[0], ")");
+    if (info[1] != 0) return absl::StrCat("triangular inverse failed (info ", info[1], ")");
+  }
+  return "non-finite or non-positive entry in the inverse factor";
 }
 
 }  // namespace shrinkray

@@ -1,5 +1,6 @@
 // Kernels of the shared Hessian preparation (hessian_inverse_cuda.h):
-// permutation with the dead-column fix, damping, and the factor check.
+// permutation with the dead-column fix (optionally index-reversed), damping,
+// the in-place reversal, and the factor check.
 #include "core/kernels/cuda/hessian_inverse_cuda_launch.h"
 #include "core/kernels/cuda/ops.cuh"
 
@@ -11,15 +12,25 @@ constexpr int kThreads = kGridThreads;
 
 __global__ void HessianPermuteKernel(float* __restrict__ out, const float* __restrict__ h,
                                      int n, const int32_t* __restrict__ perm,
-                                     const uint8_t* __restrict__ dead) {
+                                     const uint8_t* __restrict__ dead, bool reversed) {
   const long total = static_cast<long>(n) * n;
   for (long idx = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<long>(gridDim.x) * blockDim.x) {
     const long i = idx / n;
     const int j = static_cast<int>(idx - i * n);
-    const int pi = perm[i];
-    const int pj = perm[j];
+    const int pi = perm[reversed ? n - 1 - static_cast<int>(i) : static_cast<int>(i)];
+    const int pj = perm[reversed ? n - 1 - j : j];
     out[idx] = (pi == pj && dead[pi] != 0) ? 1.0f : h[static_cast<long>(pi) * n + pj];
+  }
+}
+
+__global__ void ReverseInPlaceKernel(float* __restrict__ a, long count) {
+  const long half = count / 2;  // an odd count's middle element stays
+  for (long k = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; k < half;
+       k += static_cast<long>(gridDim.x) * blockDim.x) {
+    const float x = a[k];
+    a[k] = a[count - 1 - k];
+    a[count - 1 - k] = x;
   }
 }
 
@@ -62,10 +73,16 @@ __global__ void HessianCheckFactorKernel(const float* __restrict__ u, int n, int
 }  // namespace
 
 cudaError_t LaunchHessianPermute(float* out, const float* h, int n, const int32_t* perm,
-                                 const uint8_t* dead, cudaStream_t stream) {
+                                 const uint8_t* dead, bool reversed, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   HessianPermuteKernel<<<GridFor(static_cast<long>(n) * n), kThreads, 0, stream>>>(
-      out, h, n, perm, dead);
+      out, h, n, perm, dead, reversed);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchReverseInPlace(float* a, long count, cudaStream_t stream) {
+  if (count < 2) return cudaSuccess;
+  ReverseInPlaceKernel<<<GridFor(count / 2), kThreads, 0, stream>>>(a, count);
   return cudaGetLastError();
 }
 

@@ -13,8 +13,8 @@
 //     the trailing update W[:, i2:] -= Err1 · Hinv[i1:i2, i2:] as one cuBLAS
 //     fp32 GEMM (CUBLAS_COMPUTE_32F, no TF32).
 //
-// Differences from the CPU come only from summation order (cuSOLVER vs
-// LAPACK, cuBLAS vs OpenBLAS): scores differ in the last bits, which can move
+// Differences from the CPU come only from rounding (the inverse factor's
+// steps, cuSOLVER vs LAPACK, cuBLAS vs OpenBLAS): scores differ in the last bits, which can move
 // an entry lying within that noise of the threshold to the other side (see
 // tests/cuda/sparsegpt_cuda_test.cc for the bounds). The number of zeros per
 // block is the same rule's: int(numel · sparsity) + 1 plus ties at the
@@ -54,7 +54,7 @@ struct SparseGptCudaOutputs {
 
 // Milliseconds spent per phase (CUDA events), accumulated until Reset.
 struct SparseGptCudaTimes {
-  double hinv_ms = 0.0;      // dead columns, damping, potrf/potri/potrf, check
+  double hinv_ms = 0.0;      // dead columns, damping, the inverse factor, check
   double mask_ms = 0.0;      // working-copy gather + unstructured threshold selects (N:M: ~0,
                              // its selection runs inside the sweep)
   double sweep_ms = 0.0;     // in-block column sweeps (mask applied, N:M selection)
