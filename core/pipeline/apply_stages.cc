@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -124,6 +125,8 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
   const HessianPrecision precision = f64 ? HessianPrecision::kFloat64 : HessianPrecision::kFloat32;
   report->methods.push_back(std::string(StageMethodName(stage.method)));
   state->output_error.reset();
+  // The request serves this stage only: a later one starts from another W.
+  const bool report_output_error = std::exchange(state->report_output_error, false);
   switch (stage.method) {
     case StageMethod::kRtn: {
       RtnOptions o;
@@ -147,7 +150,7 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       o.damp_auto_increment = stage.damp_auto_increment;
       o.block_size = stage.block_size;
       o.precision = precision;
-      o.output_error = state->report_output_error;
+      o.output_error = report_output_error;
       if (state->keep.empty() && stage.keep_input_zeros) {
         // A pass after the pruning one: its zeros are the keep mask.
         state->keep.resize(w.size());
@@ -183,7 +186,7 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       o.bits = stage.bits;
       o.sym = stage.sym;
       o.group_size = stage.group_size;
-      o.output_error = state->report_output_error;
+      o.output_error = report_output_error;
       auto r = Solve<SparseGptResult>(
           solvers, f64, [&] { return solvers->SparseGpt(w, rows, cols, stats.h32, o); },
           [&]() -> absl::StatusOr<SparseGptResult> {

@@ -30,7 +30,8 @@ struct LinearState {
   // stage is its only one: a GPTQ or SparseGPT solve is then asked for the
   // output error of its result (SolveReport::output_error), which ApplyStage
   // leaves in `output_error` when the solver had it at hand (a device solve:
-  // no second copy of W and Q for it); unset after any other stage.
+  // no second copy of W and Q for it); `output_error` is unset after any
+  // other stage. ApplyStage clears the request: it serves one stage.
   bool report_output_error = false;
   std::optional<double> output_error;
 };

@@ -107,9 +107,14 @@ TEST_F(SolverBackendCudaTest, HeldHessianGivesThePerMatrixResultsBitForBit) {
     SR_ASSERT_OK_AND_ASSIGN(SparseGptResult want, fresh->SparseGpt(w, rows[m], cols, h, sparse));
     SR_ASSERT_OK_AND_ASSIGN(SparseGptResult got, held->SparseGpt(w, rows[m], cols, h, sparse));
     ExpectSame(got, want);
-    // And the CPU's masks, as for an unheld solve.
+    // And the CPU's masks, as for an unheld solve: the same but where a score
+    // lies within float32 rounding noise of its block's threshold (the
+    // inverse factors come from other steps: sparsegpt_cuda_test.cc's bound).
     SR_ASSERT_OK_AND_ASSIGN(SparseGptResult cpu, SparseGptPrune(w, rows[m], cols, h, sparse));
-    EXPECT_EQ(got.keep, cpu.keep);
+    ASSERT_EQ(got.keep.size(), cpu.keep.size());
+    long differ = 0;
+    for (size_t i = 0; i < got.keep.size(); ++i) differ += got.keep[i] != cpu.keep[i];
+    EXPECT_LE(differ, static_cast<long>(got.keep.size()) / 1000);
   }
 }
 

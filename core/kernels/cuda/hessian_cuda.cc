@@ -54,9 +54,13 @@ absl::Status LowerProduct(cublasHandle_t handle, float* h, int cols, int block, 
 }
 
 // Rows per split of the 3xTF32 path: big and small of one chunk in 256 MiB,
-// and at most 8192 rows (GEMMs of K = 8192 run near peak already).
+// and at most 2048 rows. The tensor cores may truncate each product while
+// accumulating in fp32, a bias that grows with the rows one GEMM sums: a
+// bit-level model of per-product truncation without guard bits puts 3xTF32
+// at 1.5e-4 of max |H| over 8192 rows and 3.9e-5 over 2048 (the fp32 GEMM:
+// 7e-6). Each split adds one fp32 read and write of H (~25% at width 4096).
 constexpr size_t kSplitFloats = size_t{64} << 20;
-constexpr long kSplitMaxRows = 8192;
+constexpr long kSplitMaxRows = 2048;
 
 // H = beta · H + alpha · xᵀ x by 3xTF32 (hessian_cuda.h), over chunks of
 // rows whose split fits the workspace. Unavailable (kUnavailable) when the

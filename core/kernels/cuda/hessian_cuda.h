@@ -36,7 +36,7 @@ absl::Status hessian_accumulate(float* h, int cols, long* n_samples, const __nv_
 //            the fp32 cores leave ~1e-6 (bf16 activations: ~1e-3); far below
 //            GPTQ's 1% damping. Three TF32 products cost less than one on
 //            the fp32 cores (H100: 3 x 1/494 vs 1/67 s per PFLOP). The split
-//            runs over chunks of at most 8192 rows, in a workspace of up to
+//            runs over chunks of at most 2048 rows, in a workspace of up to
 //            256 MiB from the stream-ordered allocator (without one the call
 //            falls back to kFp32). H is mirrored element by element: exactly
 //            symmetric.
