@@ -64,6 +64,10 @@ class LayerExecutor {
   // must stay valid and unchanged until that RunLayer (the copy may still be
   // reading them). A failed copy is that RunLayer's error.
   virtual void Prefetch(const LlamaModel& model, int layer) {}
+  // Layers whose first pass found their weights copied ahead by a Prefetch
+  // (0 for an executor that never copies ahead): what the tests check, since
+  // a prefetch that could not be had falls back to a copy at RunLayer.
+  virtual long layers_prefetched() const { return 0; }
 };
 
 // The block of LayerForwardStaged whose input a group's Linears read (0..3).

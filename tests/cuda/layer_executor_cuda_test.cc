@@ -130,6 +130,10 @@ class CudaLayerExecutorTest : public CudaTest {
       SR_ASSERT_OK(cpu->RunLayer(model, l, /*output=*/true, nullptr, nullptr));
       SR_ASSERT_OK(gpu->RunLayer(model, l, /*output=*/true, nullptr, nullptr));
     }
+    // Every layer after the first ran from its copy ahead (a test model
+    // leaves the memory margin free), none without prefetching.
+    EXPECT_EQ(gpu->layers_prefetched(), prefetch ? layers - 1 : 0);
+    EXPECT_EQ(cpu->layers_prefetched(), 0);
     std::printf("%s, %d layers, %d windows x %d, kept blocks %d%s: worst H diff %.3g, worst norm diff %.3g "
                 "(relative to max)\n",
                 std::string(ForwardDtypeName(dtype)).c_str(), layers, windows, seqlen, kept,

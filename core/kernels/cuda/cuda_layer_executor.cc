@@ -125,6 +125,7 @@ class CudaLayerExecutor final : public LayerExecutor {
   }
 
   std::string device() const override { return "cuda"; }
+  long layers_prefetched() const override { return layers_prefetched_; }
 
   absl::Status Init(const std::vector<double>& inv_freq) {
     SR_RETURN_IF_ERROR(UseDevice());
@@ -459,6 +460,7 @@ class CudaLayerExecutor final : public LayerExecutor {
       SR_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(stream_, copied_, 0));
       current_ = 1 - current_;
       whole = false;
+      ++layers_prefetched_;
     }
     // A prefetch of another layer (the next one, handed over before this
     // layer's first pass) fills the other buffer meanwhile.
@@ -566,6 +568,7 @@ class CudaLayerExecutor final : public LayerExecutor {
   // status (read after the join), the staging buffer, the copy stream and
   // the event after a prefetch's last copy.
   int ahead_layer_ = -1;
+  long layers_prefetched_ = 0;
   std::array<bool, 4> ahead_stale_{};
   std::thread ahead_thread_;
   absl::Status ahead_status_;
