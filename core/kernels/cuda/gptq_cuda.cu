@@ -80,30 +80,50 @@ __global__ void GptqGatherColumnsKernel(float* __restrict__ wk, const float* __r
   }
 }
 
-constexpr int kSweepRows = 64;               // threads per CTA, one output row each
-constexpr int kLdW = kSweepRows + 1;          // transposed W tile, padded against bank conflicts
+// The sweep's threads: kSweepLanes per row, lane t owning the block's
+// columns j ≡ t (mod kSweepLanes) of its row; kSweepRows rows per CTA.
+constexpr int kSweepLanes = 8;
+constexpr int kSweepRows = 32;
+constexpr int kSweepThreads = kSweepRows * kSweepLanes;
+// The W tile is [col][row] with this row stride. A warp holds 4 rows × 8
+// lanes, and at each step the 8 lanes of a row touch 8 consecutive columns
+// (one of each residue): (36·j + rr) mod 32 = 4·(j mod 8) + rr puts the 32
+// accesses in 32 distinct banks.
+constexpr int kLdW = kSweepRows + kWarpSize / kSweepLanes;
 constexpr int kSweepSmem = (kGptqMaxBlock * kGptqMaxBlock + kGptqMaxBlock * kLdW) * 4;
+static_assert((kSweepLanes & (kSweepLanes - 1)) == 0 && kWarpSize % kSweepLanes == 0);
+static_assert(kSweepRows % (kWarpSize / kSweepLanes) == 0);
+
+// The first column after i that `lane` owns.
+__device__ __forceinline__ int FirstOwnedAfter(int i, int lane) {
+  return i + 1 + ((lane - i - 1) & (kSweepLanes - 1));
+}
 
 // gptq_quantize_block_kernel: rows are independent within a block (each has
-// its own grid and in-block updates), so a thread owns a row and walks the
-// block's columns in order. Shared memory holds Hinv[i1:i2, i1:i2] (read by
-// all threads, broadcast) and the W tile transposed to [col][row] so that the
-// per-column accesses of a warp hit distinct banks. After column i is
-// quantized its slot holds err_i, and the tile is written out as Err1 for the
-// trailing GEMM.
-__global__ void __launch_bounds__(kSweepRows) GptqQuantizeBlockKernel(GptqSweepArgs a) {
+// its own grid and in-block updates), so a row walks the block's columns in
+// order. Its kSweepLanes threads split the work: column i's owner lane
+// quantizes it and hands err_i (and its loss term) to the others by shuffle,
+// then each lane applies err_i to the later columns it owns. Every entry sees
+// the same operations in the same order as with one thread per row (and as
+// the CPU), and the loss is summed in column order. Shared memory holds
+// Hinv[i1:i2, i1:i2] (read by all threads, broadcast) and the W tile
+// transposed to [col][row]; a lane reads and writes only its own columns of
+// its own row, so no barrier is needed until the tile is written out. After
+// column i is quantized its slot holds err_i, and the tile is written out as
+// Err1 for the trailing GEMM.
+__global__ void __launch_bounds__(kSweepThreads) GptqQuantizeBlockKernel(GptqSweepArgs a) {
   extern __shared__ __align__(16) float smem[];
   float* hs = smem;
   float* ws = smem + kGptqMaxBlock * kGptqMaxBlock;
   const int B = a.i2 - a.i1;
   const int r0 = blockIdx.x * kSweepRows;
   const int tid = threadIdx.x;
-  for (int idx = tid; idx < B * B; idx += kSweepRows) {
+  for (int idx = tid; idx < B * B; idx += kSweepThreads) {
     const int i = idx / B;
     const int j = idx - i * B;
     hs[i * kGptqMaxBlock + j] = a.hinv[static_cast<long>(a.i1 + i) * a.cols + a.i1 + j];
   }
-  for (int idx = tid; idx < kSweepRows * B; idx += kSweepRows) {
+  for (int idx = tid; idx < kSweepRows * B; idx += kSweepThreads) {
     const int rr = idx / B;
     const int j = idx - rr * B;
     const int r = r0 + rr;
@@ -111,68 +131,84 @@ __global__ void __launch_bounds__(kSweepRows) GptqQuantizeBlockKernel(GptqSweepA
   }
   __syncthreads();
 
-  const int r = r0 + tid;
-  if (r < a.rows) {
-    const int gs = a.group_size;
-    float scale = 1.0f;
-    float zero = 0.0f;
-    int cur_group = -1;
-    if (a.mode == GptqParamMode::kPerRow) {
-      scale = a.scales[r];
-      zero = static_cast<float>(a.zeros[r]);
-    } else if (a.mode == GptqParamMode::kDynamic && a.i1 % gs != 0) {
-      const long g = a.i1 / gs;  // the group began in an earlier block
-      scale = a.scales[g * a.rows + r];
-      zero = static_cast<float>(a.zeros[g * a.rows + r]);
-    }
-    const float* outer = a.wk + static_cast<long>(r) * a.cols;  // stale during the block
-    float loss = 0.0f;
-    for (int i = 0; i < B; ++i) {
-      const int c = a.i1 + i;
-      const int orig = a.perm != nullptr ? a.perm[c] : c;
-      if (a.mode == GptqParamMode::kDynamic && c % gs == 0) {
-        // Refit on the outer W, which lacks this block's in-block updates
-        // (reference staleness, kept).
-        float xmin = 0.0f;
-        float xmax = 0.0f;
-        const int c1 = min(a.cols, c + gs);
-        for (int cc = c; cc < c1; ++cc) {
-          xmin = fminf(xmin, outer[cc]);
-          xmax = fmaxf(xmax, outer[cc]);
-        }
-        ParamsFromRange(xmin, xmax, a.maxq, a.sym, &scale, &zero);
+  // Every thread runs the column loop (the shuffles need whole warps); a row
+  // past the end works on zeros and writes nothing.
+  const int rr = tid / kSweepLanes;
+  const int lane = tid % kSweepLanes;
+  const int r = r0 + rr;
+  const bool valid = r < a.rows;
+  const int gs = a.group_size;
+  float scale = 1.0f;
+  float zero = 0.0f;
+  int cur_group = -1;
+  if (valid && a.mode == GptqParamMode::kPerRow) {
+    scale = a.scales[r];
+    zero = static_cast<float>(a.zeros[r]);
+  } else if (valid && a.mode == GptqParamMode::kDynamic && a.i1 % gs != 0) {
+    const long g = a.i1 / gs;  // the group began in an earlier block
+    scale = a.scales[g * a.rows + r];
+    zero = static_cast<float>(a.zeros[g * a.rows + r]);
+  }
+  const float* outer = a.wk + static_cast<long>(valid ? r : 0) * a.cols;  // stale during the block
+  float loss = 0.0f;
+  for (int i = 0; i < B; ++i) {
+    const int c = a.i1 + i;
+    const int orig = a.perm != nullptr ? a.perm[c] : c;
+    if (valid && a.mode == GptqParamMode::kDynamic && c % gs == 0) {
+      // Refit on the outer W, which lacks this block's in-block updates
+      // (reference staleness, kept). Every lane of the row computes the same
+      // grid (each quantizes some of the group's columns); lane 0 stores it.
+      float xmin = 0.0f;
+      float xmax = 0.0f;
+      const int c1 = min(a.cols, c + gs);
+      for (int cc = c; cc < c1; ++cc) {
+        xmin = fminf(xmin, outer[cc]);
+        xmax = fmaxf(xmax, outer[cc]);
+      }
+      ParamsFromRange(xmin, xmax, a.maxq, a.sym, &scale, &zero);
+      if (lane == 0) {
         const long g = c / gs;
         a.scales[g * a.rows + r] = scale;
         a.zeros[g * a.rows + r] = static_cast<int32_t>(zero);
-      } else if (a.mode == GptqParamMode::kStatic) {
-        const int g = orig / gs;
-        if (g != cur_group) {
-          cur_group = g;
-          scale = a.scales[static_cast<long>(g) * a.rows + r];
-          zero = static_cast<float>(a.zeros[static_cast<long>(g) * a.rows + r]);
-        }
       }
-      const float w = ws[i * kLdW + tid];
+    } else if (valid && a.mode == GptqParamMode::kStatic) {
+      const int g = orig / gs;
+      if (g != cur_group) {
+        cur_group = g;
+        scale = a.scales[static_cast<long>(g) * a.rows + r];
+        zero = static_cast<float>(a.zeros[static_cast<long>(g) * a.rows + r]);
+      }
+    }
+    const int owner = i & (kSweepLanes - 1);
+    float e = 0.0f;
+    float term = 0.0f;
+    if (lane == owner) {
+      const float w = ws[i * kLdW + rr];
       const float d = hs[i * kGptqMaxBlock + i];
       const float code = fminf(fmaxf(__fadd_rn(rintf(__fdiv_rn(w, scale)), zero), 0.0f), a.maxq);
       const float q = __fmul_rn(scale, __fsub_rn(code, zero));
       const float diff = __fsub_rn(w, q);
-      loss = __fadd_rn(loss, __fdiv_rn(__fmul_rn(diff, diff), __fmul_rn(d, d)));
-      const float e = __fdiv_rn(diff, d);
-      const long out_idx = static_cast<long>(r) * a.cols + orig;
-      a.codes[out_idx] = static_cast<uint8_t>(code);
-      if (a.q_f32 != nullptr) a.q_f32[out_idx] = q;
-      if (a.q_bf16 != nullptr) a.q_bf16[out_idx] = __float2bfloat16_rn(q);
-      ws[i * kLdW + tid] = e;
-      const float* hrow = hs + i * kGptqMaxBlock;
-      for (int j = i + 1; j < B; ++j) {
-        ws[j * kLdW + tid] = __fsub_rn(ws[j * kLdW + tid], __fmul_rn(e, hrow[j]));
+      term = __fdiv_rn(__fmul_rn(diff, diff), __fmul_rn(d, d));
+      e = __fdiv_rn(diff, d);
+      if (valid) {
+        const long out_idx = static_cast<long>(r) * a.cols + orig;
+        a.codes[out_idx] = static_cast<uint8_t>(code);
+        if (a.q_f32 != nullptr) a.q_f32[out_idx] = q;
+        if (a.q_bf16 != nullptr) a.q_bf16[out_idx] = __float2bfloat16_rn(q);
       }
+      ws[i * kLdW + rr] = e;
     }
-    a.row_loss[r] += 0.5f * loss;
+    e = __shfl_sync(0xffffffffu, e, owner, kSweepLanes);
+    term = __shfl_sync(0xffffffffu, term, owner, kSweepLanes);
+    loss = __fadd_rn(loss, term);
+    const float* hrow = hs + i * kGptqMaxBlock;
+    for (int j = FirstOwnedAfter(i, lane); j < B; j += kSweepLanes) {
+      ws[j * kLdW + rr] = __fsub_rn(ws[j * kLdW + rr], __fmul_rn(e, hrow[j]));
+    }
   }
+  if (valid && lane == 0) a.row_loss[r] += 0.5f * loss;
   __syncthreads();
-  for (int idx = tid; idx < kSweepRows * B; idx += kSweepRows) {
+  for (int idx = tid; idx < kSweepRows * B; idx += kSweepThreads) {
     const int rr = idx / B;
     const int j = idx - rr * B;
     if (r0 + rr < a.rows) {
@@ -225,7 +261,7 @@ cudaError_t LaunchGptqQuantizeBlock(const GptqSweepArgs& args, cudaStream_t stre
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSweepSmem);
   if (err != cudaSuccess) return err;
   const unsigned blocks = static_cast<unsigned>((args.rows + kSweepRows - 1) / kSweepRows);
-  GptqQuantizeBlockKernel<<<blocks, kSweepRows, kSweepSmem, stream>>>(args);
+  GptqQuantizeBlockKernel<<<blocks, kSweepThreads, kSweepSmem, stream>>>(args);
   return cudaGetLastError();
 }
 

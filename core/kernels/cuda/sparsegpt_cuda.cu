@@ -87,20 +87,36 @@ __global__ void __launch_bounds__(kBins) SparseGptSelectKernel(uint32_t* work, i
   }
 }
 
-constexpr int kSweepRows = 64;       // threads per CTA, one output row each
-constexpr int kLdW = kSweepRows + 1;  // transposed W tile, padded against bank conflicts
+// The sweep's threads: kSweepLanes per row, lane t owning the block's
+// columns j ≡ t (mod kSweepLanes) of its row; kSweepRows rows per CTA. The W
+// tile's row stride puts a warp's 4 rows × 8 lanes (8 consecutive columns) in
+// 32 distinct banks ((36·j + rr) mod 32 = 4·(j mod 8) + rr), as in
+// gptq_cuda.cu.
+constexpr int kSweepLanes = 8;
+constexpr int kSweepRows = 32;
+constexpr int kSweepThreads = kSweepRows * kSweepLanes;
+constexpr int kLdW = kSweepRows + kWarpSize / kSweepLanes;
 constexpr int kSweepSmem =
     (kMaxBlock * kMaxBlock + kMaxBlock * kLdW) * 4 + kMaxBlock * kSweepRows;
+static_assert((kSweepLanes & (kSweepLanes - 1)) == 0 && kWarpSize % kSweepLanes == 0);
+static_assert(kSweepRows % (kWarpSize / kSweepLanes) == 0);
 
 // Rows are independent within a block (each has its own mask and in-block
-// updates), so a thread owns a row and walks the block's columns in order.
-// Shared memory: Hinv[i1:i2, i1:i2] (broadcast reads), the W tile transposed
-// to [col][row] (distinct banks per warp), and the keep tile [col][row]. The
-// unstructured mask comes from the block-start W (the tile as loaded); N:M
-// groups are scored on the current (updated) W at their first column. After
-// column i is processed its W slot holds err_i, and the tile is written out
-// as Err1 for the trailing GEMM.
-__global__ void __launch_bounds__(kSweepRows) SparseGptPruneBlockKernel(SparseGptSweepArgs a) {
+// updates), so a row walks the block's columns in order. Its kSweepLanes
+// threads split the work: column i's owner lane prunes or keeps it and hands
+// err_i (and its loss term) to the others by shuffle, then each lane applies
+// err_i to the later columns it owns: every entry sees the same operations
+// in the same order as with one thread per row (and as the CPU), and the loss
+// is summed in column order. Shared memory: Hinv[i1:i2, i1:i2] (broadcast
+// reads), the W tile transposed to [col][row], and the keep tile [col][row].
+// The unstructured mask comes from the block-start W (the tile as loaded);
+// N:M groups are scored on the current (updated) W at their first column,
+// which every lane of the row reads (after a __syncwarp: the other lanes
+// wrote it), each ranking the group's columns it owns. Otherwise a lane
+// touches only its own columns of its own row. After column i is processed
+// its W slot holds err_i, and the tile is written out as Err1 for the
+// trailing GEMM.
+__global__ void __launch_bounds__(kSweepThreads) SparseGptPruneBlockKernel(SparseGptSweepArgs a) {
   extern __shared__ __align__(16) float smem[];
   float* hs = smem;
   float* ws = smem + kMaxBlock * kMaxBlock;
@@ -110,12 +126,12 @@ __global__ void __launch_bounds__(kSweepRows) SparseGptPruneBlockKernel(SparseGp
   const int tid = threadIdx.x;
   const bool nm = a.prune_n > 0;
   const float thresh = nm ? 0.0f : __uint_as_float(*a.thresh_bits);
-  for (int idx = tid; idx < B * B; idx += kSweepRows) {
+  for (int idx = tid; idx < B * B; idx += kSweepThreads) {
     const int i = idx / B;
     const int j = idx - i * B;
     hs[i * kMaxBlock + j] = a.hinv[static_cast<long>(a.i1 + i) * a.cols + a.i1 + j];
   }
-  for (int idx = tid; idx < kSweepRows * B; idx += kSweepRows) {
+  for (int idx = tid; idx < kSweepRows * B; idx += kSweepThreads) {
     const int rr = idx / B;
     const int j = idx - rr * B;
     const int r = r0 + rr;
@@ -130,51 +146,67 @@ __global__ void __launch_bounds__(kSweepRows) SparseGptPruneBlockKernel(SparseGp
   }
   __syncthreads();
 
-  const int r = r0 + tid;
-  if (r < a.rows) {
-    double loss = 0.0;
-    unsigned pruned = 0;
-    for (int i = 0; i < B; ++i) {
-      const int c = a.i1 + i;
-      if (nm && i % a.prune_m == 0) {
-        // Prune the N smallest of the group by stable rank (ties: lower
-        // column first, as std::stable_sort in core/algo/nm_select.cc).
-        for (int k = 0; k < a.prune_m; ++k) {
-          const float sk = Score(ws[(i + k) * kLdW + tid], hs[(i + k) * kMaxBlock + i + k]);
-          int rank = 0;
-          for (int j = 0; j < a.prune_m; ++j) {
-            const float sj = Score(ws[(i + j) * kLdW + tid], hs[(i + j) * kMaxBlock + i + j]);
-            rank += (sj < sk || (sj == sk && j < k)) ? 1 : 0;
-          }
-          ks[(i + k) * kSweepRows + tid] = rank < a.prune_n ? 0 : 1;
+  // Every thread runs the column loop (the shuffles need whole warps); a row
+  // past the end works on zeros and writes nothing.
+  const int rr = tid / kSweepLanes;
+  const int lane = tid % kSweepLanes;
+  const int r = r0 + rr;
+  const bool valid = r < a.rows;
+  double loss = 0.0;
+  unsigned pruned = 0;
+  for (int i = 0; i < B; ++i) {
+    const int c = a.i1 + i;
+    if (nm && i % a.prune_m == 0) {
+      __syncwarp();  // the group's columns as their owners left them
+      // Prune the N smallest of the group by stable rank (ties: lower
+      // column first, as std::stable_sort in core/algo/nm_select.cc).
+      for (int k = 0; k < a.prune_m; ++k) {
+        if (((i + k) & (kSweepLanes - 1)) != lane) continue;
+        const float sk = Score(ws[(i + k) * kLdW + rr], hs[(i + k) * kMaxBlock + i + k]);
+        int rank = 0;
+        for (int j = 0; j < a.prune_m; ++j) {
+          const float sj = Score(ws[(i + j) * kLdW + rr], hs[(i + j) * kMaxBlock + i + j]);
+          rank += (sj < sk || (sj == sk && j < k)) ? 1 : 0;
         }
+        ks[(i + k) * kSweepRows + rr] = rank < a.prune_n ? 0 : 1;
       }
-      const float w = ws[i * kLdW + tid];
+      __syncwarp();  // every lane has read the group before any writes to it
+    }
+    const int owner = i & (kSweepLanes - 1);
+    float e = 0.0f;
+    float term = 0.0f;
+    if (lane == owner) {
+      const float w = ws[i * kLdW + rr];
       const float d = hs[i * kMaxBlock + i];
-      const bool keep = ks[i * kSweepRows + tid] != 0;
+      const bool keep = ks[i * kSweepRows + rr] != 0;
       const float q = keep ? w : 0.0f;
       const float diff = __fsub_rn(w, q);
-      loss += static_cast<double>(__fdiv_rn(__fmul_rn(diff, diff), __fmul_rn(d, d)));
-      const float e = __fdiv_rn(diff, d);
-      const long out_idx = static_cast<long>(r) * a.cols + c;
-      if (a.out_f32 != nullptr) a.out_f32[out_idx] = q;
-      if (a.out_bf16 != nullptr) a.out_bf16[out_idx] = __float2bfloat16_rn(q);
-      if (a.keep != nullptr) a.keep[out_idx] = keep ? 1 : 0;
-      pruned += keep ? 0u : 1u;
-      ws[i * kLdW + tid] = e;
-      // A kept entry has e == 0: its update would subtract zeros, skip it.
-      if (e != 0.0f) {
-        const float* hrow = hs + i * kMaxBlock;
-        for (int j = i + 1; j < B; ++j) {
-          ws[j * kLdW + tid] = __fsub_rn(ws[j * kLdW + tid], __fmul_rn(e, hrow[j]));
-        }
+      term = __fdiv_rn(__fmul_rn(diff, diff), __fmul_rn(d, d));
+      e = __fdiv_rn(diff, d);
+      if (valid) {
+        const long out_idx = static_cast<long>(r) * a.cols + c;
+        if (a.out_f32 != nullptr) a.out_f32[out_idx] = q;
+        if (a.out_bf16 != nullptr) a.out_bf16[out_idx] = __float2bfloat16_rn(q);
+        if (a.keep != nullptr) a.keep[out_idx] = keep ? 1 : 0;
+        pruned += keep ? 0u : 1u;
+      }
+      ws[i * kLdW + rr] = e;
+    }
+    e = __shfl_sync(0xffffffffu, e, owner, kSweepLanes);
+    term = __shfl_sync(0xffffffffu, term, owner, kSweepLanes);
+    loss += static_cast<double>(term);
+    // A kept entry has e == 0: its update would subtract zeros, skip it.
+    if (e != 0.0f) {
+      const float* hrow = hs + i * kMaxBlock;
+      for (int j = i + 1 + ((lane - i - 1) & (kSweepLanes - 1)); j < B; j += kSweepLanes) {
+        ws[j * kLdW + rr] = __fsub_rn(ws[j * kLdW + rr], __fmul_rn(e, hrow[j]));
       }
     }
-    a.row_loss[r] += loss / 2.0;
-    if (pruned != 0u) atomicAdd(a.pruned, static_cast<unsigned long long>(pruned));
   }
+  if (valid && lane == 0) a.row_loss[r] += loss / 2.0;
+  if (pruned != 0u) atomicAdd(a.pruned, static_cast<unsigned long long>(pruned));
   __syncthreads();
-  for (int idx = tid; idx < kSweepRows * B; idx += kSweepRows) {
+  for (int idx = tid; idx < kSweepRows * B; idx += kSweepThreads) {
     const int rr = idx / B;
     const int j = idx - rr * B;
     if (r0 + rr < a.rows) {
@@ -226,7 +258,7 @@ cudaError_t LaunchSparseGptPruneBlock(const SparseGptSweepArgs& args, cudaStream
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSweepSmem);
   if (err != cudaSuccess) return err;
   const unsigned blocks = static_cast<unsigned>((args.rows + kSweepRows - 1) / kSweepRows);
-  SparseGptPruneBlockKernel<<<blocks, kSweepRows, kSweepSmem, stream>>>(args);
+  SparseGptPruneBlockKernel<<<blocks, kSweepThreads, kSweepSmem, stream>>>(args);
   return cudaGetLastError();
 }
 
