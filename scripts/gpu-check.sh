@@ -11,7 +11,9 @@
 #   env      nvidia-smi, and ldd of every bundled program through the bundle's
 #            env.sh: any "not found" library fails the section
 #   ops      shrinkray_cuda_tests (CUDA kernels vs the CPU references; $OPS_FILTER,
-#            default all); a test that SKIPS here counts as a failure: this machine has a GPU
+#            default all); a test that SKIPS here counts as a failure: this machine has a GPU.
+#            Timeout $GTEST_TIMEOUT (300 s; also goldens, goldens-gpu, nccl): the note then
+#            names the test that was running
 #   goldens  shrinkray_unit_tests filtered to the golden tests ($GOLDEN_FILTER,
 #            default *Golden*:*golden*), data from the bundle's data/
 #   goldens-gpu  shrinkray_cuda_tests filtered to LlamaCuda* ($GPU_GOLDEN_FILTER):
@@ -99,10 +101,13 @@ run_gtest() {
   local name=$1 prog=$2; shift 2
   local log="$LOGDIR/$name.log" xml="$LOGDIR/$name.xml"
   rm -f "$xml"
-  "$BUNDLE/bin/$prog" --gtest_brief=1 --gtest_color=no --gtest_output="xml:$xml" "$@" >"$log" 2>&1
+  # A hung kernel must not take the whole device call: $GTEST_TIMEOUT (300 s).
+  local limit=${GTEST_TIMEOUT:-300}
+  # Not --gtest_brief: the log names the test that was running when it hung.
+  timeout -k 10 "$limit" "$BUNDLE/bin/$prog" --gtest_color=no --gtest_output="xml:$xml" "$@" >"$log" 2>&1
   local rc=$?
-  # Skip messages repeat per test; the full text stays in the log.
-  grep -v -E ': Skipped$|^no CUDA device$' "$log" | tail -n 40
+  # RUN/OK lines and skip messages repeat per test; the full text stays in the log.
+  grep -v -E '^\[ +(RUN|OK) +\]|: Skipped$|^no CUDA device$|^\[ +SKIPPED +\]' "$log" | tail -n 40
   read -r tests fails skipped < <(gtest_counts "$xml")
   # Multi-GPU tests skip on a one-GPU machine: expected, not a failure.
   local multi=0
@@ -110,7 +115,9 @@ run_gtest() {
   skipped=$((skipped - multi))
   NOTE="rc=$rc tests=$tests failed=$fails skipped=$skipped"
   ((multi > 0)) && NOTE="$NOTE (+$multi needing more GPUs)"
-  if ((rc != 0 || fails > 0)); then
+  if ((rc == 124 || rc == 137)); then
+    STATUS=FAIL; NOTE="timed out after ${limit}s, last test started: $(grep -E '^\[ RUN' "$log" | tail -n 1) (see $name.log)"
+  elif ((rc != 0 || fails > 0)); then
     STATUS=FAIL
   elif ((tests == 0)); then
     STATUS=EMPTY; NOTE="$NOTE (no test matched)"
