@@ -130,8 +130,9 @@ TEST_P(GptqCudaTest, MatchesCpuSolver) {
   }
 }
 
-// 300 columns: two full 128-blocks and a partial one; 96 rows: a partial
-// 64-row CTA. Groups smaller, equal and larger than the block.
+// 300 columns: two full 128-blocks and a partial one; 70 rows: a partial
+// 32-row CTA (warps with rows past the end). Groups smaller, equal and
+// larger than the block.
 INSTANTIATE_TEST_SUITE_P(
     Modes, GptqCudaTest,
     ::testing::Values(GptqCase{"PerRowSym4", 96, 300, 4, -1, true, false, false},

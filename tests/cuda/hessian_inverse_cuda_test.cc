@@ -4,8 +4,8 @@
 // potrf), against the CPU's chain in float64 (core/algo/hessian_inverse.h)
 // on the same dead-column fix, act_order permutation and damping. Both are
 // fp32, so each is held to the float64 factor within fp32 noise at these
-// condition numbers (the chain measured ~1e-6 of max |U|; the flipped one
-// should land closer, and the test prints both); failures name the same
+// condition numbers (~1e-7 to 4e-7 of max |U| through LAPACK, both; the test
+// prints them); failures name the same
 // column either way, and damping retries count as the CPU's. Skipped
 // without a CUDA device.
 #include <algorithm>
@@ -154,7 +154,8 @@ TEST_F(HessianInverseCudaTest, BothMethodsNameTheColumnThatIsNotPositive) {
     SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<HessianInverseCuda> inv, HessianInverseCuda::Create(stream_, method));
     const absl::Status st = inv->Prepare(d_h.data(), n, false, 0.01, 0.0);
     EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << MethodName(method) << ": " << st;
-    EXPECT_TRUE(absl::StrContains(st.message(), "cholesky(H) failed at column 5 ")) << MethodName(method) << ": " << st;
+    EXPECT_TRUE(absl::StrContains(st.message(), "cholesky(H) failed")) << MethodName(method) << ": " << st;
+    EXPECT_TRUE(absl::StrContains(st.message(), "column 5 ")) << MethodName(method) << ": " << st;
     EXPECT_EQ(inv->cols(), 0);
   }
 }

@@ -171,7 +171,7 @@ TEST_P(SparseGptCudaTest, MatchesCpuSolver) {
 }
 
 // 300 columns: two full 128-blocks and a partial 44-column one; rows not a
-// multiple of the 64-row CTA; rows > 1024 and > 2048; dead columns inside one
+// multiple of the 32-row CTA; rows > 1024 and > 2048; dead columns inside one
 // block (60 of 128 dead, more than 30% of the block: the threshold is 0 and
 // the "<=" prunes every dead entry, the tie rule at work).
 INSTANTIATE_TEST_SUITE_P(

@@ -80,7 +80,8 @@ absl::Status HessianInverseCuda::Prepare(const float* h, int cols, bool act_orde
     SR_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hinv_.data(), hbase_.data(), n2 * sizeof(float),
                                             cudaMemcpyDeviceToDevice, stream_));
     SR_STATUS_RETURN_IF_ERROR(info_.Memset(0, stream_));
-    // The mean of the diagonal does not depend on its order (flipped or not).
+    // Flipped, the diagonal is summed in reverse order: in double, then
+    // rounded to fp32, so the mean may differ from the chain's by an ulp.
     SR_CUDA_RETURN_IF_ERROR(
         kernels::LaunchHessianDamp(hinv_.data(), cols, static_cast<float>(damp), stream_));
     SR_STATUS_RETURN_IF_ERROR(Factor(solver, cols));
@@ -174,10 +175,14 @@ std::string HessianInverseCuda::Explain(const int info[4], int cols) const {
     if (info[1] != 0) return absl::StrCat("cholesky_inverse failed (info ", info[1], ")");
     if (info[2] != 0) return absl::StrCat("cholesky(H^-1) failed at column ", info[2] - 1, " (info ", info[2], ")");
   } else {
-    // potrf of J H J stops at its leading minor of order info, i.e. at
-    // column n - info of H counted from the end: the same column the chain's
-    // first potrf names when the trouble is one column's.
-    if (info[0] != 0) return absl::StrCat("cholesky(H) failed at column ", cols - info[0], " (flipped, info ", info[0], ")");
+    // potrf of J H J stops at its leading minor of order info: H's trailing
+    // block from column n - info is not positive definite (where the chain
+    // names the first column whose leading block is not; the same column
+    // when one diagonal entry is the trouble).
+    if (info[0] != 0) {
+      return absl::StrCat("cholesky(H) failed: the trailing block from column ", cols - info[0],
+                          " is not positive definite (flipped factorisation, info ", info[0], ")");
+    }
     if (info[1] != 0) return absl::StrCat("triangular inverse failed (info ", info[1], ")");
   }
   return "non-finite or non-positive entry in the inverse factor";
