@@ -1,7 +1,10 @@
 #include "core/kernels/cuda/hessian_cuda.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
+#include <mutex>
+#include <set>
 
 #include "absl/strings/str_format.h"
 #include "core/kernels/cuda/blas.h"
@@ -62,6 +65,29 @@ absl::Status LowerProduct(cublasHandle_t handle, float* h, int cols, int block, 
 constexpr size_t kSplitFloats = size_t{64} << 20;
 constexpr long kSplitMaxRows = 2048;
 
+// The stream-ordered allocator gives memory back to the device at every
+// synchronisation unless its pool keeps some (release threshold 0 by
+// default), so a workspace taken and freed per call would be mapped again
+// for every batch. The current device's default pool keeps up to one
+// workspace (set once per device; a failure only costs that re-mapping).
+void KeepOneWorkspaceInThePool() {
+  static std::mutex mu;
+  static std::set<int> done;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return;
+  }
+  const std::lock_guard<std::mutex> lock(mu);
+  if (!done.insert(device).second) return;
+  cudaMemPool_t pool = nullptr;
+  uint64_t threshold = kSplitFloats * sizeof(float);  // the largest workspace
+  if (cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) != cudaSuccess) {
+    (void)cudaGetLastError();
+  }
+}
+
 // H = beta · H + alpha · xᵀ x by 3xTF32 (hessian_cuda.h), over chunks of
 // rows whose split fits the workspace. Unavailable (kUnavailable) when the
 // workspace cannot be had: the caller then runs the fp32 GEMM.
@@ -71,6 +97,7 @@ absl::Status LowerProduct3xTf32(cublasHandle_t handle, float* h, int cols, int b
       std::max<long>(1, std::min({tokens, kSplitMaxRows, static_cast<long>(kSplitFloats / 2 / cols)}));
   void* workspace = nullptr;
   const size_t floats = static_cast<size_t>(chunk) * cols;
+  KeepOneWorkspaceInThePool();
   if (cudaMallocAsync(&workspace, 2 * floats * sizeof(float), stream) != cudaSuccess) {
     (void)cudaGetLastError();  // not the next launch's error
     return absl::UnavailableError("3xTF32: no workspace");
