@@ -248,6 +248,7 @@ class CudaLayerExecutor final : public LayerExecutor {
   }
 
   void Prefetch(const LlamaModel& model, int layer) override {
+    if (layer < 0 || layer >= config_.num_hidden_layers) return;  // a hint: nothing to copy
     if (prefetch_off_ || layer == uploaded_layer_ || layer == ahead_layer_) return;
     // A bad layer is reported by its RunLayer; an earlier prefetch nothing
     // used is dropped (its error too: the layer it copied will not run).
