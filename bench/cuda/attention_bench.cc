@@ -37,33 +37,16 @@ double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
 
 int Main(int argc, char** argv) {
   int B = 8, T = 2048, NH = 32, NKV = 8, HD = 128, reps = 5;
-  bench::FlagCursor flags(argc, argv);
-  while (flags.Next()) {
-    bool ok = true;
-    if (flags.Is("--batch")) ok = flags.Int(&B);
-    else if (flags.Is("--seqlen")) ok = flags.Int(&T);
-    else if (flags.Is("--heads")) ok = flags.Int(&NH);
-    else if (flags.Is("--kv-heads")) ok = flags.Int(&NKV);
-    else if (flags.Is("--head-dim")) ok = flags.Int(&HD);
-    else if (flags.Is("--reps")) ok = flags.Int(&reps);
-    else ok = false;
-    if (!ok) {
-      std::fprintf(stderr, "attention_bench: bad or unknown flag %s\n", flags.name());
-      return 2;
-    }
+  if (!bench::PositiveIntFlags(argc, argv, "attention_bench",
+                               {{"--batch", &B}, {"--seqlen", &T}, {"--heads", &NH}, {"--kv-heads", &NKV},
+                                {"--head-dim", &HD}, {"--reps", &reps}})) {
+    return 2;
   }
   if (HD != 64 && HD != 128) {
     std::fprintf(stderr, "attention_bench: --head-dim must be 64 or 128 (the tiled and tensor-core kernels)\n");
     return 2;
   }
-  BENCH_ASSIGN_OR_FAIL(const int devices, CudaDeviceCount());
-  if (devices == 0) {
-    std::fprintf(stderr, "attention_bench: no CUDA device\n");
-    return 1;
-  }
-  BENCH_CHECK_OK(UseCudaDevice(0));
-  cudaStream_t stream = nullptr;
-  BENCH_CHECK_OK(CudaStatus(cudaStreamCreate(&stream), "cudaStreamCreate", __FILE__, __LINE__));
+  BENCH_ASSIGN_OR_FAIL(cudaStream_t stream, bench::FirstDeviceStream());
   const long nq = static_cast<long>(B) * T * NH * HD;
   const long nkv = static_cast<long>(B) * T * NKV * HD;
   BENCH_ASSIGN_OR_FAIL(DeviceBuffer<float> q, DeviceBuffer<float>::Create(nq));

@@ -9,11 +9,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/kernels/cuda/cuda_check.h"
 
 #define BENCH_CHECK_OK(expr)                                                        \
   do {                                                                              \
@@ -70,6 +72,43 @@ class FlagCursor {
   char** argv_;
   int i_ = 0;
 };
+
+// Reads `--name value` pairs into the named ints; false, after a message
+// naming `program` and the flag, on an unknown flag or a value missing or
+// below 1.
+inline bool PositiveIntFlags(int argc, char** argv, const char* program,
+                             std::initializer_list<std::pair<const char*, int*>> named) {
+  FlagCursor flags(argc, argv);
+  while (flags.Next()) {
+    const char* flag = flags.name();
+    bool ok = false;
+    for (const auto& [name, value] : named) {
+      if (flags.Is(name)) {
+        ok = flags.Int(value) && *value >= 1;
+        break;
+      }
+    }
+    if (!ok) {
+      std::fprintf(stderr, "%s: bad or unknown flag %s\n", program, flag);
+      return false;
+    }
+  }
+  return true;
+}
+
+// Device 0 made current and a new stream on it (these benches run on one
+// card); FailedPrecondition when the machine has no CUDA device.
+inline absl::StatusOr<cudaStream_t> FirstDeviceStream() {
+  absl::StatusOr<int> devices = CudaDeviceCount();
+  if (!devices.ok()) return devices.status();
+  if (*devices == 0) return absl::FailedPreconditionError("no CUDA device");
+  absl::Status st = UseCudaDevice(0);
+  if (!st.ok()) return st;
+  cudaStream_t stream = nullptr;
+  st = CudaStatus(cudaStreamCreate(&stream), "cudaStreamCreate", __FILE__, __LINE__);
+  if (!st.ok()) return st;
+  return stream;
+}
 
 // The best milliseconds (CUDA events on `stream`) of `reps` calls of `run`,
 // after one warm-up call; the first failure of `run` or of a kernel instead.

@@ -32,25 +32,8 @@ using bf16 = __nv_bfloat16;
 
 int Main(int argc, char** argv) {
   int tokens = 32768, reps = 5;
-  bench::FlagCursor flags(argc, argv);
-  while (flags.Next()) {
-    bool ok = true;
-    if (flags.Is("--tokens")) ok = flags.Int(&tokens);
-    else if (flags.Is("--reps")) ok = flags.Int(&reps);
-    else ok = false;
-    if (!ok || tokens <= 0 || reps < 1) {
-      std::fprintf(stderr, "hessian_bench: bad or unknown flag %s\n", flags.name());
-      return 2;
-    }
-  }
-  BENCH_ASSIGN_OR_FAIL(const int devices, CudaDeviceCount());
-  if (devices == 0) {
-    std::fprintf(stderr, "hessian_bench: no CUDA device\n");
-    return 1;
-  }
-  BENCH_CHECK_OK(UseCudaDevice(0));
-  cudaStream_t stream = nullptr;
-  BENCH_CHECK_OK(CudaStatus(cudaStreamCreate(&stream), "cudaStreamCreate", __FILE__, __LINE__));
+  if (!bench::PositiveIntFlags(argc, argv, "hessian_bench", {{"--tokens", &tokens}, {"--reps", &reps}})) return 2;
+  BENCH_ASSIGN_OR_FAIL(cudaStream_t stream, bench::FirstDeviceStream());
   double worst_3x = 0.0;
   std::vector<double> tflops_3x, tflops_fp32;
   for (const int cols : {4096, 14336}) {

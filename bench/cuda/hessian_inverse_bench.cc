@@ -71,25 +71,8 @@ double Residual(const std::vector<float>& h, const std::vector<float>& u, int n,
 
 int Main(int argc, char** argv) {
   int tokens = 32768, reps = 3;
-  bench::FlagCursor flags(argc, argv);
-  while (flags.Next()) {
-    bool ok = true;
-    if (flags.Is("--tokens")) ok = flags.Int(&tokens);
-    else if (flags.Is("--reps")) ok = flags.Int(&reps);
-    else ok = false;
-    if (!ok || tokens <= 0 || reps < 1) {
-      std::fprintf(stderr, "hessian_inverse_bench: bad or unknown flag %s\n", flags.name());
-      return 2;
-    }
-  }
-  BENCH_ASSIGN_OR_FAIL(const int devices, CudaDeviceCount());
-  if (devices == 0) {
-    std::fprintf(stderr, "hessian_inverse_bench: no CUDA device\n");
-    return 1;
-  }
-  BENCH_CHECK_OK(UseCudaDevice(0));
-  cudaStream_t stream = nullptr;
-  BENCH_CHECK_OK(CudaStatus(cudaStreamCreate(&stream), "cudaStreamCreate", __FILE__, __LINE__));
+  if (!bench::PositiveIntFlags(argc, argv, "hessian_inverse_bench", {{"--tokens", &tokens}, {"--reps", &reps}})) return 2;
+  BENCH_ASSIGN_OR_FAIL(cudaStream_t stream, bench::FirstDeviceStream());
   const InverseFactorMethod methods[] = {InverseFactorMethod::kFlippedCholesky,
                                          InverseFactorMethod::kCholeskyInverseChain};
   const char* names[] = {"flipped (potrf + trtri)", "chain (potrf + potri + potrf)"};
