@@ -15,6 +15,7 @@
 #include "core/io/text_file.h"
 #include "core/pipeline/device_factories.h"
 #include "core/util/flags.h"
+#include "core/util/process_memory.h"
 #include "core/util/status_macros.h"
 #include "prometheus/registry.h"
 #include "proto/metrics_endpoint.h"
@@ -109,6 +110,7 @@ absl::Status Run(const std::vector<std::string>& args) {
 }  // namespace shrinkray
 
 int main(int argc, char** argv) {
+  shrinkray::KeepFreedMemory();  // before the first large allocation
   std::vector<std::string> args(argv + 1, argv + argc);
   absl::Status status = shrinkray::Run(args);
   if (!status.ok()) {

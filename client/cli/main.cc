@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "client/cli/commands.h"
+#include "core/util/process_memory.h"
 
 namespace {
 
@@ -58,6 +59,7 @@ bool IsServiceCommand(const std::string& command) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  shrinkray::KeepFreedMemory();  // before the first large allocation
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
       std::strcmp(argv[1], "help") == 0) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);

@@ -120,7 +120,12 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
                         const LinearInputStats& stats, LinearState* state, MatrixReport* report,
                         SolverBackend* solvers) {
   const auto start = std::chrono::steady_clock::now();
-  const absl::Span<const float> w(state->weight);
+  // Every stage moves a new weight in: only the first reads the original.
+  const absl::Span<const float> w = state->weight.empty() ? state->original : absl::Span<const float>(state->weight);
+  if (w.size() != static_cast<size_t>(rows) * cols) {
+    return absl::InternalError(absl::StrCat(module, ": ", stage.Label(), ": ", w.size(), " values for a ", rows, "x",
+                                            cols, " matrix"));
+  }
   const bool f64 = stage.hessian_dtype == HessianPrecision::kFloat64 && !stats.h64.empty();
   const HessianPrecision precision = f64 ? HessianPrecision::kFloat64 : HessianPrecision::kFloat32;
   report->methods.push_back(std::string(StageMethodName(stage.method)));

@@ -22,7 +22,11 @@ namespace shrinkray {
 
 // One Linear weight while the stages compress it.
 struct LinearState {
-  std::vector<float> weight;  // current [rows, cols]
+  std::vector<float> weight;  // current [rows, cols]; empty until a stage ran
+  // Until a stage ran: the matrix's original values where they lie (the
+  // model's weight, unchanged while the group is solved), which the first
+  // stage reads instead of a copy in `weight`. Cleared once the stages ran.
+  absl::Span<const float> original;
   std::vector<uint8_t> keep;  // [rows, cols] 1 = kept; empty until a pruning stage ran
   std::optional<QuantizedWeight> quantized;
   std::string pattern;  // "N:M" of the pruning stage, empty otherwise

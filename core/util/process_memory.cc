@@ -2,6 +2,13 @@
 
 #include <unistd.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 
 #include "absl/status/status.h"
@@ -25,6 +32,18 @@ absl::StatusOr<int64_t> ResidentMemoryBytes() {
     return absl::UnavailableError("sysconf(_SC_PAGESIZE) failed");
   }
   return resident_pages * static_cast<int64_t>(page_size);
+}
+
+bool KeepFreedMemory() {
+  const char* env = std::getenv("SHRINKRAY_KEEP_FREED_MEMORY");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+#if defined(__GLIBC__)
+  // mallopt returns 1 on success. M_MMAP_MAX 0: large blocks come from the
+  // heap too (where the heap cannot grow, glibc still maps more for it).
+  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, INT_MAX) == 1;
+#else
+  return false;
+#endif
 }
 
 }  // namespace shrinkray
