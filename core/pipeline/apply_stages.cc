@@ -121,7 +121,7 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
                         SolverBackend* solvers) {
   const auto start = std::chrono::steady_clock::now();
   // Every stage moves a new weight in: only the first reads the original.
-  const absl::Span<const float> w = state->weight.empty() ? state->original : absl::Span<const float>(state->weight);
+  const absl::Span<const float> w = state->current();
   if (w.size() != static_cast<size_t>(rows) * cols) {
     return absl::InternalError(absl::StrCat(module, ": ", stage.Label(), ": ", w.size(), " values for a ", rows, "x",
                                             cols, " matrix"));

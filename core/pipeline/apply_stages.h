@@ -38,6 +38,9 @@ struct LinearState {
   // other stage. ApplyStage clears the request: it serves one stage.
   bool report_output_error = false;
   std::optional<double> output_error;
+
+  // The values the next stage reads: the last stage's result, else the original.
+  absl::Span<const float> current() const { return weight.empty() ? original : absl::Span<const float>(weight); }
 };
 
 // The statistics of the matrix's input (shared by the matrices of a group).

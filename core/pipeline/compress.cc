@@ -185,11 +185,7 @@ absl::Status SolveMatrix(const LinearSlot& slot, int layer, LinearGroup group, c
       quantizer = stage;
       // Only the RTN comparison reads it: a copy of the matrix otherwise
       // wasted (0.87 GB of fresh pages a layer at Llama-3-8B shapes).
-      if (options.compare_rtn) {
-        const absl::Span<const float> in =
-            state->weight.empty() ? state->original : absl::Span<const float>(state->weight);
-        before_quantizer.assign(in.begin(), in.end());
-      }
+      if (options.compare_rtn) before_quantizer.assign(state->current().begin(), state->current().end());
     }
     SR_RETURN_IF_ERROR(
         ApplyStage(*stage, slot.module, slot.rows, slot.cols, input, state, report, options.solvers));
