@@ -1,6 +1,7 @@
 // Compression solver throughput on Llama-2-7B shapes: GPTQ (w4, group 128)
 // and SparseGPT (50% unstructured) on W [4096|11008, 4096] with H from 8192
-// random calibration tokens; Hessian accumulation (X [8192, 4096]) through
+// random calibration tokens, with either inverse factor (the chain, the
+// flipped Cholesky: core/algo/hessian_inverse.h) and that factor alone; Hessian accumulation (X [8192, 4096]) through
 // cblas_ssyrk and cblas_sgemm against a plain 4096³ sgemm as the machine's
 // practical peak.
 #include <benchmark/benchmark.h>
@@ -66,6 +67,11 @@ const std::vector<float>& Hessian() {
   return h;
 }
 
+// The bench's argument 0 / 1.
+InverseFactorMethod Method(int64_t flipped) {
+  return flipped != 0 ? InverseFactorMethod::kFlippedCholesky : InverseFactorMethod::kCholeskyInverseChain;
+}
+
 const std::vector<float>& Weight(int rows) {
   static std::map<int, std::vector<float>> cache;
   auto it = cache.find(rows);
@@ -81,6 +87,7 @@ void BM_GptqW4G128(benchmark::State& state) {
   o.bits = 4;
   o.group_size = 128;
   o.act_order = state.range(1) != 0;
+  o.inverse_factor = Method(state.range(2));
   for (auto _ : state) {
     auto r = GptqQuantize(w, rows, kCols, h, o);
     if (!r.ok()) {
@@ -92,10 +99,12 @@ void BM_GptqW4G128(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_GptqW4G128)
-    ->Args({4096, 0})
-    ->Args({4096, 1})
-    ->Args({11008, 0})
-    ->ArgNames({"rows", "act_order"})
+    ->Args({4096, 0, 0})
+    ->Args({4096, 0, 1})
+    ->Args({4096, 1, 0})
+    ->Args({11008, 0, 0})
+    ->Args({11008, 0, 1})
+    ->ArgNames({"rows", "act_order", "flipped"})
     ->Unit(benchmark::kSecond)
     ->UseRealTime()
     ->Iterations(1);
@@ -106,6 +115,7 @@ void BM_SparseGpt50(benchmark::State& state) {
   const auto& h = Hessian();
   SparseGptOptions o;
   o.sparsity = 0.5;
+  o.inverse_factor = Method(state.range(1));
   for (auto _ : state) {
     auto r = SparseGptPrune(w, rows, kCols, h, o);
     if (!r.ok()) {
@@ -115,7 +125,34 @@ void BM_SparseGpt50(benchmark::State& state) {
     benchmark::DoNotOptimize(r->weight.data());
   }
 }
-BENCHMARK(BM_SparseGpt50)->Arg(4096)->Arg(11008)->ArgName("rows")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+BENCHMARK(BM_SparseGpt50)
+    ->Args({4096, 0})
+    ->Args({4096, 1})
+    ->Args({11008, 0})
+    ->ArgNames({"rows", "flipped"})
+    ->Unit(benchmark::kSecond)
+    ->UseRealTime()
+    ->Iterations(1);
+
+// The damped inverse factor of the 4096-wide H alone, as the solvers run it.
+void BM_InverseFactor(benchmark::State& state) {
+  const auto& h = Hessian();
+  const InverseFactorMethod method = Method(state.range(0));
+  for (auto _ : state) {
+    auto r = algo_internal::InvertHessian(h, kCols, 0.01, 0.0015, method);
+    if (!r.ok()) {
+      state.SkipWithError(std::string(r.status().message()).c_str());
+      return;
+    }
+    benchmark::DoNotOptimize(r->upper.data());
+  }
+  // The chain's 4n³/3 or the flipped factor's 2n³/3.
+  const double n = kCols;
+  state.counters["GFLOP/s"] =
+      benchmark::Counter((method == InverseFactorMethod::kFlippedCholesky ? 2.0 : 4.0) / 3.0 * n * n * n / 1e9,
+                         benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_InverseFactor)->Arg(0)->Arg(1)->ArgName("flipped")->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // H += XᵀX for X [8192, 4096]: ssyrk computes one triangle (n·k·(n+1) flops).
 void BM_HessianSsyrk(benchmark::State& state) {

@@ -23,7 +23,8 @@
 #   gptq-smoke  gptq_llama8b_bench on 1 layer, 8 samples (Llama-3-8B shapes):
 #            the end-to-end layerwise GPTQ path in ~seconds; timeout $GPTQ_SMOKE_TIMEOUT (120 s)
 #   gptq-8b  the same bench on the full job: $GPTQ_LAYERS (32) layers, 128 x 2048
-#            calibration tokens, 4-bit group 128; timeout $GPTQ_8B_TIMEOUT (270 s).
+#            calibration tokens, 4-bit group 128, the flipped inverse factor
+#            (GPTQ_8B_ARGS="--inverse-factor chain" for the reference's); timeout $GPTQ_8B_TIMEOUT (270 s).
 #            Extra bench flags: $GPTQ_8B_ARGS. The bench stops between layers 30 s
 #            before the timeout and reports an extrapolated 32-layer time. Skipped (FAIL) when gptq-smoke
 #            ran in the same call and failed, to save device time.
@@ -45,7 +46,7 @@
 #            demo model of Llama-3.2-1B decoder shapes, GPTQ w4 g128, 128 x 2048
 #            tokens: load-to-save time and phases ($JOB_LAYERS, $JOB_SAMPLES, $JOB_TIMEOUT)
 #   compress-job-bf16  the same job with the recipe's forward_dtype: bf16 (layer
-#            forwards and statistics on bf16 tensor cores)
+#            forwards and statistics on bf16 tensor cores) and inverse_factor: flipped
 #   compress-job-8b  the bf16 job on Llama-3-8B decoder shapes, $JOB8B_LAYERS (8) layers,
 #            timeout $JOB8B_TIMEOUT (300 s)
 #   attention  attention_bench: the causal attention forward at Llama-3-8B
@@ -55,7 +56,7 @@
 #            vs 3xTF32 (the fp32 executor's) vs TF32 vs bf16, one table; fails
 #            when 3xTF32 is off by more than 1e-4 of max |H|; timeout 120 s
 #   hinv     hessian_inverse_bench: the solvers' inverse factor at widths 4096 and
-#            14336, flipped Cholesky (potrf + trtri, the default) vs the chain
+#            14336, flipped Cholesky (potrf + trtri, the recipe field inverse_factor: flipped) vs the chain
 #            (potrf + potri + potrf), ms and each factor's residual; fails when a
 #            factor does not invert H; timeout 120 s
 #   table    the GPTQ and SparseGPT rows of docs/results.md (scripts/results-table.sh,
@@ -325,10 +326,10 @@ section_forward_vs_transformers() {
 # $JOB_SAMPLES (128) x 2048 calibration tokens of its text: load-to-save
 # seconds and the report's phases (layer forwards + statistics on the GPU,
 # solves, writing). Timeout $JOB_TIMEOUT (240 s).
-# Arguments: name, the recipe's forward_dtype, hidden, MLP width, layers
-# [, timeout in seconds].
+# Arguments: name, the recipe's fields beside bits and group_size, hidden,
+# MLP width, layers [, timeout in seconds].
 run_compress_job() {
-  local name=$1 dtype=$2 hidden=$3 inter=$4 layers=$5 limit=${6:-${JOB_TIMEOUT:-240}}
+  local name=$1 fields=$2 hidden=$3 inter=$4 layers=$5 limit=${6:-${JOB_TIMEOUT:-240}}
   if [[ ! -x "$BUNDLE/bin/shrinkray" ]]; then
     STATUS=FAIL; NOTE="no shrinkray in the bundle"; echo "$NOTE"; return
   fi
@@ -340,7 +341,7 @@ run_compress_job() {
     --layers "$layers" --heads 32 --kv-heads 8 --max-positions 2048 --text-bytes 3000000 >"$log" 2>&1 ||
     { STATUS=FAIL; NOTE="demo model: $(tail -n1 "$log")"; return; }
   echo "model + text written in $(elapsed "$t0") s" | tee -a "$log"
-  echo "[{gptq: {bits: 4, group_size: 128, forward_dtype: $dtype}}]" >"$work/recipe.yaml"
+  echo "[{gptq: {bits: 4, group_size: 128, $fields}}]" >"$work/recipe.yaml"
   t0=$(now)
   timeout -k 10 "$limit" "$BUNDLE/bin/shrinkray" compress --model "$work/demo-model-f32" --calib "$work/demo-text.txt" \
     --recipe "$work/recipe.yaml" --out "$work/out" --num-samples "${JOB_SAMPLES:-128}" --seqlen 2048 \
@@ -360,13 +361,18 @@ print("load %.1f s, forward %.1f s, solve %.1f s, error %.1f s, write %.1f s + c
   STATUS=PASS; NOTE="load-to-save ${secs} s: $phases"
 }
 
-section_compress_job() { run_compress_job compress-job float32 2048 8192 "${JOB_LAYERS:-16}"; }
-section_compress_job_bf16() { run_compress_job compress-job-bf16 bfloat16 2048 8192 "${JOB_LAYERS:-16}"; }
+# The fp32 job is the reference's numerics; the bf16 ones also take the
+# flipped inverse factor (half the Cholesky FLOPs): the fast path.
+section_compress_job() { run_compress_job compress-job "forward_dtype: float32" 2048 8192 "${JOB_LAYERS:-16}"; }
+section_compress_job_bf16() {
+  run_compress_job compress-job-bf16 "forward_dtype: bfloat16, inverse_factor: flipped" 2048 8192 "${JOB_LAYERS:-16}"
+}
 # Llama-3-8B decoder shapes (hidden 4096, MLP 14336), bf16 forwards, on
 # $JOB8B_LAYERS (default 8) of its 32 layers: the median layer times 32 is the
 # job's decoder time (the fp32 demo model of 32 layers is 28 GB to write).
 section_compress_job_8b() {
-  run_compress_job compress-job-8b bfloat16 4096 14336 "${JOB8B_LAYERS:-8}" "${JOB8B_TIMEOUT:-300}"
+  run_compress_job compress-job-8b "forward_dtype: bfloat16, inverse_factor: flipped" 4096 14336 \
+    "${JOB8B_LAYERS:-8}" "${JOB8B_TIMEOUT:-300}"
 }
 
 section_table() {

@@ -11,7 +11,8 @@
 # (seed 0); eval on the first 100,000 characters of tinystories_valid_prefix.txt
 # in windows of 256 (docs/eval.md); dense output format.
 # Environment: DEVICE=cuda solves GPTQ/SparseGPT on the GPU (compress --device);
-# ONLY='NAME' keeps the configuration of exactly that name (one per line for several).
+# ONLY='NAME' keeps the configuration of exactly that name (one per line for several);
+# INVERSE_FACTOR=flipped (or chain) sets the GPTQ and SparseGPT stages' inverse_factor.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,6 +64,9 @@ eval_ppl() {  # model_dir log -> ppl
 
 run() {  # name recipe index -> "ppl mean_err rtn_cmp"
   local name=$1 recipe=$2 i=$3
+  if [[ -n ${INVERSE_FACTOR:-} ]]; then
+    recipe=$(sed -E "s/\{(gptq|sparsegpt): \{/{\1: {inverse_factor: $INVERSE_FACTOR, /g" <<< "$recipe")
+  fi
   printf '%s\n' "$recipe" > "$WORK/recipe$i.yaml"
   "$BIN" compress --model "$MODEL" --recipe "$WORK/recipe$i.yaml" --calib "$CALIB" \
     --num-samples 128 --seqlen 256 --seed 0 --out "$WORK/out$i" --overwrite --format dense \

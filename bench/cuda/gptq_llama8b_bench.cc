@@ -19,6 +19,9 @@
 //   gptq_llama8b_bench [--method gptq|sparsegpt|forward] (default gptq)
 //                      [--layers 32] [--samples 128] [--seqlen 2048] [--bits 4] (2, 3, 4, 8)
 //                      [--group 128] [--act-order] [--chunk 16] [--seed 0]
+//                      [--inverse-factor flipped|chain]  (how Hinv is computed,
+//                                       core/algo/hessian_inverse.h; the bench's
+//                                       default flipped, the recipes' chain)
 //                      [--sparsity 0.5] [--prune-n N --prune-m M]  (sparsegpt;
 //                                       N:M replaces --sparsity when given)
 //                      [--profile-ops]  (forward time per op kind: GEMM, attention, ...)
@@ -95,6 +98,7 @@ struct Flags {
   double sparsity = 0.5;        // sparsegpt, unstructured
   int prune_n = 0;              // sparsegpt N:M when > 0
   int prune_m = 0;
+  std::string inverse_factor = "flipped";  // flipped | chain
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -122,6 +126,7 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     else if (a.Is("--budget-s")) ok = a.Double(&f->budget_s);
     else if (a.Is("--seed")) ok = a.Uint64(&f->seed);
     else if (a.Is("--method")) ok = a.String(&f->method);
+    else if (a.Is("--inverse-factor")) ok = a.String(&f->inverse_factor);
     else {
       std::fprintf(stderr, "unknown flag %s\n", a.name());
       return false;
@@ -133,6 +138,10 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
   }
   if (f->method != "gptq" && f->method != "sparsegpt" && f->method != "forward") {
     std::fprintf(stderr, "--method %s: expected gptq, sparsegpt or forward\n", f->method.c_str());
+    return false;
+  }
+  if (f->inverse_factor != "flipped" && f->inverse_factor != "chain") {
+    std::fprintf(stderr, "--inverse-factor %s: expected flipped or chain\n", f->inverse_factor.c_str());
     return false;
   }
   if (f->method == "sparsegpt") {
@@ -280,6 +289,9 @@ int Run(const Flags& f) {
   opt.group_size = f.group;
   opt.sym = true;
   opt.act_order = f.act_order;
+  const bool flipped = f.inverse_factor == "flipped";
+  opt.inverse_factor =
+      flipped ? InverseFactorMethod::kFlippedCholesky : InverseFactorMethod::kCholeskyInverseChain;
   const bool is_gptq = f.method == "gptq";
   const bool is_sparse = f.method == "sparsegpt";
   const bool is_forward = f.method == "forward";
@@ -287,6 +299,7 @@ int Run(const Flags& f) {
   sopt.sparsity = f.sparsity;
   sopt.prune_n = f.prune_n;
   sopt.prune_m = f.prune_m;
+  sopt.inverse_factor = opt.inverse_factor;
 
   std::printf("device: %s (sm_%d%d, %d SMs, %.1f GiB)\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
@@ -766,7 +779,8 @@ int Run(const Flags& f) {
   double sweep = 0.0;
   for (const Linear& l : lin) sweep += static_cast<double>(l.rows) * l.cols * l.cols;
   sweep *= L;
-  const double chol = 4.0 / 3.0 *
+  // The inverse factors: the chain 4n³/3 FLOPs each, the flipped one 2n³/3.
+  const double chol = (flipped ? 2.0 : 4.0) / 3.0 *
                       (2.0 * std::pow(static_cast<double>(C), 3) + std::pow(QD, 3.0) +
                        std::pow(static_cast<double>(I), 3)) * L;
   const double per_layer_s = total_wall_ms / 1000.0 / layers_done;
@@ -813,8 +827,8 @@ int Run(const Flags& f) {
     // The same GEMM/Cholesky work as GPTQ; the mask's radix select only
     // streams the scores (4 passes over each W: bytes, not FLOPs).
     std::printf("\nFLOPs: forward linear %.3g + attention %.3g, hessian %.3g (bf16); "
-                "sparsegpt trailing ~%.3g + cholesky chain ~%.3g (fp32)\n",
-                fwd_linear, fwd_attn, hess, sweep, chol);
+                "sparsegpt trailing ~%.3g + inverse factors (%s) ~%.3g (fp32)\n",
+                fwd_linear, fwd_attn, hess, sweep, f.inverse_factor.c_str(), chol);
     const double floor_nom = bf16_flops / kBf16PeakNominal + fp32_flops / kFp32Peak;
     const double floor_meas = bf16_flops / kBf16PeakMeasured + fp32_flops / kFp32Peak;
     std::printf("floor: %.2f s at nominal peaks (bf16 989 TFLOP/s, fp32 67), %.2f s at measured "
@@ -834,14 +848,15 @@ int Run(const Flags& f) {
       std::snprintf(pattern, sizeof(pattern), "%.3g", f.sparsity);
     }
     std::printf("RESULT method=sparsegpt layers=%d/%d samples=%d seqlen=%d sparsity=%s "
-                "total_s=%.2f per_layer_s=%.3f est_%d_layers_s=%.1f\n",
-                layers_done, f.layers, S, T, pattern, wall_all / 1000.0, per_layer_s, f.layers, setup_s + per_layer_s * f.layers);
+                "total_s=%.2f per_layer_s=%.3f est_%d_layers_s=%.1f inverse_factor=%s\n",
+                layers_done, f.layers, S, T, pattern, wall_all / 1000.0, per_layer_s, f.layers,
+                setup_s + per_layer_s * f.layers, f.inverse_factor.c_str());
     BENCH_CHECK_OK(CudaStatus(cudaStreamDestroy(stream), "stream destroy", __FILE__, __LINE__));
     return 0;
   }
   std::printf("\nFLOPs: forward linear %.3g + attention %.3g, hessian %.3g (bf16); "
-              "gptq trailing ~%.3g + cholesky chain ~%.3g (fp32)\n",
-              fwd_linear, fwd_attn, hess, sweep, chol);
+              "gptq trailing ~%.3g + inverse factors (%s) ~%.3g (fp32)\n",
+              fwd_linear, fwd_attn, hess, sweep, f.inverse_factor.c_str(), chol);
   const double floor_nom = bf16_flops / kBf16PeakNominal + fp32_flops / kFp32Peak;
   const double floor_meas = bf16_flops / kBf16PeakMeasured + fp32_flops / kFp32Peak;
   std::printf("floor: %.2f s at nominal peaks (bf16 989 TFLOP/s, fp32 67), %.2f s at measured "
@@ -853,9 +868,9 @@ int Run(const Flags& f) {
               hess / (total_ms[kHessian] / 1000.0) / 1e12,
               sweep / (total_g.trailing_ms / 1000.0) / 1e12);
   std::printf("RESULT layers=%d/%d samples=%d seqlen=%d total_s=%.2f per_layer_s=%.3f "
-              "est_%d_layers_s=%.1f\n",
+              "est_%d_layers_s=%.1f inverse_factor=%s\n",
               layers_done, f.layers, S, T, wall_all / 1000.0, per_layer_s, f.layers,
-              setup_s + per_layer_s * f.layers);
+              setup_s + per_layer_s * f.layers, f.inverse_factor.c_str());
   BENCH_CHECK_OK(CudaStatus(cudaStreamDestroy(stream), "stream destroy", __FILE__, __LINE__));
   return 0;
 }

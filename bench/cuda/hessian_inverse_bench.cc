@@ -1,6 +1,6 @@
 // The GPU Hessian preparation (core/kernels/cuda/hessian_inverse_cuda.h), its
 // two ways to U = chol(H^-1, upper) side by side in one run: the flipped
-// Cholesky (potrf of J H J + trtri, 2n³/3 FLOPs, the default) and the
+// Cholesky (potrf of J H J + trtri, 2n³/3 FLOPs, inverse_factor: flipped) and the
 // reference's chain (potrf + potri + potrf, 4n³/3). This is the "hinv" phase
 // of a GPTQ or SparseGPT solve, the largest in the Llama-3-8B job
 // (docs/benchmarks-gpu.md). Per width: ms per Prepare (best of --reps after a
@@ -112,9 +112,9 @@ int Main(int argc, char** argv) {
     std::printf("%-32s %10s %10s %14s\n", "inverse factor", "ms", "TFLOP/s", "|UᵀUHv-v|/|v|");
     std::vector<float> u(hn);
     for (int m = 0; m < 2; ++m) {
-      BENCH_ASSIGN_OR_FAIL(std::unique_ptr<HessianInverseCuda> inv, HessianInverseCuda::Create(stream, methods[m]));
+      BENCH_ASSIGN_OR_FAIL(std::unique_ptr<HessianInverseCuda> inv, HessianInverseCuda::Create(stream));
       BENCH_ASSIGN_OR_FAIL(const double ms,
-                           bench::BestMs([&] { return inv->Prepare(d_h.data(), cols, false, kDamp, 0.0); }, reps, stream));
+                           bench::BestMs([&] { return inv->Prepare(d_h.data(), cols, false, kDamp, 0.0, methods[m]); }, reps, stream));
       BENCH_CHECK_OK(CudaStatus(cudaMemcpyAsync(u.data(), inv->upper(), hn * sizeof(float), cudaMemcpyDeviceToHost, stream),
                                 "cudaMemcpyAsync", __FILE__, __LINE__));
       BENCH_CHECK_OK(CudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize", __FILE__, __LINE__));

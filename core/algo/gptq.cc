@@ -136,7 +136,7 @@ absl::StatusOr<GptqResult> Solve(absl::Span<const float> w_in, int rows, int col
 
   // 5. Damped inverse factor.
   SR_ASSIGN_OR_RETURN(HessianInverse inverse,
-                      algo_internal::InvertHessian(h, cols, o.damp, o.damp_auto_increment));
+                      algo_internal::InvertHessian(h, cols, o.damp, o.damp_auto_increment, o.inverse_factor));
   std::vector<T>().swap(h);
   const float* hinv = inverse.upper.data();
 

@@ -49,6 +49,9 @@ struct GptqOptions {
   double damp_auto_increment = 0.0015;
   int block_size = 128;
   HessianPrecision precision = HessianPrecision::kFloat32;
+  // How Hinv is computed (core/algo/hessian_inverse.h): the reference's
+  // chain, or the flipped Cholesky in half the FLOPs.
+  InverseFactorMethod inverse_factor = InverseFactorMethod::kCholeskyInverseChain;
   // Optional [rows, cols] mask from an earlier pruning stage: 0 = pruned
   // (stays exactly zero), nonzero = kept. Empty: no mask. Not owned.
   absl::Span<const uint8_t> keep_mask;

@@ -71,7 +71,7 @@ absl::StatusOr<SparseGptResult> Solve(absl::Span<const float> w_in, int rows, in
   }
 
   SR_ASSIGN_OR_RETURN(HessianInverse inverse,
-                      algo_internal::InvertHessian(h, cols, o.damp, o.damp_auto_increment));
+                      algo_internal::InvertHessian(h, cols, o.damp, o.damp_auto_increment, o.inverse_factor));
   std::vector<T>().swap(h);
   const float* hinv = inverse.upper.data();
 

@@ -38,6 +38,9 @@ struct SparseGptOptions {
   double damp = 0.01;
   double damp_auto_increment = 0.0015;  // see GptqOptions
   HessianPrecision precision = HessianPrecision::kFloat32;
+  // How Hinv is computed (core/algo/hessian_inverse.h): the reference's
+  // chain, or the flipped Cholesky in half the FLOPs.
+  InverseFactorMethod inverse_factor = InverseFactorMethod::kCholeskyInverseChain;
   // Joint quantization: 0 = off, else 2..8 (2..16 with allow_wide_bits).
   int bits = 0;
   bool sym = true;

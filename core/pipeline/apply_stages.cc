@@ -155,6 +155,7 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       o.damp_auto_increment = stage.damp_auto_increment;
       o.block_size = stage.block_size;
       o.precision = precision;
+      o.inverse_factor = stage.inverse_factor;
       o.output_error = report_output_error;
       if (state->keep.empty() && stage.keep_input_zeros) {
         // A pass after the pruning one: its zeros are the keep mask.
@@ -188,6 +189,7 @@ absl::Status ApplyStage(const RecipeStage& stage, const std::string& module, int
       o.damp = stage.damp;
       o.damp_auto_increment = stage.damp_auto_increment;
       o.precision = precision;
+      o.inverse_factor = stage.inverse_factor;
       o.bits = stage.bits;
       o.sym = stage.sym;
       o.group_size = stage.group_size;

@@ -42,9 +42,9 @@ const std::set<std::string>& FieldsOf(StageMethod method) {
   };
   static const auto* rtn = with({"bits", "group_size", "sym"});
   static const auto* gptq = with({"bits", "group_size", "sym", "act_order", "static_groups", "damp",
-                                  "damp_auto_increment", "block_size", "hessian_dtype"});
+                                  "damp_auto_increment", "block_size", "hessian_dtype", "inverse_factor"});
   static const auto* sparsegpt = with({"sparsity", "pattern", "bits", "group_size", "sym", "damp",
-                                       "damp_auto_increment", "block_size", "hessian_dtype"});
+                                       "damp_auto_increment", "block_size", "hessian_dtype", "inverse_factor"});
   static const auto* pruner = with({"sparsity", "pattern"});
   switch (method) {
     case StageMethod::kRtn: return *rtn;
@@ -512,6 +512,15 @@ absl::StatusOr<RecipeStage> ParseStage(ErrorContext& ctx, const YAML::Node& item
         } else {
           return ctx.Field(field, absl::StrCat("expected float32 or float64, got '", s, "'"), v);
         }
+      } else if (field == "inverse_factor") {
+        SR_ASSIGN_OR_RETURN(std::string s, ReadString(ctx, field, v));
+        if (s == "chain") {
+          stage.inverse_factor = InverseFactorMethod::kCholeskyInverseChain;
+        } else if (s == "flipped") {
+          stage.inverse_factor = InverseFactorMethod::kFlippedCholesky;
+        } else {
+          return ctx.Field(field, absl::StrCat("expected chain or flipped, got '", s, "'"), v);
+        }
       } else if (field == "sparsity") {
         SR_ASSIGN_OR_RETURN(double p, ReadNumber(ctx, field, v));
         if (p < 0 || p >= 1) return ctx.Field(field, absl::StrCat("must be in [0, 1), got ", p), v);
@@ -615,6 +624,10 @@ nlohmann::json RecipeStage::ToJson() const {
     j["damp_auto_increment"] = damp_auto_increment;
     j["block_size"] = block_size;
     j["hessian_dtype"] = hessian_dtype == HessianPrecision::kFloat64 ? "float64" : "float32";
+    // Only when not the default, as forward_dtype below.
+    if (inverse_factor != InverseFactorMethod::kCholeskyInverseChain) {
+      j["inverse_factor"] = std::string(InverseFactorMethodName(inverse_factor));
+    }
   }
   if (prunes()) {
     if (prune_n > 0) {

@@ -55,6 +55,7 @@ struct RecipeStage {
   double damp_auto_increment = 0.0015;
   int block_size = 128;
   HessianPrecision hessian_dtype = HessianPrecision::kFloat32;
+  InverseFactorMethod inverse_factor = InverseFactorMethod::kCholeskyInverseChain;
   // Pruning (sparsegpt, wanda, magnitude): unstructured sparsity or N:M.
   double sparsity = 0.0;
   int prune_n = 0;

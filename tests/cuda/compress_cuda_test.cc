@@ -289,10 +289,10 @@ TEST_P(CompressGpuSolverJobTest, GpuSolvesMatchCpuJob) {
   // On the job's own matrices the GPU solvers are the CPU's: the same masks
   // (SparseGPT's threshold is exact) but where a score lies within float32
   // rounding noise of its block's threshold, weights within that noise, GPTQ
-  // codes flipped only where w/scale sits on a rounding boundary. The GPU's
-  // inverse factor comes from other steps than the CPU's chain (flipped
-  // Cholesky, hessian_inverse_cuda.h), ~1e-7 of max |U| apart: with the chain
-  // on both sides 0 of 226,560 mask positions differed (H200, 2026-11-27).
+  // codes flipped only where w/scale sits on a rounding boundary. Both run
+  // the recipe's inverse factor (the chain by default), cuSOLVER's and
+  // LAPACK's ~1e-7 of max |U| apart: 0 of 226,560 mask positions differed
+  // (H200, 2026-11-27).
   std::printf("stories260K %s: %s\n", GetParam().name, solvers.Summary().c_str());
   EXPECT_EQ(solvers.matrices, 35);
   EXPECT_LE(solvers.keep_differing, solvers.elements / 10000);

@@ -1,6 +1,6 @@
 // The GPU Hessian preparation (core/kernels/cuda/hessian_inverse_cuda.h) by
 // both of its ways to U = chol(H^-1, upper): the flipped Cholesky (potrf of
-// J H J and trtri, the default) and the reference's chain (potrf, potri,
+// J H J and trtri, the recipe field inverse_factor: flipped) and the reference's chain (potrf, potri,
 // potrf), against the CPU's chain in float64 (core/algo/hessian_inverse.h)
 // on the same dead-column fix, act_order permutation and damping. Both are
 // fp32, so each is held to the float64 factor within fp32 noise at these
@@ -103,9 +103,9 @@ TEST_P(HessianInverseCudaTest, BothMethodsGiveTheFloat64Factor) {
 
   SR_ASSERT_OK_AND_ASSIGN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream_));
   for (const InverseFactorMethod method : kMethods) {
-    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<HessianInverseCuda> inv, HessianInverseCuda::Create(stream_, method));
+    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<HessianInverseCuda> inv, HessianInverseCuda::Create(stream_));
+    SR_ASSERT_OK(inv->Prepare(d_h.data(), n, c.act_order, 0.01, 0.0, method));
     EXPECT_EQ(inv->method(), method);
-    SR_ASSERT_OK(inv->Prepare(d_h.data(), n, c.act_order, 0.01, 0.0));
     EXPECT_EQ(inv->cols(), n);
     EXPECT_EQ(inv->damp_used(), 0.01);
     EXPECT_EQ(inv->damp_increments(), 0);
@@ -151,8 +151,8 @@ TEST_F(HessianInverseCudaTest, BothMethodsNameTheColumnThatIsNotPositive) {
   for (int j = 0; j < n; ++j) h[static_cast<size_t>(j) * n + j] = j == bad ? -1.0f : 1.0f;
   SR_ASSERT_OK_AND_ASSIGN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream_));
   for (const InverseFactorMethod method : kMethods) {
-    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<HessianInverseCuda> inv, HessianInverseCuda::Create(stream_, method));
-    const absl::Status st = inv->Prepare(d_h.data(), n, false, 0.01, 0.0);
+    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<HessianInverseCuda> inv, HessianInverseCuda::Create(stream_));
+    const absl::Status st = inv->Prepare(d_h.data(), n, false, 0.01, 0.0, method);
     EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << MethodName(method) << ": " << st;
     EXPECT_TRUE(absl::StrContains(st.message(), "cholesky(H) failed")) << MethodName(method) << ": " << st;
     EXPECT_TRUE(absl::StrContains(st.message(), "column 5 ")) << MethodName(method) << ": " << st;
@@ -172,8 +172,8 @@ TEST_F(HessianInverseCudaTest, DampingRetriesCountAsTheCpus) {
   ASSERT_EQ(ref.damp_increments, 3);
   SR_ASSERT_OK_AND_ASSIGN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream_));
   for (const InverseFactorMethod method : kMethods) {
-    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<HessianInverseCuda> inv, HessianInverseCuda::Create(stream_, method));
-    SR_ASSERT_OK(inv->Prepare(d_h.data(), n, false, 0.01, 0.01));
+    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<HessianInverseCuda> inv, HessianInverseCuda::Create(stream_));
+    SR_ASSERT_OK(inv->Prepare(d_h.data(), n, false, 0.01, 0.01, method));
     EXPECT_EQ(inv->damp_increments(), ref.damp_increments) << MethodName(method);
     EXPECT_EQ(inv->damp_used(), ref.damp_used) << MethodName(method);
     std::vector<float> u(static_cast<size_t>(n) * n);

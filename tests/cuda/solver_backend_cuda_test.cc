@@ -70,9 +70,10 @@ class SolverBackendCudaTest : public CudaTest {
   }
 };
 
-// Three weights sharing one Hessian (q/k/v), each solved with two GPTQ
-// settings whose preparations differ (act_order) and with SparseGPT, and each
-// error: held, against a fresh backend per call.
+// Three weights sharing one Hessian (q/k/v), each solved with three GPTQ
+// settings whose preparations differ (act_order, the inverse factor) and with
+// SparseGPT by either factor, and each error: held, against a fresh backend
+// per call.
 TEST_F(SolverBackendCudaTest, HeldHessianGivesThePerMatrixResultsBitForBit) {
   const int cols = 160;
   const std::vector<float> h = MakeHessian(cols, 3u);
@@ -82,8 +83,12 @@ TEST_F(SolverBackendCudaTest, HeldHessianGivesThePerMatrixResultsBitForBit) {
   plain.group_size = 32;
   GptqOptions ordered = plain;
   ordered.act_order = true;
+  GptqOptions flipped = plain;
+  flipped.inverse_factor = InverseFactorMethod::kFlippedCholesky;
   SparseGptOptions sparse;
   sparse.sparsity = 0.5;
+  SparseGptOptions sparse_flipped = sparse;
+  sparse_flipped.inverse_factor = InverseFactorMethod::kFlippedCholesky;
 
   std::unique_ptr<SolverBackend> held = Backend();
   ASSERT_NE(held, nullptr);
@@ -91,7 +96,7 @@ TEST_F(SolverBackendCudaTest, HeldHessianGivesThePerMatrixResultsBitForBit) {
   for (size_t m = 0; m < rows.size(); ++m) {
     SCOPED_TRACE(testing::Message() << "matrix " << m);
     const std::vector<float> w = RandomNormal(static_cast<size_t>(rows[m]) * cols, 0.02f, 10u + m);
-    for (const GptqOptions* o : {&plain, &ordered, &plain}) {
+    for (const GptqOptions* o : {&plain, &ordered, &flipped, &plain}) {
       std::unique_ptr<SolverBackend> fresh = Backend();
       ASSERT_NE(fresh, nullptr);
       SR_ASSERT_OK_AND_ASSIGN(GptqResult want, fresh->Gptq(w, rows[m], cols, h, *o));
@@ -102,19 +107,25 @@ TEST_F(SolverBackendCudaTest, HeldHessianGivesThePerMatrixResultsBitForBit) {
       EXPECT_EQ(e_got, e_want);
       EXPECT_GT(e_got, 0.0);
     }
-    std::unique_ptr<SolverBackend> fresh = Backend();
-    ASSERT_NE(fresh, nullptr);
-    SR_ASSERT_OK_AND_ASSIGN(SparseGptResult want, fresh->SparseGpt(w, rows[m], cols, h, sparse));
-    SR_ASSERT_OK_AND_ASSIGN(SparseGptResult got, held->SparseGpt(w, rows[m], cols, h, sparse));
-    ExpectSame(got, want);
-    // And the CPU's masks, as for an unheld solve: the same but where a score
-    // lies within float32 rounding noise of its block's threshold (the
-    // inverse factors come from other steps: sparsegpt_cuda_test.cc's bound).
-    SR_ASSERT_OK_AND_ASSIGN(SparseGptResult cpu, SparseGptPrune(w, rows[m], cols, h, sparse));
-    ASSERT_EQ(got.keep.size(), cpu.keep.size());
-    long differ = 0;
-    for (size_t i = 0; i < got.keep.size(); ++i) differ += got.keep[i] != cpu.keep[i];
-    EXPECT_LE(differ, static_cast<long>(got.keep.size()) / 1000);
+    for (const SparseGptOptions* o : {&sparse_flipped, &sparse}) {
+      std::unique_ptr<SolverBackend> fresh = Backend();
+      ASSERT_NE(fresh, nullptr);
+      SR_ASSERT_OK_AND_ASSIGN(SparseGptResult want, fresh->SparseGpt(w, rows[m], cols, h, *o));
+      SR_ASSERT_OK_AND_ASSIGN(SparseGptResult got, held->SparseGpt(w, rows[m], cols, h, *o));
+      ExpectSame(got, want);
+    }
+    // And the CPU's masks by the same factor, as for an unheld solve: the
+    // same but where a score lies within float32 rounding noise of its
+    // block's threshold (cuSOLVER's and LAPACK's factors differ in their last
+    // bits: sparsegpt_cuda_test.cc's bound).
+    for (const SparseGptOptions* o : {&sparse, &sparse_flipped}) {
+      SR_ASSERT_OK_AND_ASSIGN(SparseGptResult got, held->SparseGpt(w, rows[m], cols, h, *o));
+      SR_ASSERT_OK_AND_ASSIGN(SparseGptResult cpu, SparseGptPrune(w, rows[m], cols, h, *o));
+      ASSERT_EQ(got.keep.size(), cpu.keep.size());
+      long differ = 0;
+      for (size_t i = 0; i < got.keep.size(); ++i) differ += got.keep[i] != cpu.keep[i];
+      EXPECT_LE(differ, static_cast<long>(got.keep.size()) / 1000) << InverseFactorMethodName(o->inverse_factor);
+    }
   }
 }
 

@@ -72,6 +72,19 @@ TEST(SparseGptTest, UnstructuredMatchesFloat64Reference) {
   CompareWithReference(p, o);
 }
 
+TEST(SparseGptTest, FlippedFactorMatchesFloat64Reference) {
+  Problem p = MakeProblem(64, 320, 1280, 31);
+  algo_test::KillColumns(&p, {7, 200});
+  SparseGptOptions o;
+  o.sparsity = 0.5;
+  o.inverse_factor = InverseFactorMethod::kFlippedCholesky;
+  CompareWithReference(p, o);
+  o.sparsity = 0.0;
+  o.prune_n = 2;
+  o.prune_m = 4;
+  CompareWithReference(p, o);
+}
+
 TEST(SparseGptTest, TwoFourMatchesFloat64Reference) {
   Problem p = MakeProblem(64, 256, 1024, 32);
   SparseGptOptions o;

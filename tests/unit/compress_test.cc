@@ -342,11 +342,13 @@ class HoldRecordingBackend final : public SolverBackend {
   absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
                                   const GptqOptions& options) override {
     See(h, cols);
+    gptq_flipped += options.inverse_factor == InverseFactorMethod::kFlippedCholesky;
     return GptqQuantize(w, rows, cols, h, options);
   }
   absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols,
                                             absl::Span<const float> h, const SparseGptOptions& options) override {
     See(h, cols);
+    sparsegpt_flipped += options.inverse_factor == InverseFactorMethod::kFlippedCholesky;
     return SparseGptPrune(w, rows, cols, h, options);
   }
   absl::StatusOr<double> OutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
@@ -357,6 +359,7 @@ class HoldRecordingBackend final : public SolverBackend {
 
   int holds = 0, releases = 0, nested_holds = 0;
   int calls = 0, calls_outside_hold = 0, calls_changed_values = 0;
+  int gptq_flipped = 0, sparsegpt_flipped = 0;  // solves asked for the flipped factor
   bool holding() const { return !held_.empty(); }
 
  private:
@@ -397,6 +400,33 @@ TEST_F(CompressSyntheticTest, EachGroupsHessianIsHeldUnchangedAcrossItsSolvesAnd
     EXPECT_EQ(backend.calls_changed_values, 0);
     if (sequential) testing::ExpectSameFiles(dir_ / "plain", dir_ / "held-seq");
   }
+}
+
+// Each stage's inverse_factor reaches its solves, on a backend and on the CPU.
+TEST_F(CompressSyntheticTest, EachStagesInverseFactorReachesItsSolves) {
+  const Recipe recipe =
+      MustParse("[{sparsegpt: {sparsity: 0.5, inverse_factor: flipped}}, {gptq: {bits: 4, group_size: 16}}]");
+  HoldRecordingBackend backend;
+  CompressOptions o = Options("factor-backend");
+  o.layerwise.solvers = &backend;
+  ASSERT_TRUE(RunCompression(recipe, o).ok());
+  EXPECT_EQ(backend.sparsegpt_flipped, 14);  // 2 layers x 7 matrices
+  EXPECT_EQ(backend.gptq_flipped, 0);
+  HoldRecordingBackend gptq_backend;
+  CompressOptions go = Options("factor-gptq");
+  go.layerwise.solvers = &gptq_backend;
+  ASSERT_TRUE(RunCompression(MustParse("[{gptq: {bits: 4, group_size: 16, inverse_factor: flipped}}]"), go).ok());
+  EXPECT_EQ(gptq_backend.gptq_flipped, 14);
+  EXPECT_EQ(gptq_backend.sparsegpt_flipped, 0);
+  // Without a backend the CPU solvers run the same factors: the same files.
+  ASSERT_TRUE(RunCompression(recipe, Options("factor-cpu")).ok());
+  testing::ExpectSameFiles(dir_ / "factor-backend", dir_ / "factor-cpu");
+  // And the chain gives other bits (the factors differ in their last ones).
+  ASSERT_TRUE(
+      RunCompression(MustParse("[{sparsegpt: {sparsity: 0.5}}, {gptq: {bits: 4, group_size: 16}}]"), Options("chain"))
+          .ok());
+  EXPECT_NE(testing::ReadFileBytes(dir_ / "factor-cpu" / "model.safetensors"),
+            testing::ReadFileBytes(dir_ / "chain" / "model.safetensors"));
 }
 
 // The CPU executor, but every Hessian it gathers is handed over as the GPU

@@ -125,6 +125,20 @@ TEST(RecipeTest, ForwardDtypeIsOneValueForAllStages) {
               AllOf(HasSubstr("forward_dtype"), HasSubstr("expected float32 or bfloat16, got 'fp16'")));
 }
 
+TEST(RecipeTest, InverseFactorIsPerSolverStageAndInTheJsonOnlyWhenFlipped) {
+  auto r = ParseRecipe("[{sparsegpt: {sparsity: 0.5, inverse_factor: flipped}}, {gptq: {bits: 4, inverse_factor: chain}}]");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->stages[0].inverse_factor, InverseFactorMethod::kFlippedCholesky);
+  EXPECT_EQ(r->stages[1].inverse_factor, InverseFactorMethod::kCholeskyInverseChain);
+  EXPECT_EQ(r->ToJson()[0]["inverse_factor"], "flipped");
+  // The default leaves the JSON (and so the layer checkpoints' fingerprints)
+  // as it was before the field existed.
+  EXPECT_FALSE(r->ToJson()[1].contains("inverse_factor"));
+  auto d = ParseRecipe("[{gptq: {bits: 4}}]");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->stages[0].inverse_factor, InverseFactorMethod::kCholeskyInverseChain);
+}
+
 TEST(RecipeTest, DistillStageLeadsAndTheRestKeepTheirIndex) {
   auto r = ParseRecipe(R"(
 - distill:
@@ -282,6 +296,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"[{gptq: {damp: 1.5}}]", {"field 'damp'", "[0, 1)"}},
         BadCase{"[{gptq: {block_size: 0}}]", {"field 'block_size'", "positive"}},
         BadCase{"[{gptq: {hessian_dtype: f16}}]", {"field 'hessian_dtype'"}},
+        BadCase{"[{gptq: {inverse_factor: lu}}]", {"field 'inverse_factor'", "expected chain or flipped, got 'lu'"}},
+        BadCase{"[{wanda: {sparsity: 0.5, inverse_factor: flipped}}]", {"inverse_factor"}},
         BadCase{"[{gptq: {targets: {a: 1}}}]", {"field 'targets'", "list of regular expressions"}},
         BadCase{"[{sparsegpt: {sparsity: 0.5, group_size: 32}}]", {"field 'group_size'", "needs 'bits'"}},
         BadCase{"[{gptq: 4}]", {"stage 0 (gptq)", "expected a mapping of fields"}},

@@ -38,6 +38,7 @@ struct PreparedFor {
   bool act_order = false;
   double damp = 0.0;
   double damp_auto_increment = 0.0;
+  InverseFactorMethod inverse_factor = InverseFactorMethod::kCholeskyInverseChain;
   bool operator==(const PreparedFor&) const = default;
 };
 
@@ -81,7 +82,8 @@ class CudaSolverBackend final : public SolverBackend {
       SR_ASSIGN_OR_RETURN(gptq_, GptqCuda::Create(stream_));
       gptq_->set_timing(false);
     }
-    const PreparedFor key{hold_, options.act_order, options.damp, options.damp_auto_increment};
+    const PreparedFor key{hold_, options.act_order, options.damp, options.damp_auto_increment,
+                               options.inverse_factor};
     if (!(gptq_prepared_ == key)) {
       gptq_prepared_ = {};
       SR_ASSIGN_OR_RETURN(const float* dh, HeldOnDevice());
@@ -110,7 +112,7 @@ class CudaSolverBackend final : public SolverBackend {
       SR_ASSIGN_OR_RETURN(sparsegpt_, SparseGptCuda::Create(stream_));
       sparsegpt_->set_timing(false);
     }
-    const PreparedFor key{hold_, false, options.damp, options.damp_auto_increment};
+    const PreparedFor key{hold_, false, options.damp, options.damp_auto_increment, options.inverse_factor};
     if (!(sparsegpt_prepared_ == key)) {
       sparsegpt_prepared_ = {};
       if (!h.empty()) SR_RETURN_IF_ERROR(algo_internal::CheckMatrix("h", h, cols, cols));

@@ -77,7 +77,7 @@ absl::Status GptqCuda::PrepareHessian(const float* h, int cols, const GptqOption
   SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev1, events_.Get(1));
   if (timing_) SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev0, stream_));
   SR_STATUS_RETURN_IF_ERROR(hinv_->Prepare(h, cols, options.act_order, options.damp,
-                                           options.damp_auto_increment));
+                                           options.damp_auto_increment, options.inverse_factor));
   cols_ = cols;
   if (timing_) {
     SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev1, stream_));
@@ -97,6 +97,9 @@ absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
   if (cols == 0) return absl::FailedPreconditionError("GptqCuda::Quantize: no prepared Hessian");
   if (options.act_order != hinv_->act_order()) {
     return absl::InvalidArgumentError("GptqCuda::Quantize: act_order differs from PrepareHessian");
+  }
+  if (options.inverse_factor != hinv_->method()) {
+    return absl::InvalidArgumentError("GptqCuda::Quantize: inverse_factor differs from PrepareHessian");
   }
   if (rows <= 0 || w == nullptr || out.codes == nullptr || out.scales == nullptr ||
       out.zeros == nullptr) {

@@ -1,7 +1,8 @@
 // GPTQ on the GPU, numerically the CPU solver (core/algo/gptq.{h,cc}) and the
 // reference's fasterquant: same dead-column rule, damping, Hinv =
-// chol(chol_inverse(chol(H)), upper) (in fp32, by default from cuSOLVER potrf
-// and trtri on the index-reversed H: HessianInverseCuda),
+// chol(chol_inverse(chol(H)), upper) (in fp32, by cuSOLVER's potrf/potri/potrf
+// or, options.inverse_factor, potrf and trtri of the index-reversed H:
+// HessianInverseCuda),
 // act_order, static or dynamic groups with the stale-outer-W refit, rint
 // rounding, and the 128-column blocked sweep with the trailing update
 // W[:, i2:] -= Err1 · Hinv[i1:i2, i2:] as one cuBLAS GEMM per block (fp32,

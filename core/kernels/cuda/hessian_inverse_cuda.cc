@@ -14,9 +14,8 @@ namespace shrinkray {
 
 using cuda_internal::Grow;
 
-absl::StatusOr<std::unique_ptr<HessianInverseCuda>> HessianInverseCuda::Create(
-    cudaStream_t stream, InverseFactorMethod method) {
-  std::unique_ptr<HessianInverseCuda> p(new HessianInverseCuda(stream, method));
+absl::StatusOr<std::unique_ptr<HessianInverseCuda>> HessianInverseCuda::Create(cudaStream_t stream) {
+  std::unique_ptr<HessianInverseCuda> p(new HessianInverseCuda(stream));
   // Create the handle now so that a missing library fails here, early.
   SR_CUDA_ASSIGN_OR_RETURN(cusolverDnHandle_t solver, CusolverHandleFor(stream));
   (void)solver;
@@ -25,11 +24,12 @@ absl::StatusOr<std::unique_ptr<HessianInverseCuda>> HessianInverseCuda::Create(
 }
 
 absl::Status HessianInverseCuda::Prepare(const float* h, int cols, bool act_order, double damp,
-                                         double increment) {
+                                         double increment, InverseFactorMethod method) {
   if (cols <= 0 || h == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("PrepareHessian: bad cols ", cols));
   }
   cols_ = 0;  // not prepared until this succeeds
+  method_ = method;
   const size_t n2 = static_cast<size_t>(cols) * cols;
   SR_STATUS_RETURN_IF_ERROR(Grow(hbase_, n2));
   SR_STATUS_RETURN_IF_ERROR(Grow(hinv_, n2));
@@ -168,24 +168,8 @@ absl::Status HessianInverseCuda::Factor(cusolverDnHandle_t solver, int cols) {
 }
 
 std::string HessianInverseCuda::Explain(const int info[4], int cols) const {
-  // A failed potrf leaves garbage for the later steps, so the first nonzero
-  // info is the one that explains the failure.
-  if (method_ == InverseFactorMethod::kCholeskyInverseChain) {
-    if (info[0] != 0) return absl::StrCat("cholesky(H) failed at column ", info[0] - 1, " (info ", info[0], ")");
-    if (info[1] != 0) return absl::StrCat("cholesky_inverse failed (info ", info[1], ")");
-    if (info[2] != 0) return absl::StrCat("cholesky(H^-1) failed at column ", info[2] - 1, " (info ", info[2], ")");
-  } else {
-    // potrf of J H J stops at its leading minor of order info: H's trailing
-    // block from column n - info is not positive definite (where the chain
-    // names the first column whose leading block is not; the same column
-    // when one diagonal entry is the trouble).
-    if (info[0] != 0) {
-      return absl::StrCat("cholesky(H) failed: the trailing block from column ", cols - info[0],
-                          " is not positive definite (flipped factorisation, info ", info[0], ")");
-    }
-    if (info[1] != 0) return absl::StrCat("triangular inverse failed (info ", info[1], ")");
-  }
-  return "non-finite or non-positive entry in the inverse factor";
+  std::string why = InverseFactorFailure(method_, cols, info[0], info[1], info[2]);
+  return why.empty() ? "non-finite or non-positive entry in the inverse factor" : why;
 }
 
 }  // namespace shrinkray

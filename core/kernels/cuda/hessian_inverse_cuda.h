@@ -6,19 +6,15 @@
 // factor Hinv = chol(chol_inverse(chol(H)), upper) in fp32, checked for
 // non-finite entries and a non-positive diagonal.
 //
-// Two ways to the same factor (InverseFactorMethod). The reference's chain
-// inverts H and factors the inverse: potrf, potri, potrf, 4n³/3 FLOPs. The
-// flipped Cholesky gets it from one factorisation: with J the exchange matrix
-// (index reversal), J H J = R R^T (R lower, potrf), so H = (J R J)(J R J)^T
-// with J R J upper, and H^-1 = (J R^-1 J)^T (J R^-1 J); J R^-1 J is upper with
-// a positive diagonal, so by uniqueness it is chol(H^-1, upper). That is potrf
-// and trtri, 2n³/3 FLOPs, and no explicit inverse to factor again. In fp32 it
-// is as close to the float64 factor as the chain (1e-7 to 4e-7 of max |U|
-// on the tests' matrices, both through LAPACK's spotrf/strtri/spotri), and
-// differs from the CPU's chain in the last bits, as cuSOLVER's chain already
-// does. Never factoring H^-1, it cannot fail where the chain's second potrf
-// does: on a nearly singular H it may need fewer damping increments than
-// the CPU.
+// Two ways to the same factor (InverseFactorMethod, core/algo/hessian_inverse.h,
+// which the CPU solvers share): the reference's chain (potrf, potri, potrf,
+// 4n³/3 FLOPs) and the flipped Cholesky (potrf of the index-reversed H and
+// trtri, 2n³/3 FLOPs), the same cuSOLVER calls as the CPU's LAPACK ones. In
+// fp32 both are as close to the float64 factor (1e-7 to 4e-7 of max |U| on
+// the tests' matrices) and differ from the CPU's in the last bits, as
+// cuSOLVER's chain already does. Never factoring H^-1, the flipped one cannot
+// fail where the chain's second potrf does: on a nearly singular H it may
+// need fewer damping increments than the chain.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -31,20 +27,15 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/algo/hessian_inverse.h"
 #include "core/kernels/cuda/cuda_check.h"
 
 namespace shrinkray {
 
-enum class InverseFactorMethod {
-  kFlippedCholesky,       // potrf of J H J, trtri, reversed back (the default)
-  kCholeskyInverseChain,  // potrf, potri, potrf (the reference's and the CPU's steps)
-};
-
 class HessianInverseCuda {
  public:
   // Handles and workspaces are bound to `stream` (the current device).
-  static absl::StatusOr<std::unique_ptr<HessianInverseCuda>> Create(
-      cudaStream_t stream, InverseFactorMethod method = InverseFactorMethod::kFlippedCholesky);
+  static absl::StatusOr<std::unique_ptr<HessianInverseCuda>> Create(cudaStream_t stream);
   HessianInverseCuda(const HessianInverseCuda&) = delete;
   HessianInverseCuda& operator=(const HessianInverseCuda&) = delete;
 
@@ -52,10 +43,11 @@ class HessianInverseCuda {
   // caller's validated options (damp in [0, 1), increment >= 0; 0 = no
   // retries). Synchronises the stream (the diagonal and cuSOLVER's info are
   // needed on the host). On failure nothing is prepared (cols() == 0).
-  absl::Status Prepare(const float* h, int cols, bool act_order, double damp, double increment);
+  absl::Status Prepare(const float* h, int cols, bool act_order, double damp, double increment,
+                       InverseFactorMethod method);
 
   int cols() const { return cols_; }
-  InverseFactorMethod method() const { return method_; }
+  InverseFactorMethod method() const { return method_; }  // the last Prepare's
   bool act_order() const { return act_order_; }
   double damp_used() const { return damp_used_; }
   int damp_increments() const { return damp_increments_; }
@@ -70,7 +62,7 @@ class HessianInverseCuda {
   const float* upper() const { return hinv_.data(); }
 
  private:
-  HessianInverseCuda(cudaStream_t stream, InverseFactorMethod method) : stream_(stream), method_(method) {}
+  explicit HessianInverseCuda(cudaStream_t stream) : stream_(stream) {}
 
   // One attempt at `damp` on hinv_ (a damped copy of hbase_): the factor in
   // hinv_ and the four info words (see info_) in info_.
@@ -79,7 +71,7 @@ class HessianInverseCuda {
   std::string Explain(const int info[4], int cols) const;
 
   cudaStream_t stream_;
-  InverseFactorMethod method_;
+  InverseFactorMethod method_ = InverseFactorMethod::kCholeskyInverseChain;
   int cols_ = 0;
   bool act_order_ = false;
   double damp_used_ = 0.0;

@@ -77,7 +77,7 @@ absl::Status SparseGptCuda::PrepareHessian(const float* h, int cols,
   SR_CUDA_ASSIGN_OR_RETURN(cudaEvent_t ev1, events_.Get(1));
   if (timing_) SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev0, stream_));
   SR_STATUS_RETURN_IF_ERROR(hinv_->Prepare(h, cols, /*act_order=*/false, options.damp,
-                                           options.damp_auto_increment));
+                                           options.damp_auto_increment, options.inverse_factor));
   cols_ = cols;
   if (timing_) {
     SR_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev1, stream_));
@@ -95,6 +95,9 @@ absl::StatusOr<SparseGptCudaReport> SparseGptCuda::Prune(const float* w, int row
   const int cols = cols_;
   if (cols == 0) return absl::FailedPreconditionError("SparseGptCuda::Prune: no prepared Hessian");
   SR_STATUS_RETURN_IF_ERROR(ValidateOptions(options, cols));
+  if (options.inverse_factor != hinv_->method()) {
+    return absl::InvalidArgumentError("SparseGptCuda::Prune: inverse_factor differs from PrepareHessian");
+  }
   if (rows <= 0 || w == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("SparseGptCuda::Prune: bad rows ", rows,
                                                    " or null w"));

@@ -1,7 +1,7 @@
 // SparseGPT on the GPU, numerically the CPU solver (core/algo/sparsegpt.{h,cc})
 // and the reference's fasterprune: the same Hessian preparation as GptqCuda
 // (HessianInverseCuda: dead columns, damping with auto increments, Hinv =
-// chol(chol_inverse(chol(H)), upper) in fp32), blocks of block_size (<= 128)
+// chol(chol_inverse(chol(H)), upper) in fp32 by options.inverse_factor), blocks of block_size (<= 128)
 // columns, and per block:
 //   - unstructured: scores W1² / diag(Hinv1)² over the whole [rows, block]
 //     tile at the block start, thresh = the int(numel · sparsity)-th smallest
