@@ -8,9 +8,9 @@
 //    are identities and the outputs must be the same bytes; a counting wrapper
 //    proves the collectives ran.
 //  - GPU solvers (core/kernels/cuda/cuda_solver_backend.cc): the same job with
-//    GPTQ/SparseGPT solved on the GPU against the CPU job: every matrix the
-//    GPU supports solved there, the rest (GPTQ after pruning: keep mask) on the
-//    CPU, and perplexity within 0.5%.
+//    GPTQ/SparseGPT solved on the GPU against the CPU job: every matrix solved
+//    there (GPTQ after pruning with its keep mask too), and perplexity within
+//    0.5%.
 // Without a CUDA device every test SKIPS; without ../shared/data the job tests SKIP.
 #include <algorithm>
 #include <cmath>
@@ -223,6 +223,11 @@ class CheckedBackend final : public SolverBackend {
       ++matrices;
       for (size_t i = 0; i < g->quantized.codes.size(); ++i) codes_differing += g->quantized.codes[i] != c->quantized.codes[i];
       codes += static_cast<long>(g->quantized.codes.size());
+      // After pruning: a pruned weight stays exactly 0 (its code the zero point).
+      for (size_t i = 0; i < options.keep_mask.size() && i < g->weight.size(); ++i) {
+        masked_nonzero += options.keep_mask[i] == 0 && g->weight[i] != 0.0f;
+      }
+      masked += static_cast<long>(options.keep_mask.size());
       Weights(g->weight, c->weight);
     }
     return g;
@@ -250,11 +255,13 @@ class CheckedBackend final : public SolverBackend {
   std::string Summary() const {
     return absl::StrCat(matrices, " matrices re-solved on the CPU: max |w_gpu - w_cpu| / max|w| ", max_rel_diff,
                         "; sparsegpt keep differing ", keep_differing, "/", elements, ", zero positions differing ",
-                        zero_differing, "; gptq codes differing ", codes_differing, "/", codes);
+                        zero_differing, "; gptq codes differing ", codes_differing, "/", codes,
+                        "; pruned weights not 0 after gptq ", masked_nonzero, " (mask of ", masked, ")");
   }
 
   long matrices = 0, keep_differing = 0, zero_differing = 0, elements = 0;
   long codes_differing = 0, codes = 0;
+  long masked = 0, masked_nonzero = 0;  // GPTQ after pruning: keep-mask entries, pruned ones not 0
   double max_rel_diff = 0.0;
 
  private:
@@ -282,10 +289,11 @@ TEST_P(CompressGpuSolverJobTest, GpuSolvesMatchCpuJob) {
   auto report = RunCompression(recipe_, o);
   ASSERT_TRUE(report.ok()) << report.status();
 
-  // 35 Linears; GPTQ after SparseGPT carries a keep mask: CPU.
+  // 35 Linears, each solved on the GPU by every stage (GPTQ after SparseGPT
+  // with its keep mask too).
   const bool chained = std::string(GetParam().name) == "sparsegpt_then_gptq";
-  EXPECT_EQ(solvers.device_solves(), 35);
-  EXPECT_EQ(solvers.cpu_fallbacks(), chained ? 35 : 0);
+  EXPECT_EQ(solvers.device_solves(), chained ? 70 : 35);
+  EXPECT_EQ(solvers.cpu_fallbacks(), 0);
   // On the job's own matrices the GPU solvers are the CPU's: the same masks
   // (SparseGPT's threshold is exact) but where a score lies within float32
   // rounding noise of its block's threshold, weights within that noise, GPTQ
@@ -294,7 +302,9 @@ TEST_P(CompressGpuSolverJobTest, GpuSolvesMatchCpuJob) {
   // LAPACK's ~1e-7 of max |U| apart: 0 of 226,560 mask positions differed
   // (H200, 2026-11-27).
   std::printf("stories260K %s: %s\n", GetParam().name, solvers.Summary().c_str());
-  EXPECT_EQ(solvers.matrices, 35);
+  EXPECT_EQ(solvers.matrices, chained ? 70 : 35);
+  EXPECT_EQ(solvers.masked, chained ? solvers.elements : 0);
+  EXPECT_EQ(solvers.masked_nonzero, 0);
   EXPECT_LE(solvers.keep_differing, solvers.elements / 10000);
   EXPECT_LE(solvers.zero_differing, solvers.elements / 10000);
   EXPECT_LE(solvers.codes_differing, solvers.codes / 1000);

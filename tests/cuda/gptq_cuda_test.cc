@@ -36,6 +36,7 @@ struct GptqCase {
   const char* name;
   int rows, cols, bits, group_size;
   bool sym, act_order, static_groups;
+  bool pruned = false;  // a keep mask (2:4 by row, shifted per row), W left nonzero under it
 };
 
 std::string CaseName(const ::testing::TestParamInfo<GptqCase>& info) { return info.param.name; }
@@ -79,6 +80,16 @@ TEST_P(GptqCudaTest, MatchesCpuSolver) {
   o.sym = tc.sym;
   o.act_order = tc.act_order;
   o.static_groups = tc.static_groups;
+  // GPTQ after pruning: the pruned entries keep their values in w, so both
+  // solvers must read them as 0 themselves (fits, sweeps, refits).
+  std::vector<uint8_t> keep;
+  if (tc.pruned) {
+    keep.resize(w.size());
+    for (int r = 0; r < tc.rows; ++r) {
+      for (int c = 0; c < tc.cols; ++c) keep[static_cast<size_t>(r) * tc.cols + c] = ((c + r) % 4) < 2 ? 1 : 0;
+    }
+    o.keep_mask = keep;
+  }
 
   absl::StatusOr<GptqResult> cpu = GptqQuantize(w, tc.rows, tc.cols, h, o);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
@@ -114,6 +125,15 @@ TEST_P(GptqCudaTest, MatchesCpuSolver) {
   EXPECT_TRUE(ew.finite);
   EXPECT_LE(loss_rel, 0.02);
 
+  // A pruned weight is exactly 0, its code the row's zero point, on both.
+  long pruned_nonzero = 0;
+  for (size_t i = 0; i < keep.size(); ++i) {
+    if (keep[i] != 0) continue;
+    pruned_nonzero += gpu->weight[i] != 0.0f;
+    EXPECT_EQ(cpu->weight[i], 0.0f);
+  }
+  EXPECT_EQ(pruned_nonzero, 0);
+
   // Dequantized weights are the grid points of the returned codes.
   for (int r = 0; r < tc.rows; r += 17) {
     for (int c = 0; c < tc.cols; c += 5) {
@@ -141,7 +161,10 @@ INSTANTIATE_TEST_SUITE_P(
                       GptqCase{"Group128Sym4ActOrder", 70, 300, 4, 128, true, true, false},
                       GptqCase{"Group256Sym8", 64, 300, 8, 256, true, false, false},
                       GptqCase{"Group64StaticActOrder", 96, 300, 4, 64, true, true, true},
-                      GptqCase{"Wide1024PerRow", 160, 1024, 4, 128, true, false, false}),
+                      GptqCase{"Wide1024PerRow", 160, 1024, 4, 128, true, false, false},
+                      GptqCase{"PerRowSym4ActOrderPruned", 96, 300, 4, -1, true, true, false, true},
+                      GptqCase{"Group32Asym4ActOrderPruned", 70, 300, 4, 32, false, true, false, true},
+                      GptqCase{"Group64StaticActOrderPruned", 96, 300, 4, 64, true, true, true, true}),
     CaseName);
 
 TEST_F(GptqCudaTest, NotPositiveDefiniteFails) {
@@ -151,6 +174,34 @@ TEST_F(GptqCudaTest, NotPositiveDefiniteFails) {
   const std::vector<float> w = RandomNormal(4 * cols, 1.0f, 3u);
   absl::StatusOr<GptqResult> r = GptqQuantizeCuda(w, 4, cols, h, GptqOptions(), stream_);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+}
+
+// The device keep mask goes with options.keep_mask, and only with it.
+TEST_F(GptqCudaTest, QuantizeChecksTheKeepMask) {
+  const int rows = 4, cols = 8;
+  const std::vector<float> w = RandomNormal(rows * cols, 1.0f, 5u);
+  std::vector<float> h(cols * cols, 0.0f);
+  for (int j = 0; j < cols; ++j) h[j * cols + j] = 1.0f;
+  GptqOptions o;
+  SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<GptqCuda> gptq, GptqCuda::Create(stream_));
+  SR_ASSERT_OK_AND_ASSIGN(DeviceBuffer<float> d_h, DeviceBuffer<float>::FromHost(h, stream_));
+  SR_ASSERT_OK(gptq->PrepareHessian(d_h.data(), cols, o));
+  SR_ASSERT_OK_AND_ASSIGN(DeviceBuffer<float> d_w, DeviceBuffer<float>::FromHost(w, stream_));
+  SR_ASSERT_OK_AND_ASSIGN(DeviceBuffer<uint8_t> codes, DeviceBuffer<uint8_t>::Create(rows * cols));
+  SR_ASSERT_OK_AND_ASSIGN(DeviceBuffer<float> scales, DeviceBuffer<float>::Create(rows));
+  SR_ASSERT_OK_AND_ASSIGN(DeviceBuffer<int32_t> zeros, DeviceBuffer<int32_t>::Create(rows));
+  const std::vector<uint8_t> keep(rows * cols, 1);
+  SR_ASSERT_OK_AND_ASSIGN(DeviceBuffer<uint8_t> d_keep, DeviceBuffer<uint8_t>::FromHost(keep, stream_));
+  GptqCudaOutputs out;
+  out.codes = codes.data();
+  out.scales = scales.data();
+  out.zeros = zeros.data();
+  // A device mask without options.keep_mask, and the other way round.
+  EXPECT_EQ(gptq->Quantize(d_w.data(), rows, o, out, d_keep.data()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o.keep_mask = keep;
+  EXPECT_EQ(gptq->Quantize(d_w.data(), rows, o, out).status().code(), absl::StatusCode::kInvalidArgument);
+  SR_ASSERT_OK(gptq->Quantize(d_w.data(), rows, o, out, d_keep.data()).status());
 }
 
 TEST_F(GptqCudaTest, UnsupportedOptions) {

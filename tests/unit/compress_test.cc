@@ -460,8 +460,9 @@ class HessianHandingExecutor final : public LayerExecutor {
 };
 
 // A backend on fake device 7 that reads the held device copy in place (the
-// CPU solvers on its values) and, as the GPU backend, leaves GPTQ with a
-// keep mask to the CPU.
+// CPU solvers on its values) and, as the GPU backend did before it took
+// keep masks (and as any backend may answer Unimplemented), leaves GPTQ with
+// a keep mask to the CPU.
 class DeviceReadingBackend final : public SolverBackend {
  public:
   std::string name() const override { return "fake-device"; }
@@ -547,8 +548,8 @@ TEST_F(CompressSyntheticTest, DeviceOnlyHessiansReachTheHostOnlyWhenACpuSolveNee
 // A backend that solves on the CPU and, when asked, reports the output error
 // with the solve, as the GPU solvers do from the copies of W and the result
 // they already hold; its OutputError is left to the CPU, and counted. With
-// `gptq_unsupported` it answers Unimplemented for GPTQ (as the GPU backend
-// for a keep mask), so the pipeline solves those on the CPU.
+// `gptq_unsupported` it answers Unimplemented for GPTQ (as a backend may for
+// options it lacks), so the pipeline solves those on the CPU.
 class ErrorReportingBackend final : public SolverBackend {
  public:
   explicit ErrorReportingBackend(bool gptq_unsupported = false) : gptq_unsupported_(gptq_unsupported) {}

@@ -2,8 +2,7 @@
 // of the layerwise pipeline solved by GptqCuda / SparseGptCuda on one stream
 // of its device (cuda:N), host in and host out. What the GPU solvers do not
 // support they answer Unimplemented, and ApplyStage solves that matrix on the
-// CPU instead (GPTQ after a pruning stage: keep mask; SparseGPT with joint
-// quantization).
+// CPU instead (SparseGPT with joint quantization, float64 Hessians).
 //
 // The solvers (their cuBLAS/cuSOLVER handles and workspaces) live as long as
 // the backend. While the pipeline holds a group's Hessian (HoldHessian) it is
@@ -71,7 +70,6 @@ class CudaSolverBackend final : public SolverBackend {
 
   absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
                                   const GptqOptions& options) override {
-    if (!options.keep_mask.empty()) return absl::UnimplementedError("GPTQ with a keep mask on the GPU");
     SR_RETURN_IF_ERROR(UseDevice());
     if (!Held(h)) return GptqQuantizeCuda(w, rows, cols, h, options, stream_);
     if (rows <= 0 || cols <= 0 || w.size() != static_cast<size_t>(rows) * cols ||

@@ -40,7 +40,6 @@ absl::Status ValidateOptions(const GptqOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("block_size must be positive, got ", o.block_size));
   }
-  if (!o.keep_mask.empty()) return absl::UnimplementedError("GptqCuda: keep_mask");
   if (o.precision != HessianPrecision::kFloat32) {
     return absl::UnimplementedError("GptqCuda: HessianPrecision::kFloat64");
   }
@@ -91,7 +90,7 @@ absl::Status GptqCuda::PrepareHessian(const float* h, int cols, const GptqOption
 
 absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
                                                const GptqOptions& options,
-                                               const GptqCudaOutputs& out) {
+                                               const GptqCudaOutputs& out, const uint8_t* keep) {
   SR_STATUS_RETURN_IF_ERROR(ValidateOptions(options));
   const int cols = cols_;
   if (cols == 0) return absl::FailedPreconditionError("GptqCuda::Quantize: no prepared Hessian");
@@ -104,6 +103,15 @@ absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
   if (rows <= 0 || w == nullptr || out.codes == nullptr || out.scales == nullptr ||
       out.zeros == nullptr) {
     return absl::InvalidArgumentError("GptqCuda::Quantize: bad rows or null w/codes/scales/zeros");
+  }
+  if (options.keep_mask.empty() != (keep == nullptr)) {
+    return absl::InvalidArgumentError("GptqCuda::Quantize: the device keep mask must be given exactly when "
+                                      "options.keep_mask is");
+  }
+  if (!options.keep_mask.empty() && options.keep_mask.size() != static_cast<size_t>(rows) * cols) {
+    return absl::InvalidArgumentError(absl::StrCat("keep_mask: shape mismatch, expected ",
+                                                   static_cast<long>(rows) * cols, " entries, got ",
+                                                   options.keep_mask.size()));
   }
   SR_STATUS_RETURN_IF_ERROR(Reserve(rows, cols));
   const auto start = std::chrono::steady_clock::now();
@@ -129,11 +137,11 @@ absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
   // Grids fitted before the sweep: per row on the whole W before dead
   // zeroing (reference step 1), or static groups on the dead-zeroed W.
   if (mode == GptqParamMode::kPerRow) {
-    SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqFitParams(w, rows, cols, cols, nullptr, maxq,
+    SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqFitParams(w, rows, cols, cols, nullptr, keep, maxq,
                                                          options.sym, out.scales, out.zeros,
                                                          stream_));
   } else if (mode == GptqParamMode::kStatic) {
-    SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqFitParams(w, rows, cols, gs, hinv_->dead(), maxq,
+    SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqFitParams(w, rows, cols, gs, hinv_->dead(), keep, maxq,
                                                          options.sym, out.scales, out.zeros,
                                                          stream_));
   }
@@ -151,6 +159,7 @@ absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
   args.wk = wk_.data();
   args.hinv = hinv_->upper();
   args.perm = options.act_order ? hinv_->perm() : nullptr;
+  args.keep = keep;
   args.rows = rows;
   args.cols = cols;
   args.mode = mode;
@@ -235,7 +244,14 @@ absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const
   if (rows <= 0 || w.size() != static_cast<size_t>(rows) * cols) {
     return absl::InvalidArgumentError("GptqQuantizePrepared: shape mismatch");
   }
+  if (!options.keep_mask.empty() && options.keep_mask.size() != w.size()) {
+    return absl::InvalidArgumentError("GptqQuantizePrepared: keep_mask shape mismatch");
+  }
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_w, DeviceBuffer<float>::FromHost(w, stream));
+  DeviceBuffer<uint8_t> d_keep;
+  if (!options.keep_mask.empty()) {
+    SR_CUDA_ASSIGN_OR_RETURN(d_keep, DeviceBuffer<uint8_t>::FromHost(options.keep_mask, stream));
+  }
   const int ng = GptqCuda::NumGroups(cols, options);
   const size_t numel = static_cast<size_t>(rows) * cols;
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<uint8_t> d_codes, DeviceBuffer<uint8_t>::Create(numel));
@@ -251,7 +267,8 @@ absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const
   out.zeros = d_zeros.data();
   out.g_idx = d_gidx.data();
   out.weight = d_q.data();
-  SR_CUDA_ASSIGN_OR_RETURN(SolveReport report, gptq.Quantize(d_w.data(), rows, options, out));
+  SR_CUDA_ASSIGN_OR_RETURN(SolveReport report, gptq.Quantize(d_w.data(), rows, options, out,
+                                                             options.keep_mask.empty() ? nullptr : d_keep.data()));
 
   GptqResult result;
   result.report = report;

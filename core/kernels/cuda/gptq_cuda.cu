@@ -32,9 +32,9 @@ __device__ __forceinline__ void ParamsFromRange(float xmin, float xmax, float ma
 
 // One warp per (row, group).
 __global__ void GptqFitParamsKernel(const float* __restrict__ w, int rows, int cols,
-                                    int group_size, const uint8_t* __restrict__ dead, float maxq,
-                                    bool sym, float* __restrict__ scales,
-                                    int32_t* __restrict__ zeros) {
+                                    int group_size, const uint8_t* __restrict__ dead,
+                                    const uint8_t* __restrict__ keep, float maxq, bool sym,
+                                    float* __restrict__ scales, int32_t* __restrict__ zeros) {
   const int num_groups = (cols + group_size - 1) / group_size;
   const long tasks = static_cast<long>(rows) * num_groups;
   const int lane = threadIdx.x % kWarpSize;
@@ -46,10 +46,12 @@ __global__ void GptqFitParamsKernel(const float* __restrict__ w, int rows, int c
     const int c0 = g * group_size;
     const int c1 = min(cols, c0 + group_size);
     const float* row = w + static_cast<long>(r) * cols;
+    const uint8_t* keep_row = keep != nullptr ? keep + static_cast<long>(r) * cols : nullptr;
     float xmin = 0.0f;
     float xmax = 0.0f;
     for (int c = c0 + lane; c < c1; c += kWarpSize) {
-      const float x = (dead != nullptr && dead[c] != 0) ? 0.0f : row[c];
+      const bool zeroed = (dead != nullptr && dead[c] != 0) || (keep_row != nullptr && keep_row[c] == 0);
+      const float x = zeroed ? 0.0f : row[c];
       xmin = fminf(xmin, x);
       xmax = fmaxf(xmax, x);
     }
@@ -150,6 +152,9 @@ __global__ void __launch_bounds__(kSweepThreads) GptqQuantizeBlockKernel(GptqSwe
     zero = static_cast<float>(a.zeros[g * a.rows + r]);
   }
   const float* outer = a.wk + static_cast<long>(valid ? r : 0) * a.cols;  // stale during the block
+  // The row's keep mask (original column order), or null: a pruned entry is
+  // read as 0 (the updates may have moved it; the CPU reads it as 0 too).
+  const uint8_t* keep_row = valid && a.keep != nullptr ? a.keep + static_cast<long>(r) * a.cols : nullptr;
   float loss = 0.0f;
   for (int i = 0; i < B; ++i) {
     const int c = a.i1 + i;
@@ -162,8 +167,10 @@ __global__ void __launch_bounds__(kSweepThreads) GptqQuantizeBlockKernel(GptqSwe
       float xmax = 0.0f;
       const int c1 = min(a.cols, c + gs);
       for (int cc = c; cc < c1; ++cc) {
-        xmin = fminf(xmin, outer[cc]);
-        xmax = fmaxf(xmax, outer[cc]);
+        const bool pruned = keep_row != nullptr && keep_row[a.perm != nullptr ? a.perm[cc] : cc] == 0;
+        const float x = pruned ? 0.0f : outer[cc];
+        xmin = fminf(xmin, x);
+        xmax = fmaxf(xmax, x);
       }
       ParamsFromRange(xmin, xmax, a.maxq, a.sym, &scale, &zero);
       if (lane == 0) {
@@ -183,7 +190,7 @@ __global__ void __launch_bounds__(kSweepThreads) GptqQuantizeBlockKernel(GptqSwe
     float e = 0.0f;
     float term = 0.0f;
     if (lane == owner) {
-      const float w = ws[i * kLdW + rr];
+      const float w = keep_row != nullptr && keep_row[orig] == 0 ? 0.0f : ws[i * kLdW + rr];
       const float d = hs[i * kGptqMaxBlock + i];
       const float code = fminf(fmaxf(__fadd_rn(rintf(__fdiv_rn(w, scale)), zero), 0.0f), a.maxq);
       const float q = __fmul_rn(scale, __fsub_rn(code, zero));
@@ -231,8 +238,8 @@ __global__ void GptqGidxKernel(int32_t* g_idx, int cols, GptqParamMode mode, int
 }  // namespace
 
 cudaError_t LaunchGptqFitParams(const float* w, int rows, int cols, int group_size,
-                                const uint8_t* dead, float maxq, bool sym, float* scales,
-                                int32_t* zeros, cudaStream_t stream) {
+                                const uint8_t* dead, const uint8_t* keep, float maxq, bool sym,
+                                float* scales, int32_t* zeros, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return cudaSuccess;
   const int gs = group_size >= cols || group_size <= 0 ? cols : group_size;
   const long tasks = static_cast<long>(rows) * ((cols + gs - 1) / gs);
@@ -240,7 +247,7 @@ cudaError_t LaunchGptqFitParams(const float* w, int rows, int cols, int group_si
   long blocks = (tasks + warps_per_block - 1) / warps_per_block;
   blocks = blocks > kMaxBlocks ? kMaxBlocks : blocks;
   GptqFitParamsKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      w, rows, cols, gs, dead, maxq, sym, scales, zeros);
+      w, rows, cols, gs, dead, keep, maxq, sym, scales, zeros);
   return cudaGetLastError();
 }
 

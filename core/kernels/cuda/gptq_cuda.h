@@ -14,7 +14,10 @@
 // noise of a rounding boundary; a flipped code then moves the rest of its
 // row's errors (see tests/cuda/gptq_cuda_test.cc for the measured bound).
 //
-// Not supported here (Unimplemented): keep_mask, precision kFloat64, bits > 8.
+// A keep mask (GPTQ after pruning) reads each pruned entry as 0, as the CPU
+// does: it quantizes to the zero point, dequantizes to exactly 0 and feeds no
+// error forward. Not supported here (Unimplemented): precision kFloat64,
+// bits > 8.
 //
 // Use: one GptqCuda per stream. PrepareHessian once per Hessian (q/k/v share
 // one, gate/up share one), then Quantize each weight that consumes it.
@@ -71,10 +74,12 @@ class GptqCuda {
   absl::Status PrepareHessian(const float* h, int cols, const GptqOptions& options);
 
   // Quantizes w (device [rows, cols] fp32, not modified) against the prepared
-  // Hessian; options must agree with PrepareHessian's on act_order. Returns
-  // the report (loss, damping, dead columns); synchronises the stream.
+  // Hessian; options must agree with PrepareHessian's on act_order and the
+  // inverse factor. `keep`: the device copy of options.keep_mask ([rows,
+  // cols], original column order), given exactly when the options have one.
+  // Returns the report (loss, damping, dead columns); synchronises the stream.
   absl::StatusOr<SolveReport> Quantize(const float* w, int rows, const GptqOptions& options,
-                                       const GptqCudaOutputs& out);
+                                       const GptqCudaOutputs& out, const uint8_t* keep = nullptr);
 
   int cols() const { return cols_; }
   // The prepared permutation (perm[k] = original column processed k-th).

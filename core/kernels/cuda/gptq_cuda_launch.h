@@ -21,6 +21,10 @@ struct GptqSweepArgs {
   const float* wk = nullptr;  // [rows, cols] permuted working W (read only in the kernel)
   const float* hinv = nullptr;  // [cols, cols] row-major upper factor
   const int32_t* perm = nullptr;  // [cols] processing position -> original column
+  // [rows, cols] in original column order, 0 = pruned (optional): a pruned
+  // entry is read as 0 when quantized and when a dynamic group is refitted,
+  // whatever the updates wrote there (core/algo/gptq.cc's keep mask).
+  const uint8_t* keep = nullptr;
   int rows = 0;
   int cols = 0;
   int i1 = 0;
@@ -39,11 +43,12 @@ struct GptqSweepArgs {
 };
 
 // Fits min-max grids per (row, group of `group_size` columns) of w [rows, cols];
-// entries of dead columns (dead[c] != 0, dead may be null) are read as 0.
-// group_size >= cols gives one grid per row.
+// entries of dead columns (dead[c] != 0, dead may be null) and pruned entries
+// (keep[r * cols + c] == 0, keep may be null) are read as 0. group_size >=
+// cols gives one grid per row.
 cudaError_t LaunchGptqFitParams(const float* w, int rows, int cols, int group_size,
-                                const uint8_t* dead, float maxq, bool sym, float* scales,
-                                int32_t* zeros, cudaStream_t stream);
+                                const uint8_t* dead, const uint8_t* keep, float maxq, bool sym,
+                                float* scales, int32_t* zeros, cudaStream_t stream);
 // wk[r, k] = dead[perm[k]] ? 0 : w[r, perm[k]].
 cudaError_t LaunchGptqGatherColumns(float* wk, const float* w, int rows, int cols,
                                     const int32_t* perm, const uint8_t* dead, cudaStream_t stream);
