@@ -77,7 +77,7 @@ absl::StatusOr<GptqResult> Solve(absl::Span<const float> w_in, int rows, int col
   const int gs = o.group_size;
   const bool grouped = gs > 0;
   const bool static_groups = grouped && o.static_groups;
-  const int num_groups = grouped ? (cols + gs - 1) / gs : 1;
+  const int num_groups = grouped ? (cols - 1) / gs + 1 : 1;  // no overflow for any gs
   const size_t numel = static_cast<size_t>(rows) * cols;
 
   std::vector<float> w(w_in.begin(), w_in.end());

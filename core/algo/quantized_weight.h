@@ -32,6 +32,24 @@ struct QuantizedWeight {
   std::vector<int32_t> zeros;   // [num_groups, rows], each in [0, 2^bits - 1]
   std::vector<int32_t> g_idx;   // [cols]
 
+  // The layout of groups in column order (no act_order): g_idx[c] =
+  // c / group_size (0 per row); scales and zeros sized, codes left empty.
+  static QuantizedWeight InColumnGroups(int rows, int cols, int bits, int group_size, bool sym) {
+    QuantizedWeight qw;
+    qw.rows = rows;
+    qw.cols = cols;
+    qw.bits = bits;
+    qw.group_size = group_size > 0 ? group_size : -1;
+    qw.sym = sym;
+    qw.act_order = false;
+    qw.num_groups = group_size > 0 ? (cols - 1) / group_size + 1 : 1;  // no overflow for any group_size
+    qw.scales.resize(static_cast<size_t>(qw.num_groups) * rows);
+    qw.zeros.resize(qw.scales.size());
+    qw.g_idx.resize(cols);
+    for (int c = 0; c < cols; ++c) qw.g_idx[c] = group_size > 0 ? c / group_size : 0;
+    return qw;
+  }
+
   float Dequantize(int r, int c) const {
     const int g = g_idx[c];
     return scales[static_cast<long>(g) * rows + r] *

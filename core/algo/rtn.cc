@@ -18,21 +18,11 @@ absl::StatusOr<RtnResult> RtnQuantize(absl::Span<const float> w, int rows, int c
   const int num_groups = (cols + gs - 1) / gs;
 
   RtnResult result;
+  result.quantized = QuantizedWeight::InColumnGroups(rows, cols, o.bits, o.group_size, o.sym);
   QuantizedWeight& qw = result.quantized;
-  qw.rows = rows;
-  qw.cols = cols;
-  qw.bits = o.bits;
-  qw.group_size = o.group_size > 0 ? o.group_size : -1;
-  qw.sym = o.sym;
-  qw.act_order = false;
-  qw.num_groups = num_groups;
   // Codes only where a byte holds them (bits <= 8).
   const bool codes = o.bits <= 8;
   if (codes) qw.codes.resize(static_cast<size_t>(rows) * cols);
-  qw.scales.resize(static_cast<size_t>(num_groups) * rows);
-  qw.zeros.resize(qw.scales.size());
-  qw.g_idx.resize(cols);
-  for (int c = 0; c < cols; ++c) qw.g_idx[c] = c / gs;
   result.weight.resize(static_cast<size_t>(rows) * cols);
 
   ParallelFor(rows, [&](int64_t r) {

@@ -49,7 +49,7 @@ absl::StatusOr<SparseGptResult> Solve(absl::Span<const float> w_in, int rows, in
   const float maxq = quantize ? MaxQ(o.bits) : 0.0f;
   const int gs = quantize ? o.group_size : -1;
   const bool grouped = gs > 0;
-  const int num_groups = grouped ? (cols + gs - 1) / gs : 1;
+  const int num_groups = grouped ? (cols - 1) / gs + 1 : 1;  // no overflow for any gs
   const bool nm = o.prune_n != 0;
 
   std::vector<float> w(w_in.begin(), w_in.end());
@@ -171,19 +171,8 @@ absl::StatusOr<SparseGptResult> Solve(absl::Span<const float> w_in, int rows, in
 
   result.pruned = static_cast<int64_t>(std::count(result.keep.begin(), result.keep.end(), uint8_t{0}));
   if (quantize) {
-    QuantizedWeight qw;
-    qw.rows = rows;
-    qw.cols = cols;
-    qw.bits = o.bits;
-    qw.group_size = grouped ? gs : -1;
-    qw.sym = o.sym;
-    qw.act_order = false;
-    qw.num_groups = num_groups;
+    QuantizedWeight qw = QuantizedWeight::InColumnGroups(rows, cols, o.bits, gs, o.sym);
     qw.codes = std::move(codes);
-    qw.g_idx.resize(cols);
-    for (int c = 0; c < cols; ++c) qw.g_idx[c] = grouped ? c / gs : 0;
-    qw.scales.resize(static_cast<size_t>(num_groups) * rows);
-    qw.zeros.resize(qw.scales.size());
     for (size_t i = 0; i < qw.scales.size(); ++i) {
       const QuantParams& p = grouped ? group_params[i] : current[i];
       qw.scales[i] = p.scale;

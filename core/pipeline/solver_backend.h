@@ -2,7 +2,7 @@
 // The executor (forward passes, statistics) stays on the CPU; a backend moves
 // each matrix's solve to a device. Null (the default) is the CPU solvers of
 // core/algo. A backend answers Unimplemented for options it does not support
-// (e.g. float64 Hessians, joint quantization on the GPU): the
+// (e.g. float64 Hessians on the GPU): the
 // caller then runs the CPU solver for that matrix, so every recipe works on
 // every backend and only the speed differs.
 #pragma once

@@ -247,6 +247,14 @@ class CheckedBackend final : public SolverBackend {
         zero_differing += (g->weight[i] == 0.0f) != (c->weight[i] == 0.0f);
       }
       elements += static_cast<long>(g->keep.size());
+      // Joint quantization: its codes as GPTQ's.
+      EXPECT_EQ(g->quantized.has_value(), c->quantized.has_value());
+      if (g->quantized.has_value() && c->quantized.has_value()) {
+        const std::vector<uint8_t>& gc = g->quantized->codes;
+        const std::vector<uint8_t>& cc = c->quantized->codes;
+        for (size_t i = 0; i < std::min(gc.size(), cc.size()); ++i) codes_differing += gc[i] != cc[i];
+        codes += static_cast<long>(gc.size());
+      }
       Weights(g->weight, c->weight);
     }
     return g;
@@ -388,6 +396,7 @@ INSTANTIATE_TEST_SUITE_P(Recipes, CompressGpuForwardJobTest,
 INSTANTIATE_TEST_SUITE_P(Recipes, CompressGpuSolverJobTest,
                          ::testing::Values(NcclJobCase{"gptq", "[{gptq: {bits: 4, group_size: 32}}]"},
                                            NcclJobCase{"sparsegpt", "[{sparsegpt: {sparsity: 0.5}}]"},
+                                           NcclJobCase{"sparsegpt_joint_w4", "[{sparsegpt: {sparsity: 0.5, bits: 4}}]"},
                                            NcclJobCase{"sparsegpt_then_gptq",
                                                        "[{sparsegpt: {sparsity: 0.5}}, {gptq: {bits: 4, "
                                                        "group_size: 32}}]"}),

@@ -5,12 +5,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "algo_reference.h"
+#include "core/algo/gptq.h"
 #include "core/algo/rtn.h"
+#include "core/algo/sparsegpt.h"
 
 namespace shrinkray {
 namespace {
@@ -120,6 +123,42 @@ TEST(RtnTest, MatchesFloat64ReferenceWithPartialGroups) {
     }
     EXPECT_LE(flips, rows * 4);  // at most one tie per group
   }
+}
+
+// A group wider than the matrix (any positive group_size is valid, up to
+// INT_MAX) is one group per row: the same grid as per row, one group, and no
+// overflow in the group count (RTN, GPTQ and SparseGPT's joint grid).
+TEST(RtnTest, AGroupWiderThanTheMatrixIsOneGroup) {
+  const int rows = 3, cols = 10;
+  std::vector<float> w(rows * cols);
+  for (int i = 0; i < rows * cols; ++i) w[i] = 0.1f * static_cast<float>((i * 7) % 13) - 0.6f;
+  RtnOptions per_row;
+  RtnOptions huge;
+  huge.group_size = std::numeric_limits<int>::max();
+  auto a = RtnQuantize(w, rows, cols, per_row);
+  auto b = RtnQuantize(w, rows, cols, huge);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(b->quantized.num_groups, 1);
+  EXPECT_EQ(b->quantized.group_size, huge.group_size);
+  EXPECT_EQ(b->quantized.g_idx, std::vector<int32_t>(cols, 0));
+  EXPECT_EQ(b->weight, a->weight);
+  EXPECT_EQ(b->quantized.scales, a->quantized.scales);
+  std::vector<float> h(cols * cols, 0.0f);
+  for (int j = 0; j < cols; ++j) h[j * cols + j] = 1.0f + 0.1f * j;
+  GptqOptions g;
+  g.group_size = std::numeric_limits<int>::max();
+  auto q = GptqQuantize(w, rows, cols, h, g);
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ(q->quantized.num_groups, 1);
+  SparseGptOptions s;
+  s.sparsity = 0.5;
+  s.bits = 4;
+  s.group_size = std::numeric_limits<int>::max();
+  auto p = SparseGptPrune(w, rows, cols, h, s);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_TRUE(p->quantized.has_value());
+  EXPECT_EQ(p->quantized->num_groups, 1);
+  EXPECT_EQ(p->quantized->scales.size(), static_cast<size_t>(rows));
 }
 
 TEST(RtnTest, AsymZerosInRangeAndSixteenBitsNearlyLossless) {

@@ -2,7 +2,7 @@
 // of the layerwise pipeline solved by GptqCuda / SparseGptCuda on one stream
 // of its device (cuda:N), host in and host out. What the GPU solvers do not
 // support they answer Unimplemented, and ApplyStage solves that matrix on the
-// CPU instead (SparseGPT with joint quantization, float64 Hessians).
+// CPU instead (float64 Hessians).
 //
 // The solvers (their cuBLAS/cuSOLVER handles and workspaces) live as long as
 // the backend. While the pipeline holds a group's Hessian (HoldHessian) it is
@@ -95,7 +95,6 @@ class CudaSolverBackend final : public SolverBackend {
 
   absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
                                             const SparseGptOptions& options) override {
-    if (options.bits > 0) return absl::UnimplementedError("SparseGPT with joint quantization on the GPU");
     SR_RETURN_IF_ERROR(UseDevice());
     if (!Held(h)) return SparseGptPruneCuda(w, rows, cols, h, options, stream_);
     // The checks SparseGptPruneCuda makes, in its order; the Hessian's

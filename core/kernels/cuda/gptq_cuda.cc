@@ -115,7 +115,8 @@ absl::StatusOr<SolveReport> GptqCuda::Quantize(const float* w, int rows,
   }
   SR_STATUS_RETURN_IF_ERROR(Reserve(rows, cols));
   const auto start = std::chrono::steady_clock::now();
-  const int gs = options.group_size;
+  // A group wider than W is one group: clamped, the kernels' c + gs cannot overflow.
+  const int gs = options.group_size > 0 ? std::min(options.group_size, cols) : options.group_size;
   const bool grouped = gs > 0;
   const GptqParamMode mode = !grouped              ? GptqParamMode::kPerRow
                              : options.static_groups ? GptqParamMode::kStatic

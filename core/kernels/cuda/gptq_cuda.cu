@@ -5,6 +5,7 @@
 // that one block matches the CPU bit for bit given the same inputs.
 #include "core/kernels/cuda/gptq_cuda_launch.h"
 #include "core/kernels/cuda/ops.cuh"
+#include "core/kernels/cuda/quant_grid.cuh"
 
 namespace shrinkray::kernels {
 namespace {
@@ -12,23 +13,6 @@ namespace {
 constexpr int kThreads = kGridThreads;
 constexpr long kMaxBlocks = kGridMaxBlocks;
 
-
-// FitQuantParams (core/algo/quantizer.cc) from a range's min and max, which
-// are seeded with 0.
-__device__ __forceinline__ void ParamsFromRange(float xmin, float xmax, float maxq, bool sym,
-                                                float* scale, float* zero) {
-  if (sym) {
-    xmax = fmaxf(fabsf(xmin), xmax);
-    if (xmin < 0.0f) xmin = -xmax;  // an all non-negative row keeps xmin = 0 (reference)
-  }
-  if (xmin == 0.0f && xmax == 0.0f) {
-    xmin = -1.0f;
-    xmax = 1.0f;
-  }
-  const float s = __fdiv_rn(__fsub_rn(xmax, xmin), maxq);
-  *scale = s;
-  *zero = sym ? __fdiv_rn(__fadd_rn(maxq, 1.0f), 2.0f) : rintf(__fdiv_rn(-xmin, s));
-}
 
 // One warp per (row, group).
 __global__ void GptqFitParamsKernel(const float* __restrict__ w, int rows, int cols,
@@ -192,8 +176,8 @@ __global__ void __launch_bounds__(kSweepThreads) GptqQuantizeBlockKernel(GptqSwe
     if (lane == owner) {
       const float w = keep_row != nullptr && keep_row[orig] == 0 ? 0.0f : ws[i * kLdW + rr];
       const float d = hs[i * kGptqMaxBlock + i];
-      const float code = fminf(fmaxf(__fadd_rn(rintf(__fdiv_rn(w, scale)), zero), 0.0f), a.maxq);
-      const float q = __fmul_rn(scale, __fsub_rn(code, zero));
+      const float code = QuantizeCode(w, scale, zero, a.maxq);
+      const float q = DequantizeCode(code, scale, zero);
       const float diff = __fsub_rn(w, q);
       term = __fdiv_rn(__fmul_rn(diff, diff), __fmul_rn(d, d));
       e = __fdiv_rn(diff, d);

@@ -85,7 +85,7 @@ class GptqCuda {
   // The prepared permutation (perm[k] = original column processed k-th).
   const std::vector<int32_t>& perm() const { return hinv_->perm_host(); }
   static int NumGroups(int cols, const GptqOptions& options) {
-    return options.group_size > 0 ? (cols + options.group_size - 1) / options.group_size : 1;
+    return options.group_size > 0 ? (cols - 1) / options.group_size + 1 : 1;  // no overflow
   }
 
   // Timing with CUDA events (default on); times() accumulates.

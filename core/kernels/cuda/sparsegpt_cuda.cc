@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/algo/quantizer.h"
 #include "core/algo/validation.h"
 #include "core/kernels/cuda/blas.h"
 #include "core/kernels/cuda/gptq_cuda_launch.h"
@@ -25,7 +26,10 @@ absl::Status ValidateOptions(const SparseGptOptions& o, int cols) {
   SR_STATUS_RETURN_IF_ERROR(
       algo_internal::CheckNm(o.prune_n, o.prune_m, cols, std::min(o.block_size, cols)));
   if (o.prune_n == 0) SR_STATUS_RETURN_IF_ERROR(algo_internal::CheckSparsity(o.sparsity));
-  if (o.bits < 0) return absl::InvalidArgumentError(absl::StrCat("bits must be >= 0, got ", o.bits));
+  if (o.bits != 0) {
+    SR_STATUS_RETURN_IF_ERROR(algo_internal::CheckBits(o.bits, o.allow_wide_bits));
+    SR_STATUS_RETURN_IF_ERROR(algo_internal::CheckGroupSize(o.group_size));
+  }
   if (!(o.damp >= 0.0 && o.damp < 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("damp must be in [0, 1), got ", o.damp));
   }
@@ -33,11 +37,7 @@ absl::Status ValidateOptions(const SparseGptOptions& o, int cols) {
     return absl::InvalidArgumentError(
         absl::StrCat("damp_auto_increment must be in [0, 1), got ", o.damp_auto_increment));
   }
-  if (o.bits > 0) {
-    return absl::UnimplementedError(
-        "SparseGptCuda: joint quantization (bits > 0) is not implemented on the GPU; use the CPU "
-        "SparseGptPrune");
-  }
+  if (o.bits > 8) return absl::UnimplementedError("SparseGptCuda: bits > 8 (codes are uint8 here)");
   if (o.precision != HessianPrecision::kFloat32) {
     return absl::UnimplementedError(
         "SparseGptCuda: HessianPrecision::kFloat64 is not implemented on the GPU (fp32 only)");
@@ -114,6 +114,13 @@ absl::StatusOr<SparseGptCudaReport> SparseGptCuda::Prune(const float* w, int row
   SR_STATUS_RETURN_IF_ERROR(Grow(row_loss_, static_cast<size_t>(rows)));
   const bool nm = options.prune_n > 0;
   const int num_blocks = (cols + block - 1) / block;
+  const bool quantize = options.bits > 0;
+  if (quantize && (out.codes == nullptr || out.scales == nullptr || out.zeros == nullptr)) {
+    return absl::InvalidArgumentError("SparseGptCuda::Prune: joint quantization needs codes, scales and zeros");
+  }
+  const float maxq = quantize ? MaxQ(options.bits) : 0.0f;
+  // A group wider than W is one group: clamped, the kernel's c + gs cannot overflow.
+  const int gs = quantize && options.group_size > 0 ? std::min(options.group_size, cols) : 0;
 
   // Events: [0] start, [1] after the gather, then per block (mask end,
   // sweep end, gemm end).
@@ -125,6 +132,12 @@ absl::StatusOr<SparseGptCudaReport> SparseGptCuda::Prune(const float* w, int row
     return absl::OkStatus();
   };
   SR_STATUS_RETURN_IF_ERROR(record());
+  if (quantize && gs == 0) {
+    // The row grids, on the unpruned W before dead columns are zeroed (the
+    // CPU's order); groups are fitted in the sweep.
+    SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqFitParams(w, rows, cols, cols, nullptr, nullptr, maxq,
+                                                         options.sym, out.scales, out.zeros, stream_));
+  }
   // Working copy with dead columns zeroed (the permutation is the identity).
   SR_CUDA_RETURN_IF_ERROR(kernels::LaunchGptqGatherColumns(wk_.data(), w, rows, cols,
                                                            hinv_->perm(), hinv_->dead(), stream_));
@@ -144,6 +157,12 @@ absl::StatusOr<SparseGptCudaReport> SparseGptCuda::Prune(const float* w, int row
   args.out_f32 = out.weight;
   args.out_bf16 = out.weight_bf16;
   args.keep = out.keep;
+  args.maxq = maxq;
+  args.sym = options.sym;
+  args.group_size = gs;
+  args.scales = quantize ? out.scales : nullptr;
+  args.zeros = quantize ? out.zeros : nullptr;
+  args.codes = quantize ? out.codes : nullptr;
   args.err = err_.data();
   args.row_loss = row_loss_.data();
   args.pruned = pruned_.data();
@@ -245,6 +264,19 @@ absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl
   SparseGptCudaOutputs out;
   out.weight = d_q.data();
   out.keep = d_keep.data();
+  const bool quantize = options.bits > 0;
+  const int ng = SparseGptCuda::NumGroups(cols, options);
+  DeviceBuffer<uint8_t> d_codes;
+  DeviceBuffer<float> d_scales;
+  DeviceBuffer<int32_t> d_zeros;
+  if (quantize) {
+    SR_CUDA_ASSIGN_OR_RETURN(d_codes, DeviceBuffer<uint8_t>::Create(numel));
+    SR_CUDA_ASSIGN_OR_RETURN(d_scales, DeviceBuffer<float>::Create(static_cast<size_t>(ng) * rows));
+    SR_CUDA_ASSIGN_OR_RETURN(d_zeros, DeviceBuffer<int32_t>::Create(static_cast<size_t>(ng) * rows));
+    out.codes = d_codes.data();
+    out.scales = d_scales.data();
+    out.zeros = d_zeros.data();
+  }
   SR_CUDA_ASSIGN_OR_RETURN(SparseGptCudaReport rep, sgpt.Prune(d_w.data(), rows, options, out));
 
   SparseGptResult result;
@@ -254,6 +286,16 @@ absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl
   SR_STATUS_RETURN_IF_ERROR(d_keep.CopyToHost(absl::MakeSpan(result.keep), stream));
   result.pruned = rep.pruned;
   result.report = rep.report;
+  if (quantize) {
+    // The CPU's packed form: groups in column order (g_idx = c / group_size).
+    QuantizedWeight qw =
+        QuantizedWeight::InColumnGroups(rows, cols, options.bits, options.group_size, options.sym);
+    qw.codes.resize(numel);
+    SR_STATUS_RETURN_IF_ERROR(d_codes.CopyToHost(absl::MakeSpan(qw.codes), stream));
+    SR_STATUS_RETURN_IF_ERROR(d_scales.CopyToHost(absl::MakeSpan(qw.scales), stream));
+    SR_STATUS_RETURN_IF_ERROR(d_zeros.CopyToHost(absl::MakeSpan(qw.zeros), stream));
+    result.quantized = std::move(qw);
+  }
   if (options.output_error && h != nullptr) {
     // W (Prune leaves it as it was) and the result are on the device already.
     SR_STATUS_RETURN_IF_ERROR(

@@ -5,6 +5,7 @@
 // matches the CPU bit for bit given the same inputs; the loss accumulates in
 // double per row as on the CPU.
 #include "core/kernels/cuda/ops.cuh"
+#include "core/kernels/cuda/quant_grid.cuh"
 #include "core/kernels/cuda/sparsegpt_cuda_launch.h"
 
 namespace shrinkray::kernels {
@@ -152,10 +153,41 @@ __global__ void __launch_bounds__(kSweepThreads) SparseGptPruneBlockKernel(Spars
   const int lane = tid % kSweepLanes;
   const int r = r0 + rr;
   const bool valid = r < a.rows;
+  const bool quantize = a.maxq > 0.0f;
+  const int gs = a.group_size;
+  float scale = 1.0f;
+  float zero = 0.0f;
+  if (valid && quantize && gs == 0) {
+    scale = a.scales[r];
+    zero = static_cast<float>(a.zeros[r]);
+  } else if (valid && quantize && a.i1 % gs != 0) {
+    const long g = a.i1 / gs;  // the group began in an earlier block
+    scale = a.scales[g * a.rows + r];
+    zero = static_cast<float>(a.zeros[g * a.rows + r]);
+  }
+  const float* outer = a.wk + static_cast<long>(valid ? r : 0) * a.cols;  // stale during the block
   double loss = 0.0;
   unsigned pruned = 0;
   for (int i = 0; i < B; ++i) {
     const int c = a.i1 + i;
+    if (valid && quantize && gs > 0 && c % gs == 0) {
+      // GPTQ's rule on the outer W, which lacks this block's in-block updates
+      // (the CPU's staleness). Every lane of the row computes the same grid;
+      // lane 0 stores it.
+      float xmin = 0.0f;
+      float xmax = 0.0f;
+      const int c1 = min(a.cols, c + gs);
+      for (int cc = c; cc < c1; ++cc) {
+        xmin = fminf(xmin, outer[cc]);
+        xmax = fmaxf(xmax, outer[cc]);
+      }
+      ParamsFromRange(xmin, xmax, a.maxq, a.sym, &scale, &zero);
+      if (lane == 0) {
+        const long g = c / gs;
+        a.scales[g * a.rows + r] = scale;
+        a.zeros[g * a.rows + r] = static_cast<int32_t>(zero);
+      }
+    }
     if (nm && i % a.prune_m == 0) {
       __syncwarp();  // the group's columns as their owners left them
       // Prune the N smallest of the group by stable rank (ties: lower
@@ -179,12 +211,16 @@ __global__ void __launch_bounds__(kSweepThreads) SparseGptPruneBlockKernel(Spars
       const float w = ws[i * kLdW + rr];
       const float d = hs[i * kMaxBlock + i];
       const bool keep = ks[i * kSweepRows + rr] != 0;
-      const float q = keep ? w : 0.0f;
+      float q = keep ? w : 0.0f;
+      // On the grid: 0 (a pruned entry) is on it exactly (code = zero).
+      const float code = quantize ? QuantizeCode(q, scale, zero, a.maxq) : 0.0f;
+      if (quantize) q = DequantizeCode(code, scale, zero);
       const float diff = __fsub_rn(w, q);
       term = __fdiv_rn(__fmul_rn(diff, diff), __fmul_rn(d, d));
       e = __fdiv_rn(diff, d);
       if (valid) {
         const long out_idx = static_cast<long>(r) * a.cols + c;
+        if (quantize && a.codes != nullptr) a.codes[out_idx] = static_cast<uint8_t>(code);
         if (a.out_f32 != nullptr) a.out_f32[out_idx] = q;
         if (a.out_bf16 != nullptr) a.out_bf16[out_idx] = __float2bfloat16_rn(q);
         if (a.keep != nullptr) a.keep[out_idx] = keep ? 1 : 0;
@@ -195,7 +231,8 @@ __global__ void __launch_bounds__(kSweepThreads) SparseGptPruneBlockKernel(Spars
     e = __shfl_sync(0xffffffffu, e, owner, kSweepLanes);
     term = __shfl_sync(0xffffffffu, term, owner, kSweepLanes);
     loss += static_cast<double>(term);
-    // A kept entry has e == 0: its update would subtract zeros, skip it.
+    // e == 0 (a kept entry without quantization, or one on its grid): the
+    // update would subtract zeros, skip it.
     if (e != 0.0f) {
       const float* hrow = hs + i * kMaxBlock;
       for (int j = i + 1 + ((lane - i - 1) & (kSweepLanes - 1)); j < B; j += kSweepLanes) {

@@ -20,8 +20,12 @@
 // block is the same rule's: int(numel · sparsity) + 1 plus ties at the
 // threshold.
 //
-// Not supported here (Unimplemented): joint quantization (bits > 0),
-// precision kFloat64, block_size > 128.
+// Joint quantization (bits > 0) as the CPU: a per-row grid fitted on the
+// unpruned W before dead columns are zeroed, or per group of group_size
+// columns refitted at its first column on the outer W; each kept value (and
+// each pruned 0, which is on the grid) quantized in the sweep, its error
+// propagated. Not supported here (Unimplemented): bits > 8, precision
+// kFloat64, block_size > 128.
 //
 // Use: one SparseGptCuda per stream. PrepareHessian once per Hessian (q/k/v
 // share one, gate/up share one), then Prune each weight that consumes it.
@@ -50,6 +54,10 @@ struct SparseGptCudaOutputs {
   float* weight = nullptr;               // pruned W, fp32 (pruned entries exactly 0)
   __nv_bfloat16* weight_bf16 = nullptr;  // pruned W, bf16
   uint8_t* keep = nullptr;               // 1 = kept, 0 = pruned
+  // Joint quantization (options.bits > 0): required then, ignored otherwise.
+  uint8_t* codes = nullptr;   // [rows, cols]
+  float* scales = nullptr;    // [num_groups, rows] (SparseGptCuda::NumGroups)
+  int32_t* zeros = nullptr;   // [num_groups, rows]
 };
 
 // Milliseconds spent per phase (CUDA events), accumulated until Reset.
@@ -86,6 +94,10 @@ class SparseGptCuda {
                                             const SparseGptCudaOutputs& out);
 
   int cols() const { return cols_; }
+  // Quantization groups of the outputs' scales and zeros (1: per row).
+  static int NumGroups(int cols, const SparseGptOptions& options) {
+    return options.group_size > 0 ? (cols - 1) / options.group_size + 1 : 1;  // no overflow
+  }
 
   // Timing with CUDA events (default on); times() accumulates.
   void set_timing(bool on) { timing_ = on; }

@@ -29,6 +29,16 @@ struct SparseGptSweepArgs {
   float* out_f32 = nullptr;          // optional [rows, cols]
   __nv_bfloat16* out_bf16 = nullptr;  // optional [rows, cols]
   uint8_t* keep = nullptr;           // optional [rows, cols]
+  // Joint quantization (maxq > 0): each entry's kept value (or 0) is put on
+  // its grid, the row's (group_size == 0: scales[r], fitted before the sweep)
+  // or its group's, refitted at the group's first column on the outer W
+  // (GPTQ's dynamic rule; scales[g * rows + r]).
+  float maxq = 0.0f;
+  bool sym = true;
+  int group_size = 0;
+  float* scales = nullptr;   // [num_groups, rows]
+  int32_t* zeros = nullptr;  // [num_groups, rows]
+  uint8_t* codes = nullptr;  // [rows, cols]
   float* err = nullptr;              // [rows, kSparseGptMaxBlock] (ld kSparseGptMaxBlock)
   double* row_loss = nullptr;        // [rows], accumulated
   unsigned long long* pruned = nullptr;  // accumulated count of zeros in the mask
