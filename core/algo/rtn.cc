@@ -15,7 +15,6 @@ absl::StatusOr<RtnResult> RtnQuantize(absl::Span<const float> w, int rows, int c
   SR_RETURN_IF_ERROR(algo_internal::CheckMatrix("w", w, rows, cols));
   const float maxq = MaxQ(o.bits);
   const int gs = o.group_size > 0 ? std::min(o.group_size, cols) : cols;
-  const int num_groups = (cols + gs - 1) / gs;
 
   RtnResult result;
   result.quantized = QuantizedWeight::InColumnGroups(rows, cols, o.bits, o.group_size, o.sym);
@@ -27,7 +26,7 @@ absl::StatusOr<RtnResult> RtnQuantize(absl::Span<const float> w, int rows, int c
 
   ParallelFor(rows, [&](int64_t r) {
     const size_t base = static_cast<size_t>(r) * cols;
-    for (int g = 0; g < num_groups; ++g) {
+    for (int g = 0; g < qw.num_groups; ++g) {
       const int c0 = g * gs;
       const int c1 = std::min(cols, c0 + gs);
       const QuantParams p = FitQuantParams(w.data() + base + c0, c1 - c0, maxq, o.sym);

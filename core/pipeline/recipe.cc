@@ -514,13 +514,15 @@ absl::StatusOr<RecipeStage> ParseStage(ErrorContext& ctx, const YAML::Node& item
         }
       } else if (field == "inverse_factor") {
         SR_ASSIGN_OR_RETURN(std::string s, ReadString(ctx, field, v));
-        if (s == "chain") {
-          stage.inverse_factor = InverseFactorMethod::kCholeskyInverseChain;
-        } else if (s == "flipped") {
-          stage.inverse_factor = InverseFactorMethod::kFlippedCholesky;
-        } else {
-          return ctx.Field(field, absl::StrCat("expected chain or flipped, got '", s, "'"), v);
+        bool known = false;
+        for (const InverseFactorMethod m :
+             {InverseFactorMethod::kCholeskyInverseChain, InverseFactorMethod::kFlippedCholesky}) {
+          if (s == InverseFactorMethodName(m)) {
+            stage.inverse_factor = m;
+            known = true;
+          }
         }
+        if (!known) return ctx.Field(field, absl::StrCat("expected chain or flipped, got '", s, "'"), v);
       } else if (field == "sparsity") {
         SR_ASSIGN_OR_RETURN(double p, ReadNumber(ctx, field, v));
         if (p < 0 || p >= 1) return ctx.Field(field, absl::StrCat("must be in [0, 1), got ", p), v);

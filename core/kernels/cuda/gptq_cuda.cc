@@ -245,9 +245,6 @@ absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const
   if (rows <= 0 || w.size() != static_cast<size_t>(rows) * cols) {
     return absl::InvalidArgumentError("GptqQuantizePrepared: shape mismatch");
   }
-  if (!options.keep_mask.empty() && options.keep_mask.size() != w.size()) {
-    return absl::InvalidArgumentError("GptqQuantizePrepared: keep_mask shape mismatch");
-  }
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_w, DeviceBuffer<float>::FromHost(w, stream));
   DeviceBuffer<uint8_t> d_keep;
   if (!options.keep_mask.empty()) {
@@ -268,8 +265,8 @@ absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const
   out.zeros = d_zeros.data();
   out.g_idx = d_gidx.data();
   out.weight = d_q.data();
-  SR_CUDA_ASSIGN_OR_RETURN(SolveReport report, gptq.Quantize(d_w.data(), rows, options, out,
-                                                             options.keep_mask.empty() ? nullptr : d_keep.data()));
+  // d_keep is empty (null) without a mask; Quantize checks the mask's shape.
+  SR_CUDA_ASSIGN_OR_RETURN(SolveReport report, gptq.Quantize(d_w.data(), rows, options, out, d_keep.data()));
 
   GptqResult result;
   result.report = report;

@@ -147,16 +147,7 @@ __global__ void __launch_bounds__(kSweepThreads) GptqQuantizeBlockKernel(GptqSwe
       // Refit on the outer W, which lacks this block's in-block updates
       // (reference staleness, kept). Every lane of the row computes the same
       // grid (each quantizes some of the group's columns); lane 0 stores it.
-      float xmin = 0.0f;
-      float xmax = 0.0f;
-      const int c1 = min(a.cols, c + gs);
-      for (int cc = c; cc < c1; ++cc) {
-        const bool pruned = keep_row != nullptr && keep_row[a.perm != nullptr ? a.perm[cc] : cc] == 0;
-        const float x = pruned ? 0.0f : outer[cc];
-        xmin = fminf(xmin, x);
-        xmax = fmaxf(xmax, x);
-      }
-      ParamsFromRange(xmin, xmax, a.maxq, a.sym, &scale, &zero);
+      RangeParams(outer, c, min(a.cols, c + gs), keep_row, a.perm, a.maxq, a.sym, &scale, &zero);
       if (lane == 0) {
         const long g = c / gs;
         a.scales[g * a.rows + r] = scale;

@@ -174,14 +174,7 @@ __global__ void __launch_bounds__(kSweepThreads) SparseGptPruneBlockKernel(Spars
       // GPTQ's rule on the outer W, which lacks this block's in-block updates
       // (the CPU's staleness). Every lane of the row computes the same grid;
       // lane 0 stores it.
-      float xmin = 0.0f;
-      float xmax = 0.0f;
-      const int c1 = min(a.cols, c + gs);
-      for (int cc = c; cc < c1; ++cc) {
-        xmin = fminf(xmin, outer[cc]);
-        xmax = fmaxf(xmax, outer[cc]);
-      }
-      ParamsFromRange(xmin, xmax, a.maxq, a.sym, &scale, &zero);
+      RangeParams(outer, c, min(a.cols, c + gs), nullptr, nullptr, a.maxq, a.sym, &scale, &zero);
       if (lane == 0) {
         const long g = c / gs;
         a.scales[g * a.rows + r] = scale;
