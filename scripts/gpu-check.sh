@@ -151,16 +151,16 @@ section_env() {
       source "$1/env.sh" || { echo "env.sh failed"; exit 2; }
       echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
       missing=0
-      for f in "$1"/libexec/*; do
+      for f in "$SHRINKRAY_BUNDLE_PROGRAMS"/*; do
         nf=$(ldd "$f" 2>&1 | grep "not found")
         if [[ -n "$nf" ]]; then
           echo "MISSING for $(basename "$f"):"; echo "$nf"; missing=1
         fi
       done
       for p in shrinkray_cuda_tests gptq_llama8b_bench; do
-        [[ -e "$1/libexec/$p" ]] || continue
+        [[ -e "$SHRINKRAY_BUNDLE_PROGRAMS/$p" ]] || continue
         echo "CUDA libraries as resolved for $p:"
-        ldd "$1/libexec/$p" 2>/dev/null | grep -E "libcuda|cublas|cusolver|nvJitLink|nccl|cudart" || true
+        ldd "$SHRINKRAY_BUNDLE_PROGRAMS/$p" 2>/dev/null | grep -E "libcuda|cublas|cusolver|nvJitLink|nccl|cudart" || true
       done
       exit $missing' _ "$BUNDLE"
   ) >"$log" 2>&1

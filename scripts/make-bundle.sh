@@ -10,20 +10,23 @@
 #                                     # bundle the everyday CUDA build (scripts/build.sh with
 #                                     # -DSHRINKRAY_CUDA=ON): ~1 min instead of a cold build
 #
-# The default programs (what gpu-check runs) make ~62 MB, under the device
-# call's 64 MiB.
+# The default programs (what gpu-check runs) make ~34 MB with the data, under
+# the device call's 64 MiB (~62 MB before the programs were compressed).
 #
 # Layout (every path relative to the bundle, so the folder can move):
-#   bin/<prog>      wrapper: sources env.sh, execs libexec/<prog>
-#   libexec/<prog>  the stripped executables (RUNPATH $ORIGIN/../lib)
+#   bin/<prog>      wrapper: sources env.sh, execs the unpacked libexec/<prog>
+#   libexec/<prog>.xz  the stripped executables (RUNPATH $ORIGIN/../lib),
+#                   xz-compressed (36 MB -> 9 MB for the default programs) and
+#                   unpacked with the big libraries (below) into
+#                   ${TMPDIR:-/tmp}/shrinkray-bundle-<id>/{libexec,lib}/
 #   lib/            every shared library ldd resolves here, except glibc's core
 #                   libraries, the driver (libcuda) and CUDA libraries over
 #                   CUDA_LIB_MAX_MB (cuBLAS/cuBLASLt/cuSOLVER/NCCL are 50-540 MB
 #                   each: the GPU machine's own CUDA 13 provides them).
 #                   Libraries over PACK_MIN_MB are stored xz-compressed
 #                   (lib/<name>.xz) and unpacked on first use into
-#                   ${TMPDIR:-/tmp}/shrinkray-bundle-<id>/, keeping the bundle
-#                   itself small and read-only.
+#                   ${TMPDIR:-/tmp}/shrinkray-bundle-<id>/lib/, keeping the
+#                   bundle itself small and read-only.
 #   data/           ../shared/data's stories260K/ and text/ (SHRINKRAY_SHARED_DATA)
 #   env.sh          sets LD_LIBRARY_PATH and SHRINKRAY_SHARED_DATA (sourceable)
 #   MANIFEST        what went in, and which libraries must come from the host
@@ -85,15 +88,16 @@ manifest "# source: $ROOT ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null |
 
 for p in "${progs[@]}"; do
   name=$(basename "$p")
-  if [[ -e "$BUNDLE/libexec/$name" ]]; then log "duplicate program name $name ($p)"; exit 1; fi
-  cp "$p" "$BUNDLE/libexec/$name"
-  strip --strip-unneeded "$BUNDLE/libexec/$name"
+  if [[ -e "$BUNDLE/libexec/$name.xz" ]]; then log "duplicate program name $name ($p)"; exit 1; fi
+  strip --strip-unneeded -o "$BUNDLE/libexec/$name" "$p"
+  xz -6 -T"$JOBS" "$BUNDLE/libexec/$name"  # -> $name.xz, the original removed
   cat >"$BUNDLE/bin/$name" <<'EOF'
 #!/bin/bash
-# shrinkray bundle wrapper: finds the bundle's libraries and data, then runs the real program.
+# shrinkray bundle wrapper: finds the bundle's libraries and data (unpacking
+# them and the programs on first use), then runs the real program.
 here=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 source "$here/env.sh" || exit 127
-exec "$here/libexec/$(basename "${BASH_SOURCE[0]}")" "$@"
+exec "$SHRINKRAY_BUNDLE_PROGRAMS/$(basename "${BASH_SOURCE[0]}")" "$@"
 EOF
   chmod +x "$BUNDLE/bin/$name"
   manifest "program $name"
@@ -152,8 +156,9 @@ if ((${#missing[@]} > 0)); then
   exit 1
 fi
 
-# An id for the unpack directory: changes whenever the packed libraries do.
-bundle_id=$(cat "$BUNDLE"/lib/*.xz 2>/dev/null | cksum | cut -d' ' -f1)
+# An id for the unpack directory: changes whenever the packed programs or
+# libraries do.
+bundle_id=$(cat "$BUNDLE"/libexec/*.xz "$BUNDLE"/lib/*.xz 2>/dev/null | cksum | cut -d' ' -f1)
 echo "$bundle_id" >"$BUNDLE/lib/BUNDLE_ID"
 
 cat >"$BUNDLE/env.sh" <<'EOF'
@@ -164,33 +169,34 @@ export SHRINKRAY_BUNDLE
 : "${PATH:=/usr/local/bin:/usr/bin:/bin}"
 export PATH
 
-# 1. The bundle's own libraries; big ones are unpacked once into a tmp dir
-#    named after the bundle id (atomic rename, so parallel runs are safe).
-_sr_libs="$SHRINKRAY_BUNDLE/lib"
-if compgen -G "$SHRINKRAY_BUNDLE/lib/*.xz" >/dev/null; then
-  _sr_unpack="${TMPDIR:-/tmp}/shrinkray-bundle-$(cat "$SHRINKRAY_BUNDLE/lib/BUNDLE_ID" 2>/dev/null || echo 0)"
-  mkdir -p "$_sr_unpack" || return 1
-  for _sr_z in "$SHRINKRAY_BUNDLE"/lib/*.xz; do
-    _sr_name=$(basename "$_sr_z" .xz)
-    [[ -s "$_sr_unpack/$_sr_name" ]] && continue
-    _sr_tmp=$(mktemp "$_sr_unpack/.$_sr_name.XXXXXX") || return 1
-    if command -v xz >/dev/null 2>&1; then
-      xz -dc "$_sr_z" >"$_sr_tmp"
-    else  # no xz binary: Python's lzma module reads the same format
-      python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-        "$_sr_z" "$_sr_tmp"
-    fi
-    if [[ $? -eq 0 ]]; then
-      mv -f "$_sr_tmp" "$_sr_unpack/$_sr_name"
-    else
-      rm -f "$_sr_tmp"
-      echo "shrinkray bundle: cannot unpack $_sr_z (need xz or python3)" >&2
-      return 1
-    fi
-  done
-  _sr_libs="$_sr_libs:$_sr_unpack"
-  export SHRINKRAY_BUNDLE_UNPACKED="$_sr_unpack"
-fi
+# 1. The bundle's programs and own libraries; what is stored xz-compressed is
+#    unpacked once into a tmp dir named after the bundle id (libexec/, lib/;
+#    atomic renames, so parallel runs are safe).
+_sr_unpack="${TMPDIR:-/tmp}/shrinkray-bundle-$(cat "$SHRINKRAY_BUNDLE/lib/BUNDLE_ID" 2>/dev/null || echo 0)"
+mkdir -p "$_sr_unpack/libexec" "$_sr_unpack/lib" || return 1
+for _sr_z in "$SHRINKRAY_BUNDLE"/libexec/*.xz "$SHRINKRAY_BUNDLE"/lib/*.xz; do
+  [[ -e "$_sr_z" ]] || continue
+  _sr_name=$(basename "$_sr_z" .xz)
+  _sr_to="$_sr_unpack/$(basename "$(dirname "$_sr_z")")"
+  [[ -s "$_sr_to/$_sr_name" ]] && continue
+  _sr_tmp=$(mktemp "$_sr_to/.$_sr_name.XXXXXX") || return 1
+  if command -v xz >/dev/null 2>&1; then
+    xz -dc "$_sr_z" >"$_sr_tmp"
+  else  # no xz binary: Python's lzma module reads the same format
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "$_sr_z" "$_sr_tmp"
+  fi
+  if [[ $? -eq 0 ]] && chmod 755 "$_sr_tmp"; then
+    mv -f "$_sr_tmp" "$_sr_to/$_sr_name"
+  else
+    rm -f "$_sr_tmp"
+    echo "shrinkray bundle: cannot unpack $_sr_z (need xz or python3)" >&2
+    return 1
+  fi
+done
+export SHRINKRAY_BUNDLE_UNPACKED="$_sr_unpack"
+export SHRINKRAY_BUNDLE_PROGRAMS="$_sr_unpack/libexec"
+_sr_libs="$SHRINKRAY_BUNDLE/lib:$_sr_unpack/lib"
 
 # 2. CUDA libraries too big to carry (cuBLAS, cuBLASLt, cuSOLVER, NCCL): the
 #    host's toolkit first, then PyTorch's pip nvidia-* wheels. The driver
@@ -237,16 +243,16 @@ while read -r prog soname path; do
   bad=1
 done < <(env -i TMPDIR="${TMPDIR:-/tmp}" bash -c '
   source "$1/env.sh" || exit 1
-  for f in "$1"/libexec/*; do
-    ldd "$f" | awk -v p="$(basename "$f")" -v b="$1/lib/" -v u="$SHRINKRAY_BUNDLE_UNPACKED/" \
-      "/=>/ { if (index(\$3, b) != 1 && (u == \"/\" || index(\$3, u) != 1)) print p, \$1, \$3 }"
+  for f in "$SHRINKRAY_BUNDLE_PROGRAMS"/*; do
+    ldd "$f" | awk -v p="$(basename "$f")" -v b="$1/lib/" -v u="$SHRINKRAY_BUNDLE_UNPACKED/lib/" \
+      "/=>/ { if (index(\$3, b) != 1 && index(\$3, u) != 1) print p, \$1, \$3 }"
   done' _ "$BUNDLE")
 ((bad == 0)) || { log "error: the bundle is not self-contained"; exit 1; }
 
 if ((${#host_cuda[@]} > 0)); then
   log "not bundled (the GPU machine provides them): ${host_cuda[*]}"
 fi
-log "programs: $(ls "$BUNDLE/libexec" | tr '\n' ' ')"
+log "programs: $(ls "$BUNDLE/libexec" | sed 's/\.xz$//' | tr '\n' ' ')"
 log "libs: $(ls "$BUNDLE/lib" | wc -l) files"
 du -sh "$BUNDLE"/* | sed 's/^/[make-bundle]   /' >&2
 echo "bundle: $BUNDLE  size: $(du -sh "$BUNDLE" | cut -f1) ($(du -sb "$BUNDLE" | cut -f1) bytes)"
