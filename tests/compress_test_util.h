@@ -7,11 +7,17 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "core/calib/device_hessian.h"
+#include "core/comm/communicator.h"
 #include "core/model/llama.h"
 #include "core/pipeline/eval.h"
 #include "core/pipeline/recipe.h"
@@ -35,6 +41,12 @@ class FakeDeviceHessian final : public DeviceHessian {
     if (fetches_ != nullptr) ++*fetches_;
     return absl::OkStatus();
   }
+  // What a device merge does, when set; unset: it cannot start (nullopt).
+  std::function<absl::StatusOr<std::optional<long>>(Communicator& comm, long n_samples)> merge;
+  absl::StatusOr<std::optional<long>> MergeAcrossRanks(Communicator& comm, long n_samples) override {
+    if (!merge) return std::optional<long>();
+    return merge(comm, n_samples);
+  }
   const std::vector<float>& values() const { return values_; }
 
  private:
@@ -42,6 +54,92 @@ class FakeDeviceHessian final : public DeviceHessian {
   int dim_;
   std::vector<float> values_;
   int* fetches_;
+};
+
+// Forwards to `inner`, counting each kind of call (what the job issued); its
+// OnDevice communicator (inner's, if any) is counted the same way.
+class CountingCommunicator final : public Communicator {
+ public:
+  explicit CountingCommunicator(Communicator* inner) : Communicator(inner->timeout()), inner_(inner) {}
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  std::string backend() const override { return inner_->backend(); }
+  absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op) override {
+    ++all_reduces;
+    reduced_bytes += count * CommDTypeSize(dtype);
+    return inner_->AllReduce(data, count, dtype, op);
+  }
+  absl::Status Broadcast(void* data, size_t count, CommDType dtype, int root) override {
+    ++broadcasts;
+    return inner_->Broadcast(data, count, dtype, root);
+  }
+  absl::Status AllGather(const void* input, void* output, size_t count, CommDType dtype) override {
+    return inner_->AllGather(input, output, count, dtype);
+  }
+  absl::Status AllGatherV(const void* input, void* output, const std::vector<size_t>& counts,
+                          CommDType dtype) override {
+    return inner_->AllGatherV(input, output, counts, dtype);
+  }
+  absl::Status Barrier() override { return inner_->Barrier(); }
+  Communicator* OnDevice(int device) override {
+    Communicator* inner = inner_->OnDevice(device);
+    if (inner == nullptr) return nullptr;
+    if (on_device_ == nullptr || on_device_inner_ != inner) {
+      on_device_ = std::make_unique<CountingCommunicator>(inner);
+      on_device_inner_ = inner;
+    }
+    return on_device_.get();
+  }
+  // The calls made through OnDevice's communicator.
+  const CountingCommunicator* on_device() const { return on_device_.get(); }
+
+  long all_reduces = 0, broadcasts = 0;
+  size_t reduced_bytes = 0;
+
+ private:
+  Communicator* inner_;
+  Communicator* on_device_inner_ = nullptr;
+  std::unique_ptr<CountingCommunicator> on_device_;
+};
+
+// Rank 0 of a 2-rank job whose peer adds `peer` to every float64 sum
+// all-reduce (a Hessian merge: core/calib/hessian_merge_layout.h), on host
+// buffers; a subclass adds into device ones (AddPeer). OnDevice(reach)
+// answers `device_side`.
+class PeerCommunicator : public Communicator {
+ public:
+  explicit PeerCommunicator(std::vector<double> peer, int reach = -1, Communicator* device_side = nullptr)
+      : Communicator(absl::Seconds(5)), peer_(std::move(peer)), reach_(reach), device_side_(device_side) {}
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  std::string backend() const override { return "fake"; }
+  absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op) override {
+    ++all_reduces;
+    if (dtype != CommDType::kF64 || op != ReduceOp::kSum || count != peer_.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected all-reduce of ", count, " values"));
+    }
+    return AddPeer(static_cast<double*>(data));
+  }
+  absl::Status Broadcast(void*, size_t, CommDType, int) override { return absl::UnimplementedError("broadcast"); }
+  absl::Status AllGather(const void*, void*, size_t, CommDType) override { return absl::UnimplementedError("gather"); }
+  absl::Status AllGatherV(const void*, void*, const std::vector<size_t>&, CommDType) override {
+    return absl::UnimplementedError("gather");
+  }
+  absl::Status Barrier() override { return absl::OkStatus(); }
+  Communicator* OnDevice(int device) override { return device == reach_ ? device_side_ : nullptr; }
+  int all_reduces = 0;
+
+ protected:
+  virtual absl::Status AddPeer(double* data) {
+    for (size_t i = 0; i < peer_.size(); ++i) data[i] += peer_[i];
+    return absl::OkStatus();
+  }
+  const std::vector<double>& peer() const { return peer_; }
+
+ private:
+  std::vector<double> peer_;
+  int reach_;
+  Communicator* device_side_;
 };
 
 // The recipe, or an empty one after a test failure naming the parse error.

@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <cmath>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -73,7 +74,7 @@ absl::Status HessianAccumulator::Assign(std::vector<float> h, long n_samples) {
   return absl::OkStatus();
 }
 
-absl::Status HessianAccumulator::AssignOnDevice(std::shared_ptr<const DeviceHessian> h, long n_samples) {
+absl::Status HessianAccumulator::AssignOnDevice(std::shared_ptr<DeviceHessian> h, long n_samples) {
   if (precision_ != HessianPrecision::kFloat32) {
     return absl::InvalidArgumentError("HessianAccumulator::AssignOnDevice: float32 values for a float64 accumulator");
   }
@@ -155,12 +156,29 @@ absl::StatusOr<std::vector<double>> HessianAccumulator::HessianF64() const {
 }
 
 absl::Status HessianAccumulator::MergeAcrossRanks(Communicator& comm) {
+  if (host_pending()) {
+    // Where the values are: no d² copy down, none back up for a solver on
+    // that device, and no float64 sums staged up and back for a host-staged
+    // NCCL all-reduce (at 8B shapes each of the four 1.02 GB a layer).
+    if (Communicator* on_device = comm.OnDevice(device_->device())) {
+      absl::StatusOr<std::optional<long>> merged = device_->MergeAcrossRanks(*on_device, n_);
+      if (!merged.ok()) {
+        return absl::Status(merged.status().code(), absl::StrCat("Hessian all-reduce: ", merged.status().message()));
+      }
+      if (merged->has_value()) {
+        n_ = **merged;
+        return absl::OkStatus();
+      }
+      // This holder cannot merge there; nothing was exchanged.
+    }
+  }
   SR_RETURN_IF_ERROR(FetchToHost());
   Allocate();  // a rank without windows adds zeros
   const size_t d = static_cast<size_t>(dim_);
-  // Upper triangle (the valid part) as sums H·n, plus n, in one buffer.
+  // Upper triangle (the valid part) as sums H·n, plus n, in one buffer
+  // (HessianMergeCount's layout).
   std::vector<double> buffer;
-  buffer.reserve(d * (d + 1) / 2 + 1);
+  buffer.reserve(HessianMergeCount(d));
   for (size_t i = 0; i < d; ++i) {
     for (size_t j = i; j < d; ++j) {
       const double h = precision_ == HessianPrecision::kFloat64 ? h64_[i * d + j] : h32_[i * d + j];

@@ -7,6 +7,7 @@
 // getters return the full symmetric matrix.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "absl/types/span.h"
 #include "core/algo/hessian_inverse.h"
 #include "core/calib/device_hessian.h"
+#include "core/calib/hessian_merge_layout.h"
 
 namespace shrinkray {
 
@@ -38,8 +40,10 @@ class HessianAccumulator {
   // the H of all samples: Σ_r H_r·n_r / Σ_r n_r, summed in float64 across
   // ranks. Differs from one rank seeing every sample only by rounding (the
   // order of the sums). When only this rank saw samples (size 1) H is left as
-  // it is, after the all-reduce ran (so a 1-rank NCCL job exercises it).
-  // Values that only a device holds are fetched first.
+  // it is, after the all-reduce ran. Values that only a device holds are
+  // merged there when `comm` reaches that device (Communicator::OnDevice:
+  // NCCL) and the device can (DeviceHessian::MergeAcrossRanks), with the
+  // same all-reduce and the same arithmetic; else they are fetched first.
   absl::Status MergeAcrossRanks(Communicator& comm);
 
   // Replaces the accumulated state with H (full symmetric [dim, dim]) of
@@ -49,10 +53,10 @@ class HessianAccumulator {
   // The same, with the values left where they are (a device's memory): the
   // host copies them down only when it reads them (FetchToHost, the getters
   // below). float32 accumulators only.
-  absl::Status AssignOnDevice(std::shared_ptr<const DeviceHessian> h, long n_samples);
+  absl::Status AssignOnDevice(std::shared_ptr<DeviceHessian> h, long n_samples);
   // The device copy, when the values came from AssignOnDevice (until the
-  // accumulator next changes); else null.
-  const std::shared_ptr<const DeviceHessian>& on_device() const { return device_; }
+  // accumulator next changes; a merge on the device changes both); else null.
+  const std::shared_ptr<DeviceHessian>& on_device() const { return device_; }
   // True while only the device holds the values (nothing fetched yet).
   bool host_pending() const { return device_ != nullptr && h32_.empty(); }
   // Copies device-held values to the host, once; a no-op otherwise.
@@ -81,7 +85,7 @@ class HessianAccumulator {
   std::vector<float> h32_;  // upper triangle valid; all of it when symmetric_
   bool symmetric_ = false;  // set by Assign
   // AssignOnDevice's values; h32_ stays empty until they are fetched.
-  std::shared_ptr<const DeviceHessian> device_;
+  std::shared_ptr<DeviceHessian> device_;
   std::vector<double> h64_;
   std::vector<float> scratch32_;
   std::vector<double> scratch64_;

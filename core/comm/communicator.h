@@ -57,6 +57,14 @@ class Communicator {
                                   CommDType dtype) = 0;
   virtual absl::Status Barrier() = 0;
 
+  // The communicator over the same ranks for buffers in CUDA device
+  // `device`'s memory, or null: NCCL on that device answers itself, the
+  // host-staged NCCL one the communicator it stages into, every other null.
+  // The two are one channel: a collective through either meets the same
+  // collective through the other on a peer, so a rank may take either path
+  // as long as every rank issues the same collectives in the same order.
+  virtual Communicator* OnDevice(int device) { return nullptr; }
+
   absl::Duration timeout() const { return timeout_; }
 
  protected:

@@ -122,7 +122,11 @@ absl::StatusOr<double> RtnError(const RecipeStage& stage, const std::vector<floa
 }
 
 // Any communicator, even of one rank, takes the collective path: a 1-rank
-// NCCL job then exercises the same all-reduces and broadcasts as a gang.
+// NCCL job then exercises the same Hessian all-reduces as a gang (on the
+// device when the GPU executor holds them). The solved matrices go out only
+// to peers (a broadcast to oneself exchanges nothing, and through a
+// host-staged NCCL communicator it cost ~1.1 GB up and down a layer at 8B
+// shapes).
 bool Sharded(const Communicator* comm) { return comm != nullptr; }
 
 // Every rank needs at least one window (its statistics would be empty).
@@ -279,7 +283,9 @@ absl::Status CompressGroup(LlamaModel& model, int layer, LinearGroup group, std:
   result->phases.error += error_seconds;
   start = Clock::now();
   for (size_t i = 0; i < targeted.size(); ++i) {
-    if (comm != nullptr) SR_RETURN_IF_ERROR(BroadcastMatrix(*comm, owners[i], &states[i], &reports[i]));
+    if (comm != nullptr && comm->size() > 1) {
+      SR_RETURN_IF_ERROR(BroadcastMatrix(*comm, owners[i], &states[i], &reports[i]));
+    }
     float* view = weights.*(targeted[i]->view);
     std::memcpy(view, states[i].weight.data(), states[i].weight.size() * sizeof(float));
     result->matrices.push_back(std::move(reports[i]));

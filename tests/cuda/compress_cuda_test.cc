@@ -2,11 +2,12 @@
 //  - NCCL under the pipeline (issue "distributed": a 1-rank NCCL job gives the
 //    CPU job's results): the host-staged NCCL communicator
 //    (core/kernels/cuda/host_staged_communicator.cc) on host buffers, and a
-//    job whose collectives (Hessian and activation-norm all-reduces, the
-//    broadcast of every solved matrix, the resume layer) all go through NCCL,
-//    against the same job with no communicator. One rank, so the reductions
-//    are identities and the outputs must be the same bytes; a counting wrapper
-//    proves the collectives ran.
+//    job whose collectives (the Hessian all-reduces, the resume layer; one
+//    rank broadcasts no solved matrix) all go through NCCL, against the same
+//    job with no communicator; then the same with everything on the GPU,
+//    whose Hessians are all-reduced on the device. One rank, so the
+//    reductions are identities and the outputs must be the same bytes; a
+//    counting wrapper proves the collectives ran, and where.
 //  - GPU solvers (core/kernels/cuda/cuda_solver_backend.cc): the same job with
 //    GPTQ/SparseGPT solved on the GPU against the CPU job: every matrix solved
 //    there (GPTQ after pruning with its keep mask too), and perplexity within
@@ -43,6 +44,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using cuda_test::CudaTest;
+using testing::CountingCommunicator;
 
 std::unique_ptr<Communicator> MakeStagedOneRank() {
   CommOptions options;
@@ -51,38 +53,6 @@ std::unique_ptr<Communicator> MakeStagedOneRank() {
   EXPECT_TRUE(comm.ok()) << comm.status();
   return comm.ok() ? std::move(*comm) : nullptr;
 }
-
-// Forwards to `inner`, counting each kind of call (what the job issued).
-class CountingCommunicator final : public Communicator {
- public:
-  explicit CountingCommunicator(Communicator* inner) : Communicator(inner->timeout()), inner_(inner) {}
-  int rank() const override { return inner_->rank(); }
-  int size() const override { return inner_->size(); }
-  std::string backend() const override { return inner_->backend(); }
-  absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op) override {
-    ++all_reduces;
-    reduced_bytes += count * CommDTypeSize(dtype);
-    return inner_->AllReduce(data, count, dtype, op);
-  }
-  absl::Status Broadcast(void* data, size_t count, CommDType dtype, int root) override {
-    ++broadcasts;
-    return inner_->Broadcast(data, count, dtype, root);
-  }
-  absl::Status AllGather(const void* input, void* output, size_t count, CommDType dtype) override {
-    return inner_->AllGather(input, output, count, dtype);
-  }
-  absl::Status AllGatherV(const void* input, void* output, const std::vector<size_t>& counts,
-                          CommDType dtype) override {
-    return inner_->AllGatherV(input, output, counts, dtype);
-  }
-  absl::Status Barrier() override { return inner_->Barrier(); }
-
-  long all_reduces = 0, broadcasts = 0;
-  size_t reduced_bytes = 0;
-
- private:
-  Communicator* inner_;
-};
 
 class HostStagedNcclTest : public CudaTest {};
 
@@ -189,13 +159,51 @@ TEST_P(CompressNcclJobTest, OneRankNcclJobEqualsCpuJob) {
   ASSERT_TRUE(report.ok()) << report.status();
 
   // 5 layers: one Hessian all-reduce per true-sequential group (4 per layer),
-  // and one broadcast pair (length, bytes) per solved matrix (7 per layer).
-  EXPECT_GE(counting.all_reduces, 5 * 4);
-  EXPECT_GE(counting.broadcasts, 5 * 7 * 2);
+  // on the host (the CPU executor holds them); the solved matrices are not
+  // broadcast (one rank), only the resume point is.
+  EXPECT_EQ(counting.all_reduces, 5 * 4);
+  EXPECT_EQ(counting.broadcasts, 1);
   EXPECT_GT(counting.reduced_bytes, 0u);
+  EXPECT_TRUE(counting.on_device() == nullptr || counting.on_device()->all_reduces == 0);
   testing::ExpectSameFiles(cpu_, out);
   std::printf("stories260K %s via NCCL: %ld all-reduces (%zu bytes), %ld broadcasts; outputs identical\n",
               GetParam().name, counting.all_reduces, counting.reduced_bytes, counting.broadcasts);
+}
+
+// The same 1-rank NCCL job with everything on the GPU (`--device cuda` on a
+// GPU worker with --comm-backend nccl): the Hessians the executor holds are
+// all-reduced where they are (HessianAccumulator::MergeAcrossRanks through
+// the communicator's OnDevice one), none through the host; the output is the
+// lone GPU job's, byte for byte.
+TEST_P(CompressNcclJobTest, OneRankNcclGpuJobMergesOnTheDevice) {
+  auto run = [&](const fs::path& out, Communicator* comm) {
+    absl::StatusOr<std::unique_ptr<SolverBackend>> gpu = MakeSolverBackend(ComputeDevice::Cuda(0));
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    absl::StatusOr<LayerExecutorFactory> executors = MakeLayerExecutorFactory(ComputeDevice::Cuda(0));
+    ASSERT_TRUE(executors.ok()) << executors.status();
+    CompressOptions o = Options(out);
+    o.layerwise.solvers = gpu->get();
+    o.layerwise.executors = *executors;
+    o.layerwise.comm = comm;
+    auto report = RunCompression(recipe_, o);
+    ASSERT_TRUE(report.ok()) << report.status();
+  };
+  const fs::path alone = root_ / "gpu-alone";
+  ASSERT_NO_FATAL_FAILURE(run(alone, nullptr));
+  std::unique_ptr<Communicator> nccl = MakeStagedOneRank();
+  ASSERT_NE(nccl, nullptr);
+  ASSERT_NE(nccl->OnDevice(0), nullptr);
+  EXPECT_EQ(nccl->OnDevice(1), nullptr);
+  CountingCommunicator counting(nccl.get());
+  const fs::path out = root_ / "gpu-nccl";
+  ASSERT_NO_FATAL_FAILURE(run(out, &counting));
+  ASSERT_NE(counting.on_device(), nullptr);
+  EXPECT_EQ(counting.on_device()->all_reduces, 5 * 4);
+  EXPECT_EQ(counting.all_reduces, 0);
+  EXPECT_EQ(counting.broadcasts, 1);
+  testing::ExpectSameFiles(alone, out);
+  std::printf("stories260K %s on the GPU via NCCL: %ld device all-reduces (%zu bytes); outputs identical\n",
+              GetParam().name, counting.on_device()->all_reduces, counting.on_device()->reduced_bytes);
 }
 
 // The GPU backend, with every solve it makes repeated by the CPU solver on

@@ -2,12 +2,17 @@
 // computation of (2/n)·Σ x xᵀ and Σx²/n, with uneven batches of samples.
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "core/calib/activation_norm_accumulator.h"
 #include "core/calib/hessian_accumulator.h"
 #include "core/calib/layer_statistics.h"
+#include "core/comm/communicator.h"
 #include "core/model/synthetic.h"
 #include "compress_test_util.h"
 #include "gtest/gtest.h"
@@ -229,6 +234,99 @@ TEST(CalibHessianAccumulatorTest, DeviceOnlyValuesAreFetchedOnceWhenNeeded) {
   EXPECT_NE(lost.message().find("Hessian from the device: device lost"), std::string::npos) << lost;
   EXPECT_TRUE(failing.host_pending());
   EXPECT_EQ(failing.SymmetricF32().status().code(), absl::StatusCode::kInternal);
+}
+
+// A merge across ranks runs where the values are when the communicator
+// reaches their device (NCCL): the device's merge is asked, nothing is
+// fetched and the host all-reduces nothing; when the device's merge cannot
+// start, or the communicator does not reach that device, the host merges
+// (one fetch) with the layout of core/calib/hessian_merge_layout.h: the upper
+// triangle of H·n row by row, then n.
+TEST(CalibHessianAccumulatorTest, MergeRunsWhereTheValuesAreWhenTheCommunicatorReachesThem) {
+  HessianAccumulator a(kDim, HessianPrecision::kFloat32), b(kDim, HessianPrecision::kFloat32);
+  const std::vector<float> xa = RandomRows(2 * kSeqlen, 21), xb = RandomRows(3 * kSeqlen, 22);
+  ASSERT_TRUE(a.Add(xa.data(), 2 * kSeqlen, 2).ok());
+  ASSERT_TRUE(b.Add(xb.data(), 3 * kSeqlen, 3).ok());
+  const std::vector<float> ha = a.HessianF32().value(), hb = b.HessianF32().value();
+  std::vector<double> peer;
+  for (int i = 0; i < kDim; ++i) {
+    ASSERT_EQ(peer.size(), HessianMergeRowStart(i, kDim));
+    for (int j = i; j < kDim; ++j) peer.push_back(static_cast<double>(hb[i * kDim + j]) * 3.0);
+  }
+  peer.push_back(3.0);
+  ASSERT_EQ(peer.size(), HessianMergeCount(kDim));
+  // Σ H_r·n_r / Σ n_r in float64, rounded once.
+  std::vector<float> expected(kDim * kDim);
+  for (int i = 0; i < kDim; ++i) {
+    for (int j = 0; j < kDim; ++j) {
+      const int u = std::min(i, j) * kDim + std::max(i, j);
+      expected[i * kDim + j] =
+          static_cast<float>((static_cast<double>(ha[u]) * 2.0 + static_cast<double>(hb[u]) * 3.0) / 5.0);
+    }
+  }
+
+  testing::PeerCommunicator device_side(peer);
+  {  // The device merges.
+    int fetches = 0;
+    testing::PeerCommunicator comm(peer, 3, &device_side);
+    auto device = std::make_shared<testing::FakeDeviceHessian>(3, kDim, ha, &fetches);
+    Communicator* merged_through = nullptr;
+    long merged_n = -1;
+    device->merge = [&](Communicator& c, long n) -> absl::StatusOr<std::optional<long>> {
+      merged_through = &c;
+      merged_n = n;
+      return std::optional<long>(n + 3);
+    };
+    HessianAccumulator acc(kDim, HessianPrecision::kFloat32);
+    ASSERT_TRUE(acc.AssignOnDevice(device, 2).ok());
+    ASSERT_TRUE(acc.MergeAcrossRanks(comm).ok());
+    EXPECT_EQ(merged_through, &device_side);
+    EXPECT_EQ(merged_n, 2);
+    EXPECT_EQ(acc.num_samples(), 5);
+    EXPECT_EQ(fetches, 0);
+    EXPECT_EQ(comm.all_reduces, 0);
+    EXPECT_TRUE(acc.host_pending());
+    EXPECT_EQ(acc.on_device().get(), device.get());
+
+    // Its failure is the merge's, named.
+    device->merge = [](Communicator&, long) -> absl::StatusOr<std::optional<long>> {
+      return absl::UnavailableError("peer lost");
+    };
+    const absl::Status lost = acc.MergeAcrossRanks(comm);
+    EXPECT_EQ(lost.code(), absl::StatusCode::kUnavailable);
+    EXPECT_EQ(lost.message(), "Hessian all-reduce: peer lost");
+  }
+  // The device cannot start (nullopt), or the communicator does not reach
+  // it: the host merges, with the peer's sums, to the expected values.
+  for (const int reach : {3, 4}) {
+    int fetches = 0;
+    testing::PeerCommunicator comm(peer, reach, &device_side);
+    auto device = std::make_shared<testing::FakeDeviceHessian>(3, kDim, ha, &fetches);
+    int asked = 0;
+    device->merge = [&](Communicator&, long) -> absl::StatusOr<std::optional<long>> {
+      ++asked;
+      return std::optional<long>();
+    };
+    HessianAccumulator acc(kDim, HessianPrecision::kFloat32);
+    ASSERT_TRUE(acc.AssignOnDevice(device, 2).ok());
+    ASSERT_TRUE(acc.MergeAcrossRanks(comm).ok());
+    EXPECT_EQ(asked, reach == 3 ? 1 : 0);
+    EXPECT_EQ(fetches, 1);
+    EXPECT_EQ(comm.all_reduces, 1);
+    EXPECT_EQ(acc.num_samples(), 5);
+    EXPECT_EQ(acc.on_device(), nullptr);  // the values changed
+    EXPECT_EQ(acc.HessianF32().value(), expected) << "reach " << reach;
+  }
+  {  // Values the host holds merge on the host, whatever the communicator reaches.
+    testing::PeerCommunicator comm(peer, 3, &device_side);
+    HessianAccumulator acc(kDim, HessianPrecision::kFloat32);
+    ASSERT_TRUE(acc.Add(xa.data(), 2 * kSeqlen, 2).ok());
+    ASSERT_TRUE(acc.MergeAcrossRanks(comm).ok());
+    EXPECT_EQ(comm.all_reduces, 1);
+    EXPECT_EQ(acc.num_samples(), 5);
+    EXPECT_EQ(acc.HessianF32().value(), expected);
+  }
+  EXPECT_EQ(device_side.all_reduces, 0);
 }
 
 }  // namespace

@@ -274,11 +274,17 @@ TEST_P(CompressShardedRecipeTest, TwoAndThreeRanksMatchOneRank) {
     const fs::path local_dir = root_ / "local" / "out";
     fs::create_directories(local_dir.parent_path());
     std::unique_ptr<Communicator> local = MakeLocalCommunicator();
+    testing::CountingCommunicator counting(local.get());
     CompressOptions o = Options(local_dir);
-    o.layerwise.comm = local.get();
+    o.layerwise.comm = &counting;
     auto local_report = RunCompression(recipe, o);
     ASSERT_TRUE(local_report.ok()) << local_report.status();
     ExpectSameFiles(alone, local_dir, /*ignore=*/{});
+    // The statistics are all-reduced (one Hessian per group of each of the 5
+    // layers, and Wanda's norms with them); of the broadcasts only the resume
+    // point's: a rank alone sends its solved matrices to no one.
+    EXPECT_GE(counting.all_reduces, 5 * (recipe.true_sequential() ? 4 : 1));
+    EXPECT_EQ(counting.broadcasts, 1);
   }
   const auto ref_tensors = ReadTensors(alone);
   const nlohmann::json ref_report = ReadJson(alone / "report.json");

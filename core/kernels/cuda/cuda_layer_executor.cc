@@ -50,6 +50,7 @@
 #include "core/kernels/cuda/activation_norm_cuda.h"
 #include "core/kernels/cuda/cuda_check.h"
 #include "core/kernels/cuda/hessian_cuda.h"
+#include "core/kernels/cuda/hessian_merge_cuda.h"
 #include "core/kernels/cuda/llama_cuda.h"
 #include "core/kernels/cuda/random_cuda.h"
 #include "core/pipeline/device_factories.h"
@@ -90,6 +91,12 @@ class ExecutorHessian final : public DeviceHessian {
     CudaDeviceGuard guard(device_);
     SR_CUDA_RETURN_IF_ERROR(cudaMemcpy(out.data(), values_.data(), out.size() * sizeof(float), cudaMemcpyDeviceToHost));
     return absl::OkStatus();
+  }
+  absl::StatusOr<std::optional<long>> MergeAcrossRanks(Communicator& comm, long n_samples) override {
+    CudaDeviceGuard guard(device_);
+    // The default stream: the executor synchronised its work before the hand-over.
+    SR_ASSIGN_OR_RETURN(const long total, MergeHessianAcrossRanksCuda(values_.data(), dim_, n_samples, comm, nullptr));
+    return std::optional<long>(total);
   }
 
  private:

@@ -36,6 +36,8 @@ class HostStagedCommunicator final : public Communicator {
   int rank() const override { return device_->rank(); }
   int size() const override { return device_->size(); }
   std::string backend() const override { return device_->backend(); }
+  // The staged-into communicator itself: its collectives take device buffers.
+  Communicator* OnDevice(int device) override { return device_->OnDevice(device); }
 
   absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op) override {
     if (data == nullptr || count == 0) return device_->AllReduce(data, count, dtype, op);

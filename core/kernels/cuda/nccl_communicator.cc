@@ -131,6 +131,7 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return "nccl"; }
+  Communicator* OnDevice(int device) override { return device == device_ ? this : nullptr; }
 
   absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op) override {
     const std::string what =
