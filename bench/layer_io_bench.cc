@@ -20,6 +20,7 @@
 #include "core/model/llama.h"
 #include "core/model/synthetic.h"
 #include "core/pipeline/layer_checkpoint.h"
+#include "core/pipeline/linear_result_codec.h"
 #include "nlohmann/json.hpp"
 
 namespace shrinkray {
@@ -139,6 +140,42 @@ BENCHMARK(BM_WriterAddLayer)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(3);
+
+// The records the ranks of a sharded job exchange for a layer's solved
+// matrices (core/pipeline/linear_result_codec.h): encode on the owner,
+// decode on a receiver, all 7 Linears. Counters: the records' bytes, and what
+// the float32 weights and byte codes alone came to before the records sent a
+// dequantized weight as its codes.
+void BM_LinearResultRecords(benchmark::State& state) {
+  std::vector<LinearState> states;
+  for (const CompressedTensorEntry& e : CachedLayer()) {
+    if (!e.quantized.has_value()) continue;
+    LinearState s;
+    s.weight = e.values;
+    s.quantized = e.quantized;
+    states.push_back(std::move(s));
+  }
+  double record_bytes = 0.0, float32_bytes = 0.0;
+  for (auto _ : state) {
+    record_bytes = float32_bytes = 0.0;
+    for (const LinearState& s : states) {
+      MatrixReport report;
+      report.module = "model.layers.0.mlp.down_proj";
+      report.rows = s.quantized->rows;
+      report.cols = s.quantized->cols;
+      const std::vector<uint8_t> bytes = EncodeLinearResult(s, report);
+      LinearState back;
+      MatrixReport back_report;
+      const absl::Status st = DecodeLinearResult(bytes, &back, &back_report);
+      if (!st.ok()) return state.SkipWithError(std::string(st.message()).c_str());
+      record_bytes += static_cast<double>(bytes.size());
+      float32_bytes += static_cast<double>(s.weight.size() * sizeof(float) + s.quantized->codes.size());
+    }
+  }
+  state.counters["record_MB"] = record_bytes / 1e6;
+  state.counters["float32_and_codes_MB"] = float32_bytes / 1e6;
+}
+BENCHMARK(BM_LinearResultRecords)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 
 // Layer 0 as the writer thread gets it, and a run's folder for its checkpoints.
 PersistedLayer FinishedLayer() {

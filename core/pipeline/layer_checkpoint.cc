@@ -4,8 +4,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
-#include <bit>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -16,9 +14,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/algo/quantized_codes.h"
 #include "core/io/safetensors.h"
 #include "core/io/text_file.h"
-#include "core/util/parallel.h"
 #include "core/util/status_macros.h"
 
 namespace shrinkray {
@@ -88,14 +86,6 @@ std::string CodesName(const std::string& name) { return name + "#codes"; }
 std::string ScalesName(const std::string& name) { return name + "#scales"; }
 std::string ZerosName(const std::string& name) { return name + "#zeros"; }
 std::string GIdxName(const std::string& name) { return name + "#g_idx"; }
-
-std::vector<float> DequantizeAll(const QuantizedWeight& w) {
-  std::vector<float> out(static_cast<size_t>(w.rows) * w.cols);
-  for (int r = 0; r < w.rows; ++r) {
-    for (int c = 0; c < w.cols; ++c) out[static_cast<size_t>(r) * w.cols + c] = w.Dequantize(r, c);
-  }
-  return out;
-}
 
 template <typename T>
 std::span<const std::byte> Bytes(const std::vector<T>& v) {
@@ -210,41 +200,6 @@ absl::StatusOr<std::string> HashModelFolder(const fs::path& model_dir, const Che
 
 namespace {
 
-// Whether `values` are bit for bit the dequantized codes of `w`, without
-// materialising them (a layer's worth is ~1 GB at 8B shapes).
-bool IsDequantized(const QuantizedWeight& w, const std::vector<float>& values) {
-  if (values.size() != w.codes.size()) return false;
-  constexpr int kRowsPerTask = 64;
-  std::atomic<bool> differ{false};
-  ParallelFor((w.rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
-    // QuantizedWeight::Dequantize's expression, with the row's scales and
-    // zeros gathered first (they are stored [group, row]).
-    std::vector<float> scale(w.num_groups);
-    std::vector<int32_t> zero(w.num_groups);
-    const int end = std::min<int>(w.rows, static_cast<int>(task + 1) * kRowsPerTask);
-    for (int r = static_cast<int>(task) * kRowsPerTask; r < end && !differ.load(std::memory_order_relaxed); ++r) {
-      for (int g = 0; g < w.num_groups; ++g) {
-        scale[g] = w.scales[static_cast<size_t>(g) * w.rows + r];
-        zero[g] = w.zeros[static_cast<size_t>(g) * w.rows + r];
-      }
-      const size_t row = static_cast<size_t>(r) * w.cols;
-      uint32_t bits = 0;
-      for (int c = 0; c < w.cols; ++c) {
-        const int g = w.g_idx[c];
-        const float q = scale[g] * static_cast<float>(static_cast<int32_t>(w.codes[row + c]) - zero[g]);
-        bits |= std::bit_cast<uint32_t>(q) ^ std::bit_cast<uint32_t>(values[row + c]);
-      }
-      if (bits != 0) differ.store(true, std::memory_order_relaxed);
-    }
-  });
-  return !differ.load();
-}
-
-// Codes per byte of the checkpoint's codes tensor: 2 for bits <= 4 (the low
-// nibble first), 1 for bits <= 8; 0 for wider grids, which have no codes
-// (QuantizedWeight) and are not checkpointed.
-int CodesPerByte(int bits) { return bits <= 4 ? 2 : bits <= 8 ? 1 : 0; }
-
 // The codes as the checkpoint stores them: the bytes themselves, or two to a
 // byte for bits <= 4, paired a piece at a time while the file is written.
 StreamedTensor StoredCodes(std::string name, const QuantizedWeight& w) {
@@ -258,11 +213,8 @@ StreamedTensor StoredCodes(std::string name, const QuantizedWeight& w) {
             std::vector<uint8_t> piece(std::min(kPiece, codes.size()) / 2 + 1);
             for (size_t begin = 0; begin < codes.size(); begin += kPiece) {
               const size_t n = std::min(kPiece, codes.size() - begin);
-              const uint8_t* c = codes.data() + begin;
-              size_t out = 0;
-              for (size_t i = 0; i + 1 < n; i += 2) piece[out++] = static_cast<uint8_t>(c[i] | (c[i + 1] << 4));
-              if (n % 2 != 0) piece[out++] = c[n - 1];
-              SR_RETURN_IF_ERROR(sink(std::as_bytes(std::span<const uint8_t>(piece.data(), out))));
+              PackCodePairs(codes.data() + begin, n, piece.data());
+              SR_RETURN_IF_ERROR(sink(std::as_bytes(std::span<const uint8_t>(piece.data(), (n + 1) / 2))));
             }
             return absl::OkStatus();
           }};
@@ -403,7 +355,7 @@ absl::StatusOr<PersistedLayer> ReadLayerCheckpoint(const fs::path& partial, int 
         w.codes.resize(static_cast<size_t>(rc));
         const auto* p = reinterpret_cast<const uint8_t*>(codes->data);
         if (per_byte == 2) {
-          for (int64_t i = 0; i < rc; ++i) w.codes[static_cast<size_t>(i)] = (p[i / 2] >> (4 * (i % 2))) & 15;
+          UnpackCodePairs(p, static_cast<size_t>(rc), w.codes.data());
         } else {
           std::memcpy(w.codes.data(), p, static_cast<size_t>(rc));
         }
