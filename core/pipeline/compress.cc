@@ -227,9 +227,11 @@ absl::Status BroadcastMatrix(Communicator& comm, int owner, LinearState* state, 
   return DecodeLinearResult(bytes, state, report);
 }
 
+// `executor`: the layer's executor, which may hold the group's weights on
+// the solvers' device (LayerExecutor::DeviceWeight).
 absl::Status CompressGroup(LlamaModel& model, int layer, LinearGroup group, std::vector<LinearSlot>& slots,
                            LayerStatistics& stats, const Recipe& recipe, const LayerwiseOptions& options,
-                           LayerwiseResult* result) {
+                           const LayerExecutor& executor, LayerwiseResult* result) {
   HessianAccumulator* hessian = stats.mutable_hessian(group);
   if (hessian == nullptr) return absl::InternalError("no Hessian for a targeted group");
   // float32: the accumulator's own storage, made symmetric in place (no d²
@@ -275,8 +277,14 @@ absl::Status CompressGroup(LlamaModel& model, int layer, LinearGroup group, std:
     const HeldHessian held(options.solvers, h32, device);
     for (size_t i = 0; i < targeted.size(); ++i) {
       if (owners[i] != rank) continue;
-      SR_RETURN_IF_ERROR(SolveMatrix(*targeted[i], layer, group, weights.*(targeted[i]->view), input, options,
-                                     &states[i], &reports[i], &error_seconds));
+      const float* view = weights.*(targeted[i]->view);
+      // Where the executor holds W on the device, a device solver reads it
+      // there (the first stage reads the view itself: SolveMatrix).
+      const HeldWeight held_w(options.solvers,
+                              {view, static_cast<size_t>(targeted[i]->rows) * targeted[i]->cols},
+                              executor.DeviceWeight(layer, view));
+      SR_RETURN_IF_ERROR(SolveMatrix(*targeted[i], layer, group, view, input, options, &states[i], &reports[i],
+                                     &error_seconds));
     }
   }
   result->phases.solve += Seconds(start) - error_seconds;
@@ -487,7 +495,7 @@ absl::StatusOr<LayerwiseResult> RunLayerwise(LlamaModel& model, const Recipe& re
         result.phases.allreduce += Seconds(phase_start);
       }
       for (LinearGroup g : targeted) {
-        SR_RETURN_IF_ERROR(CompressGroup(model, l, g, slots, stats, recipe, options, &result));
+        SR_RETURN_IF_ERROR(CompressGroup(model, l, g, slots, stats, recipe, options, *executor, &result));
         executor->WeightsChanged(l, g);
       }
     }

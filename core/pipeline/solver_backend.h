@@ -15,6 +15,7 @@
 #include "core/algo/gptq.h"
 #include "core/algo/sparsegpt.h"
 #include "core/calib/device_hessian.h"
+#include "core/pipeline/device_matrix.h"
 
 namespace shrinkray {
 
@@ -49,15 +50,27 @@ class SolverBackend {
   // Whether this backend reads `h` where it is, with no host copy (a GPU
   // backend on the device that holds it).
   virtual bool ReadsDevice(const DeviceHessian& h) const { return false; }
+  // From HoldWeight until ReleaseWeight the solves and errors given `w`
+  // (the same span: a matrix's original weight, which its first stage reads)
+  // may read its values at `device` instead (the same float32 values in
+  // that device's memory: LayerExecutor::DeviceWeight), which stay as they
+  // are until the release. A backend on that device then copies nothing up.
+  // Use HeldWeight.
+  virtual void HoldWeight(absl::Span<const float> w, const DeviceMatrix& device) {}
+  virtual void ReleaseWeight() {}
   // Matrices solved on the device / handed back to the CPU (Unimplemented).
   long device_solves() const { return device_solves_; }
   long cpu_fallbacks() const { return cpu_fallbacks_; }
+  // Solves (and errors) that read W where a HoldWeight said it was.
+  long weights_read_on_device() const { return weights_read_on_device_; }
   void CountDeviceSolve() { ++device_solves_; }
   void CountCpuFallback() { ++cpu_fallbacks_; }
+  void CountWeightReadOnDevice() { ++weights_read_on_device_; }
 
  private:
   long device_solves_ = 0;
   long cpu_fallbacks_ = 0;
+  long weights_read_on_device_ = 0;
 };
 
 // Holds `h` (and its device copy, if any) in `backend` (may be null) for the
@@ -73,6 +86,24 @@ class HeldHessian {
   }
   HeldHessian(const HeldHessian&) = delete;
   HeldHessian& operator=(const HeldHessian&) = delete;
+
+ private:
+  SolverBackend* backend_;
+};
+
+// Holds `w` at `device` in `backend` (may be null; nothing is held when
+// device.data is null) for the scope's lifetime.
+class HeldWeight {
+ public:
+  HeldWeight(SolverBackend* backend, absl::Span<const float> w, const DeviceMatrix& device)
+      : backend_(device.data != nullptr ? backend : nullptr) {
+    if (backend_ != nullptr) backend_->HoldWeight(w, device);
+  }
+  ~HeldWeight() {
+    if (backend_ != nullptr) backend_->ReleaseWeight();
+  }
+  HeldWeight(const HeldWeight&) = delete;
+  HeldWeight& operator=(const HeldWeight&) = delete;
 
  private:
   SolverBackend* backend_;

@@ -471,6 +471,10 @@ class CompressGpuForwardJobTest : public CompressCudaJobTest {
     }
     const bool wanda = std::string(GetParam().name) == "wanda";
     EXPECT_EQ((*gpu)->device_solves(), wanda ? 0 : 35);
+    // Every matrix's W read where the executor holds it (LayerExecutor::
+    // DeviceWeight), none copied up: by the solve (which reports its own
+    // error), or for Wanda by the output error.
+    EXPECT_EQ((*gpu)->weights_read_on_device(), 35);
 
     double ppl_cpu = 0.0, ppl_gpu = 0.0;
     ASSERT_NO_FATAL_FAILURE(ValidPerplexities(out, &ppl_cpu, &ppl_gpu));

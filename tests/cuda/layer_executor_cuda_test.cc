@@ -234,6 +234,76 @@ TEST_F(CudaLayerExecutorTest, PrefetchedLayersGiveTheSameStatistics) {
   CompareOnStories(*this, {3, 0}, 2e-5, ForwardDtype::kFloat32, /*prefetch=*/true);
 }
 
+// LayerExecutor::DeviceWeight: after a pass, each Linear of the layer is on
+// the device as its host float32 values (also for a bf16 forward, which
+// rounds a copy besides); WeightsChanged drops the group's matrices (and no
+// other's) until the next pass copies the new values; another layer, or a
+// pointer that is no Linear's view, has none.
+TEST_F(CudaLayerExecutorTest, DeviceWeightIsTheLayersCurrentFloat32Copy) {
+  for (const ForwardDtype dtype : {ForwardDtype::kFloat32, ForwardDtype::kBfloat16}) {
+    SCOPED_TRACE(std::string(ForwardDtypeName(dtype)));
+    ModelConfig config = MakeLlamaConfig(64, 88, 2, 4, 2, 96, 64, false);
+    const fs::path dir = testing::MakeTempDir(absl::StrCat("cuda-executor-weights-", std::string(ForwardDtypeName(dtype))));
+    SR_ASSERT_OK(WriteSyntheticModel(dir, config, 5));
+    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<LlamaModel> model, LlamaModel::Load(dir));
+    LayerExecutorSpec spec;
+    spec.config = &model->config();
+    spec.windows = 2;
+    spec.seqlen = 16;
+    spec.batch_windows = 2;
+    spec.forward_dtype = dtype;
+    SR_ASSERT_OK_AND_ASSIGN(std::unique_ptr<LayerExecutor> gpu, MakeCudaLayerExecutor(0, spec));
+    std::vector<int32_t> tokens(2 * 16);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 7) % 96);
+    SR_ASSERT_OK(gpu->Embed(*model, tokens));
+    const ModelConfig& c = model->config();
+    const size_t C = c.hidden_size, I = c.intermediate_size, QD = c.q_dim();
+    auto on_device = [&](int layer, const float* host, size_t n) -> std::vector<float> {
+      const DeviceMatrix m = gpu->DeviceWeight(layer, host);
+      if (m.data == nullptr) return {};
+      EXPECT_EQ(m.device, 0);
+      std::vector<float> out(n);
+      EXPECT_EQ(cudaMemcpy(out.data(), m.data, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+      return out;
+    };
+    LayerWeights& w = model->mutable_layer(0);
+    auto host = [](const float* p, size_t n) { return std::vector<float>(p, p + n); };
+    // A statistics pass (one without anything to observe does nothing).
+    auto pass = [&](int layer) {
+      LayerStatistics stats(c, spec.seqlen, HessianPrecision::kFloat32);
+      stats.Request(LinearGroup::kQkv, /*hessian=*/true, /*act_norm=*/false);
+      return gpu->RunLayer(*model, layer, /*output=*/false, &stats, nullptr);
+    };
+    EXPECT_EQ(gpu->DeviceWeight(0, w.q_proj).data, nullptr);  // nothing ran yet
+    SR_ASSERT_OK(pass(0));
+    EXPECT_EQ(on_device(0, w.q_proj, QD * C), host(w.q_proj, QD * C));
+    EXPECT_EQ(on_device(0, w.down_proj, C * I), host(w.down_proj, C * I));
+    EXPECT_EQ(gpu->DeviceWeight(1, w.q_proj).data, nullptr);
+    EXPECT_EQ(gpu->DeviceWeight(0, w.input_layernorm).data, nullptr);
+    // qkv compressed (here: scaled), and said so.
+    testing::PerturbGroup(*model, 0, LinearGroup::kQkv);
+    gpu->WeightsChanged(0, LinearGroup::kQkv);
+    EXPECT_EQ(gpu->DeviceWeight(0, w.q_proj).data, nullptr);
+    EXPECT_EQ(gpu->DeviceWeight(0, w.v_proj).data, nullptr);
+    EXPECT_EQ(on_device(0, w.o_proj, C * QD), host(w.o_proj, C * QD));
+    SR_ASSERT_OK(pass(0));
+    EXPECT_EQ(on_device(0, w.q_proj, QD * C), host(w.q_proj, QD * C));
+    // Layer 1 copied ahead into the other buffer: layer 0's copies stay.
+    gpu->Prefetch(*model, 1);
+    EXPECT_EQ(on_device(0, w.gate_proj, I * C), host(w.gate_proj, I * C));
+    EXPECT_EQ(gpu->DeviceWeight(1, model->layer(1).gate_proj).data, nullptr);
+    // The next layer's pass: layer 0's copies are gone, layer 1's are the
+    // prefetched buffer.
+    SR_ASSERT_OK(gpu->RunLayer(*model, 0, /*output=*/true, nullptr, nullptr));
+    SR_ASSERT_OK(pass(1));
+    EXPECT_EQ(gpu->layers_prefetched(), 1);
+    EXPECT_EQ(gpu->DeviceWeight(0, w.q_proj).data, nullptr);
+    const LayerWeights& w1 = model->layer(1);
+    EXPECT_EQ(on_device(1, w1.gate_proj, I * C), host(w1.gate_proj, I * C));
+    EXPECT_EQ(on_device(1, w1.down_proj, C * I), host(w1.down_proj, C * I));
+  }
+}
+
 TEST_F(CudaLayerExecutorTest, Float64HessiansAreLeftToTheCpu) {
   ModelConfig config = MakeLlamaConfig(32, 64, 1, 4, 2, 64, 64, true);
   LayerExecutorSpec spec;

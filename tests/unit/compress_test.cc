@@ -5,12 +5,14 @@
 #include <cmath>
 #include <cstring>
 #include <algorithm>
+#include <array>
 #include <fstream>
 #include <iterator>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -626,6 +628,137 @@ TEST_F(CompressSyntheticTest, ASingleStageSolveReportsItsOwnOutputError) {
       EXPECT_GT(report->matrices[i].error, 0.0) << report->matrices[i].module;
     }
     testing::ExpectSameFiles(dir_ / plain.out_dir.filename(), dir_ / c.name);
+  }
+}
+
+// The CPU executor, holding a "device" copy of each layer's Linears as the
+// GPU executor does: copied at every RunLayer, a group's copy dropped by
+// WeightsChanged; DeviceWeight answers fake device 7.
+class WeightHoldingExecutor final : public LayerExecutor {
+ public:
+  explicit WeightHoldingExecutor(std::unique_ptr<LayerExecutor> cpu) : cpu_(std::move(cpu)) {}
+  std::string device() const override { return "fake-device"; }
+  absl::Status Embed(const LlamaModel& model, std::span<const int32_t> tokens) override {
+    return cpu_->Embed(model, tokens);
+  }
+  absl::Status RunLayer(const LlamaModel& model, int layer, bool output, LayerStatistics* stats,
+                        const CancellationToken* cancel) override {
+    const ModelConfig& c = model.config();
+    const LayerWeights& w = model.layer(layer);
+    const size_t C = c.hidden_size, I = c.intermediate_size, QD = c.q_dim(), KVD = c.kv_dim();
+    const std::pair<const float*, size_t> matrices[7] = {{w.q_proj, QD * C}, {w.k_proj, KVD * C}, {w.v_proj, KVD * C},
+                                                         {w.o_proj, C * QD}, {w.gate_proj, I * C}, {w.up_proj, I * C},
+                                                         {w.down_proj, C * I}};
+    const LinearGroup groups[7] = {LinearGroup::kQkv,    LinearGroup::kQkv,    LinearGroup::kQkv, LinearGroup::kO,
+                                   LinearGroup::kGateUp, LinearGroup::kGateUp, LinearGroup::kDown};
+    layer_ = layer;
+    stale_ = {};
+    for (int i = 0; i < 7; ++i) {
+      hosts_[i] = matrices[i].first;
+      group_[i] = groups[i];
+      copies_[i].assign(matrices[i].first, matrices[i].first + matrices[i].second);
+    }
+    return cpu_->RunLayer(model, layer, output, stats, cancel);
+  }
+  void WeightsChanged(int layer, LinearGroup group) override {
+    if (layer == layer_) stale_[static_cast<size_t>(group)] = true;
+    cpu_->WeightsChanged(layer, group);
+  }
+  DeviceMatrix DeviceWeight(int layer, const float* host) const override {
+    for (int i = 0; i < 7; ++i) {
+      if (layer == layer_ && host == hosts_[i] && !stale_[static_cast<size_t>(group_[i])]) {
+        return {7, copies_[i].data()};
+      }
+    }
+    return {};
+  }
+
+ private:
+  std::unique_ptr<LayerExecutor> cpu_;
+  int layer_ = -1;
+  std::array<bool, 4> stale_{};
+  const float* hosts_[7] = {};
+  LinearGroup group_[7] = {};
+  std::vector<float> copies_[7];
+};
+
+// CPU solvers that read W from a held "device" copy when the pipeline holds
+// one for the W they are given, and check that the copy equals W.
+class WeightReadingBackend final : public SolverBackend {
+ public:
+  std::string name() const override { return "fake-device"; }
+  void HoldWeight(absl::Span<const float> w, const DeviceMatrix& device) override {
+    EXPECT_EQ(device.device, 7);
+    held_ = w;
+    device_ = device.data;
+  }
+  void ReleaseWeight() override {
+    held_ = {};
+    device_ = nullptr;
+  }
+  absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
+                                  const GptqOptions& options) override {
+    if (!options.keep_mask.empty()) return absl::UnimplementedError("GPTQ with a keep mask on the device");
+    return GptqQuantize(Read(w, &solve_reads), rows, cols, h, options);
+  }
+  absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols,
+                                            absl::Span<const float> h, const SparseGptOptions& options) override {
+    return SparseGptPrune(Read(w, &solve_reads), rows, cols, h, options);
+  }
+  absl::StatusOr<double> OutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
+                                     absl::Span<const float> h) override {
+    return RelativeOutputError(Read(w, &error_reads), q, rows, cols, h);
+  }
+  int solve_reads = 0, error_reads = 0, stale_copies = 0;
+
+ private:
+  absl::Span<const float> Read(absl::Span<const float> w, int* reads) {
+    if (device_ == nullptr || w.data() != held_.data() || w.size() != held_.size()) return w;
+    ++*reads;
+    if (std::memcmp(device_, w.data(), w.size() * sizeof(float)) != 0) ++stale_copies;
+    return {device_, w.size()};
+  }
+  absl::Span<const float> held_;
+  const float* device_ = nullptr;
+};
+
+// Where the executor holds a matrix's weight on the solvers' device, the
+// first stage's solve and the pipeline's error read it there (a later stage
+// reads the previous one's result, which only the host has); the copies read
+// are never stale, also when the groups of a layer are compressed after one
+// pass (true_sequential: false), and the output is the plain run's.
+TEST_F(CompressSyntheticTest, SolversReadTheExecutorsCopyOfWOnlyWhileItIsCurrent) {
+  const int matrices = config_.num_hidden_layers * 7;
+  struct Case {
+    const char* name;
+    const char* yaml;
+    int solve_reads, error_reads;
+  };
+  // These CPU solvers report no output error, so the pipeline computes
+  // every matrix's from W as the first stage read it, and for GPTQ the RTN
+  // comparison's (compare_rtn) another.
+  const Case cases[] = {
+      {"gptq", "[{gptq: {bits: 4, group_size: 16}}]", matrices, 2 * matrices},
+      {"chain", "[{sparsegpt: {sparsity: 0.5}}, {gptq: {bits: 4, group_size: 16}}]", matrices, 2 * matrices},
+      {"one-pass", "[{sparsegpt: {sparsity: 0.5, true_sequential: false}}]", matrices, matrices},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const Recipe recipe = MustParse(c.yaml);
+    const std::string plain = absl::StrCat(c.name, "-plain");
+    ASSERT_TRUE(RunCompression(recipe, Options(plain)).ok());
+    WeightReadingBackend backend;
+    CompressOptions o = Options(c.name);
+    o.layerwise.solvers = &backend;
+    o.layerwise.executors = [&](const LayerExecutorSpec& spec) -> absl::StatusOr<std::unique_ptr<LayerExecutor>> {
+      return std::unique_ptr<LayerExecutor>(new WeightHoldingExecutor(MakeCpuLayerExecutor(spec)));
+    };
+    auto report = RunCompression(recipe, o);
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_EQ(backend.solve_reads, c.solve_reads);
+    EXPECT_EQ(backend.error_reads, c.error_reads);
+    EXPECT_EQ(backend.stale_copies, 0);
+    testing::ExpectSameFiles(dir_ / plain, dir_ / c.name);
   }
 }
 

@@ -36,10 +36,10 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <optional>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -115,6 +115,9 @@ class CudaLayerExecutor final : public LayerExecutor {
       : spec_(spec), config_(*spec.config), device_(device), stream_(stream) {}
   ~CudaLayerExecutor() override {
     CudaDeviceGuard guard(device_);
+    // A RunLayer that returned early (cancelled, failed) may have left
+    // kernels queued that read the buffers freed below.
+    if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
     (void)JoinAhead();  // a prefetch nothing used
     if (copy_stream_ != nullptr) {
       (void)cudaStreamSynchronize(copy_stream_);
@@ -208,6 +211,17 @@ class CudaLayerExecutor final : public LayerExecutor {
     // A statistics pass with nothing to observe has nothing to do.
     if (!output && !observed.last.has_value()) return absl::OkStatus();
     SR_ASSIGN_OR_RETURN(CudaLayerWeightsOf<T> w, UploadLayer(model, layer));
+    // A pass that fails from here on may leave copies in flight: the weights
+    // are then no layer's (DeviceWeight answers nothing; the next pass copies
+    // the whole layer again).
+    absl::Status ran = RunUploadedLayer(layer, output, stats, cancel, observed, w);
+    if (!ran.ok()) uploaded_layer_ = -1;
+    return ran;
+  }
+
+ private:
+  absl::Status RunUploadedLayer(int layer, bool output, LayerStatistics* stats, const CancellationToken* cancel,
+                                const ObservedGroups& observed, const CudaLayerWeightsOf<T>& w) {
     std::array<DeviceGroupStats, 4> groups;
     if (stats != nullptr) SR_RETURN_IF_ERROR(StartStatistics(*stats, groups));
     // From the latest kept block output before the first observed group.
@@ -246,12 +260,25 @@ class CudaLayerExecutor final : public LayerExecutor {
     return absl::OkStatus();
   }
 
+ public:
   void WeightsChanged(int layer, LinearGroup group) override {
     kept_blocks_.WeightsChanged(layer, group);
     if (layer == uploaded_layer_) stale_[static_cast<size_t>(group)] = true;
     // Against the contract (a prefetched layer stays as it is until it
     // runs), but cheap to honour: the group is copied again on top.
     if (layer == ahead_layer_) ahead_stale_[static_cast<size_t>(group)] = true;
+  }
+
+  DeviceMatrix DeviceWeight(int layer, const float* host) const override {
+    if (host == nullptr || layer != uploaded_layer_) return {};
+    for (const Entry& e : uploaded_matrices_) {
+      // weights_ holds the float32 values as copied (a bf16 forward rounds
+      // them into weights_bf16_ besides).
+      if (e.host == host && !stale_[static_cast<size_t>(*e.group)]) {
+        return {device_, weights_[current_].data() + e.slot.offset};
+      }
+    }
+    return {};
   }
 
   void Prefetch(const LlamaModel& model, int layer) override {
@@ -266,7 +293,9 @@ class CudaLayerExecutor final : public LayerExecutor {
     if (!ready.ok()) {
       // A second weight buffer beside the margin, or page-locked memory, did
       // not fit: every layer is copied when it runs, as without prefetching.
+      // (Copies an earlier prefetch queued may still read what is freed.)
       prefetch_off_ = true;
+      if (copy_stream_ != nullptr) (void)cudaStreamSynchronize(copy_stream_);
       weights_[1 - current_] = {};
       weights_bf16_[1 - current_] = {};
       staging_ = {};
@@ -280,7 +309,7 @@ class CudaLayerExecutor final : public LayerExecutor {
       ahead_thread_ = std::thread([this, h = model.layer(layer), into = 1 - current_] {
         ahead_status_ = CopyAhead(h, into);
       });
-    } catch (const std::system_error&) {
+    } catch (const std::exception&) {  // std::system_error, std::bad_alloc
       ahead_layer_ = -1;  // no thread to be had: copied when it runs
     }
   }
@@ -361,10 +390,15 @@ class CudaLayerExecutor final : public LayerExecutor {
   // Buffer `b` of weights_ (and weights_bf16_), allocated on first use.
   absl::Status AllocateWeights(int b) {
     const size_t total = layout_.total;
-    if (weights_[b].size() >= total) return absl::OkStatus();
-    SR_ASSIGN_OR_RETURN(weights_[b], DeviceBuffer<float>::Create(total));
+    if (weights_[b].size() < total) {
+      SR_ASSIGN_OR_RETURN(weights_[b], DeviceBuffer<float>::Create(total));
+    }
+    // Checked on its own: a failed allocation of it after weights_[b]'s
+    // must not leave a buffer that the next call takes for allocated.
     if constexpr (kBf16) {
-      SR_ASSIGN_OR_RETURN(weights_bf16_[b], DeviceBuffer<__nv_bfloat16>::Create(total));
+      if (weights_bf16_[b].size() < total) {
+        SR_ASSIGN_OR_RETURN(weights_bf16_[b], DeviceBuffer<__nv_bfloat16>::Create(total));
+      }
     }
     return absl::OkStatus();
   }
@@ -464,7 +498,10 @@ class CudaLayerExecutor final : public LayerExecutor {
     uploaded_layer_ = -1;
     if (whole && ahead_layer_ == layer) {
       stale = ahead_stale_;
-      SR_RETURN_IF_ERROR(JoinAhead());
+      const absl::Status ahead = JoinAhead();
+      if (!ahead.ok()) {
+        return absl::Status(ahead.code(), absl::StrCat("copying layer ", layer, "'s weights ahead: ", ahead.message()));
+      }
       SR_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(stream_, copied_, 0));
       current_ = 1 - current_;
       whole = false;
@@ -473,11 +510,13 @@ class CudaLayerExecutor final : public LayerExecutor {
     // A prefetch of another layer (the next one, handed over before this
     // layer's first pass) fills the other buffer meanwhile.
     SR_RETURN_IF_ERROR(AllocateWeights(current_));
+    uploaded_matrices_.clear();
     for (const Entry& e : Entries(h)) {
       if (e.host == nullptr) continue;
       if (whole || (e.group.has_value() && stale[static_cast<size_t>(*e.group)])) {
         SR_RETURN_IF_ERROR(Put(e.host, e, current_, stream_));
       }
+      if (e.group.has_value()) uploaded_matrices_.push_back(e);
     }
     uploaded_layer_ = layer;
     stale_ = {};
@@ -572,6 +611,7 @@ class CudaLayerExecutor final : public LayerExecutor {
   int current_ = 0;
   int uploaded_layer_ = -1;  // whose weights weights_[current_] holds; -1: none (or a failed upload)
   std::array<bool, 4> stale_{};  // groups of uploaded_layer_ changed since (WeightsChanged)
+  std::vector<Entry> uploaded_matrices_;  // uploaded_layer_'s Linears: host views and slots (DeviceWeight)
   // Prefetching (the second buffer): the layer, its thread and the thread's
   // status (read after the join), the staging buffer, the copy stream and
   // the event after a prefetch's last copy.

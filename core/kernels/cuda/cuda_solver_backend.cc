@@ -68,6 +68,15 @@ class CudaSolverBackend final : public SolverBackend {
   }
   bool ReadsDevice(const DeviceHessian& h) const override { return h.device() == device_; }
 
+  void HoldWeight(absl::Span<const float> w, const DeviceMatrix& device) override {
+    held_w_ = device.device == device_ ? w : absl::Span<const float>();
+    held_w_device_ = device.device == device_ ? device.data : nullptr;
+  }
+  void ReleaseWeight() override {
+    held_w_ = {};
+    held_w_device_ = nullptr;
+  }
+
   absl::StatusOr<GptqResult> Gptq(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
                                   const GptqOptions& options) override {
     SR_RETURN_IF_ERROR(UseDevice());
@@ -90,7 +99,10 @@ class CudaSolverBackend final : public SolverBackend {
     }
     // The error (when asked) against the held Hessian as it is, undamped.
     SR_ASSIGN_OR_RETURN(const float* dh, HeldOnDevice());
-    return GptqQuantizePrepared(*gptq_, w, rows, options, stream_, dh);
+    const float* dw = WeightOnDevice(w);
+    absl::StatusOr<GptqResult> r = GptqQuantizePrepared(*gptq_, w, rows, options, stream_, dh, dw);
+    if (r.ok() && dw != nullptr) CountWeightReadOnDevice();
+    return r;
   }
 
   absl::StatusOr<SparseGptResult> SparseGpt(absl::Span<const float> w, int rows, int cols, absl::Span<const float> h,
@@ -118,7 +130,10 @@ class CudaSolverBackend final : public SolverBackend {
       sparsegpt_prepared_ = key;
     }
     SR_ASSIGN_OR_RETURN(const float* dh, HeldOnDevice());
-    return SparseGptPrunePrepared(*sparsegpt_, w, rows, options, stream_, dh);
+    const float* dw = WeightOnDevice(w);
+    absl::StatusOr<SparseGptResult> r = SparseGptPrunePrepared(*sparsegpt_, w, rows, options, stream_, dh, dw);
+    if (r.ok() && dw != nullptr) CountWeightReadOnDevice();
+    return r;
   }
 
   absl::StatusOr<double> OutputError(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
@@ -128,6 +143,7 @@ class CudaSolverBackend final : public SolverBackend {
     // so the failed allocation must not stay CUDA's last error (the next
     // launch on this thread would report it as its own).
     if (absl::IsResourceExhausted(e.status())) (void)cudaGetLastError();
+    if (e.ok() && WeightOnDevice(w) != nullptr) CountWeightReadOnDevice();
     return e;
   }
 
@@ -135,17 +151,30 @@ class CudaSolverBackend final : public SolverBackend {
   absl::StatusOr<double> OutputErrorOnDevice(absl::Span<const float> w, absl::Span<const float> q, int rows, int cols,
                                              absl::Span<const float> h) {
     SR_RETURN_IF_ERROR(UseDevice());
-    SR_ASSIGN_OR_RETURN(DeviceBuffer<float> dw, DeviceBuffer<float>::FromHost(w, stream_));
+    const float* w_held = WeightOnDevice(w);
+    DeviceBuffer<float> dw;
+    if (w_held == nullptr) {
+      SR_ASSIGN_OR_RETURN(dw, DeviceBuffer<float>::FromHost(w, stream_));
+    }
+    const float* w_on_device = w_held != nullptr ? w_held : dw.data();
     SR_ASSIGN_OR_RETURN(DeviceBuffer<float> dq, DeviceBuffer<float>::FromHost(q, stream_));
     if (Held(h)) {
       if (HeldCount() != static_cast<size_t>(cols) * cols) {
         return absl::InvalidArgumentError("OutputError: the held Hessian is not [cols, cols]");
       }
       SR_ASSIGN_OR_RETURN(const float* dh, HeldOnDevice());
-      return relative_output_error(dw.data(), dq.data(), rows, cols, dh, stream_);
+      return relative_output_error(w_on_device, dq.data(), rows, cols, dh, stream_);
     }
     SR_ASSIGN_OR_RETURN(DeviceBuffer<float> dh, DeviceBuffer<float>::FromHost(h, stream_));
-    return relative_output_error(dw.data(), dq.data(), rows, cols, dh.data(), stream_);
+    return relative_output_error(w_on_device, dq.data(), rows, cols, dh.data(), stream_);
+  }
+
+  // Where W's values already are on this device (the held weight, when `w`
+  // is its span); else null: the solver copies `w` up. Counted by the
+  // callers once the read served (a failed error falls back to the CPU).
+  const float* WeightOnDevice(absl::Span<const float> w) const {
+    if (held_w_device_ == nullptr || w.data() != held_w_.data() || w.size() != held_w_.size()) return nullptr;
+    return held_w_device_;
   }
 
   // The pipeline may run on a thread whose current device differs.
@@ -190,6 +219,8 @@ class CudaSolverBackend final : public SolverBackend {
   long hold_ = 1;                 // which hold (or gap between holds) this is
   bool held_on_device_ = false;
   DeviceBuffer<float> held_device_;  // its device copy (grown, reused)
+  absl::Span<const float> held_w_;  // HoldWeight's host span, and its values on this device
+  const float* held_w_device_ = nullptr;
   PreparedFor gptq_prepared_, sparsegpt_prepared_;
 };
 

@@ -239,13 +239,17 @@ absl::StatusOr<GptqResult> GptqQuantizeCuda(absl::Span<const float> w, int rows,
 
 absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const float> w, int rows,
                                                 const GptqOptions& options, cudaStream_t stream,
-                                                const float* h) {
+                                                const float* h, const float* device_w) {
   const int cols = gptq.cols();
   if (cols == 0) return absl::FailedPreconditionError("GptqQuantizePrepared: no prepared Hessian");
   if (rows <= 0 || w.size() != static_cast<size_t>(rows) * cols) {
     return absl::InvalidArgumentError("GptqQuantizePrepared: shape mismatch");
   }
-  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_w, DeviceBuffer<float>::FromHost(w, stream));
+  DeviceBuffer<float> d_w;
+  if (device_w == nullptr) {
+    SR_CUDA_ASSIGN_OR_RETURN(d_w, DeviceBuffer<float>::FromHost(w, stream));
+    device_w = d_w.data();
+  }
   DeviceBuffer<uint8_t> d_keep;
   if (!options.keep_mask.empty()) {
     SR_CUDA_ASSIGN_OR_RETURN(d_keep, DeviceBuffer<uint8_t>::FromHost(options.keep_mask, stream));
@@ -266,14 +270,14 @@ absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const
   out.g_idx = d_gidx.data();
   out.weight = d_q.data();
   // d_keep is empty (null) without a mask; Quantize checks the mask's shape.
-  SR_CUDA_ASSIGN_OR_RETURN(SolveReport report, gptq.Quantize(d_w.data(), rows, options, out, d_keep.data()));
+  SR_CUDA_ASSIGN_OR_RETURN(SolveReport report, gptq.Quantize(device_w, rows, options, out, d_keep.data()));
 
   GptqResult result;
   result.report = report;
   if (options.output_error && h != nullptr) {
     // W (Quantize leaves it as it was) and Q are on the device already.
     SR_STATUS_RETURN_IF_ERROR(
-        report_output_error(d_w.data(), d_q.data(), rows, cols, h, stream, &result.report.output_error));
+        report_output_error(device_w, d_q.data(), rows, cols, h, stream, &result.report.output_error));
   }
   result.perm = gptq.perm();
   result.weight.resize(numel);

@@ -127,8 +127,10 @@ absl::StatusOr<GptqResult> GptqQuantizeCuda(absl::Span<const float> w, int rows,
 // GptqQuantizeCuda does after its PrepareHessian, so matrices that share a
 // Hessian prepare it once. `h`: the Hessian as prepared (device, undamped),
 // for report.output_error when options.output_error asks for it.
+// `device_w`: w's values already on this device (the GPU executor's copy of
+// the layer), read there instead of copying `w` up; null: copied.
 absl::StatusOr<GptqResult> GptqQuantizePrepared(GptqCuda& gptq, absl::Span<const float> w, int rows,
                                                 const GptqOptions& options, cudaStream_t stream,
-                                                const float* h = nullptr);
+                                                const float* h = nullptr, const float* device_w = nullptr);
 
 }  // namespace shrinkray

@@ -249,7 +249,7 @@ absl::StatusOr<SparseGptResult> SparseGptPruneCuda(absl::Span<const float> w, in
 
 absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl::Span<const float> w,
                                                        int rows, const SparseGptOptions& options,
-                                                       cudaStream_t stream, const float* h) {
+                                                       cudaStream_t stream, const float* h, const float* device_w) {
   const int cols = sgpt.cols();
   if (cols == 0) return absl::FailedPreconditionError("SparseGptPrunePrepared: no prepared Hessian");
   // Its callers check w's values (CheckMatrix, in the CPU solver's order);
@@ -257,7 +257,11 @@ absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl
   if (rows <= 0 || w.size() != static_cast<size_t>(rows) * cols) {
     return absl::InvalidArgumentError("SparseGptPrunePrepared: shape mismatch");
   }
-  SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_w, DeviceBuffer<float>::FromHost(w, stream));
+  DeviceBuffer<float> d_w;
+  if (device_w == nullptr) {
+    SR_CUDA_ASSIGN_OR_RETURN(d_w, DeviceBuffer<float>::FromHost(w, stream));
+    device_w = d_w.data();
+  }
   const size_t numel = static_cast<size_t>(rows) * cols;
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<float> d_q, DeviceBuffer<float>::Create(numel));
   SR_CUDA_ASSIGN_OR_RETURN(DeviceBuffer<uint8_t> d_keep, DeviceBuffer<uint8_t>::Create(numel));
@@ -277,7 +281,7 @@ absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl
     out.scales = d_scales.data();
     out.zeros = d_zeros.data();
   }
-  SR_CUDA_ASSIGN_OR_RETURN(SparseGptCudaReport rep, sgpt.Prune(d_w.data(), rows, options, out));
+  SR_CUDA_ASSIGN_OR_RETURN(SparseGptCudaReport rep, sgpt.Prune(device_w, rows, options, out));
 
   SparseGptResult result;
   result.weight.resize(numel);
@@ -299,7 +303,7 @@ absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl
   if (options.output_error && h != nullptr) {
     // W (Prune leaves it as it was) and the result are on the device already.
     SR_STATUS_RETURN_IF_ERROR(
-        report_output_error(d_w.data(), d_q.data(), rows, cols, h, stream, &result.report.output_error));
+        report_output_error(device_w, d_q.data(), rows, cols, h, stream, &result.report.output_error));
   }
   return result;
 }

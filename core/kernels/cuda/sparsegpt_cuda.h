@@ -135,9 +135,10 @@ absl::StatusOr<SparseGptResult> SparseGptPruneCuda(absl::Span<const float> w, in
 // share a Hessian prepare it once. The caller has checked w's values
 // (algo_internal::CheckMatrix); this checks its shape only. `h`: the
 // Hessian as prepared (device, undamped), for report.output_error when
-// options.output_error asks for it.
+// options.output_error asks for it. `device_w`: w's values already on this
+// device, read there instead of copying `w` up; null: copied.
 absl::StatusOr<SparseGptResult> SparseGptPrunePrepared(SparseGptCuda& sgpt, absl::Span<const float> w, int rows,
                                                        const SparseGptOptions& options, cudaStream_t stream,
-                                                       const float* h = nullptr);
+                                                       const float* h = nullptr, const float* device_w = nullptr);
 
 }  // namespace shrinkray
