@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -101,6 +102,14 @@ class CountingCommunicator final : public Communicator {
   Communicator* on_device_inner_ = nullptr;
   std::unique_ptr<CountingCommunicator> on_device_;
 };
+
+// Runs body(rank) for ranks 0 .. size-1, each on a thread of its own (a gang
+// in one process), and joins them.
+inline void OnRankThreads(int size, const std::function<void(int rank)>& body) {
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < size; ++rank) threads.emplace_back(body, rank);
+  for (std::thread& t : threads) t.join();
+}
 
 // Rank 0 of a 2-rank job whose peer adds `peer` to every float64 sum
 // all-reduce (a Hessian merge: core/calib/hessian_merge_layout.h), on host

@@ -21,7 +21,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
-#include <thread>
 #include <string>
 #include <vector>
 
@@ -247,32 +246,28 @@ TEST_P(CompressNcclJobTest, TwoRanksOnTwoGpusMergeOnTheirDevices) {
   std::shared_ptr<Store> store = MakeInProcessStore();
   std::vector<absl::Status> results(2, absl::UnknownError("not run"));
   std::vector<long> device_all_reduces(2, -1), host_all_reduces(2, -1), broadcasts(2, -1);
-  std::vector<std::thread> threads;
-  for (int rank = 0; rank < 2; ++rank) {
-    threads.emplace_back([&, rank] {
-      CommOptions c;
-      c.rank = rank;
-      c.size = 2;
-      c.timeout = absl::Seconds(120);
-      c.device = rank;
-      absl::StatusOr<std::unique_ptr<Communicator>> comm = MakeHostCommunicator("nccl", store, c);
-      if (!comm.ok()) {
-        results[rank] = comm.status();
-        return;
-      }
-      CountingCommunicator counting(comm->get());
-      SolverBackend* solvers = nullptr;
-      std::unique_ptr<SolverBackend> keep;
-      CompressOptions o = options(two, rank, &solvers, &keep);
-      o.layerwise.comm = &counting;
-      absl::StatusOr<CompressReport> report = RunCompression(recipe_, o);
-      results[rank] = report.status();
-      device_all_reduces[rank] = counting.on_device() != nullptr ? counting.on_device()->all_reduces : 0;
-      host_all_reduces[rank] = counting.all_reduces;
-      broadcasts[rank] = counting.broadcasts;
-    });
-  }
-  for (std::thread& t : threads) t.join();
+  testing::OnRankThreads(2, [&](int rank) {
+    CommOptions c;
+    c.rank = rank;
+    c.size = 2;
+    c.timeout = absl::Seconds(120);
+    c.device = rank;
+    absl::StatusOr<std::unique_ptr<Communicator>> comm = MakeHostCommunicator("nccl", store, c);
+    if (!comm.ok()) {
+      results[rank] = comm.status();
+      return;
+    }
+    CountingCommunicator counting(comm->get());
+    SolverBackend* solvers = nullptr;
+    std::unique_ptr<SolverBackend> keep;
+    CompressOptions o = options(two, rank, &solvers, &keep);
+    o.layerwise.comm = &counting;
+    absl::StatusOr<CompressReport> report = RunCompression(recipe_, o);
+    results[rank] = report.status();
+    device_all_reduces[rank] = counting.on_device() != nullptr ? counting.on_device()->all_reduces : 0;
+    host_all_reduces[rank] = counting.all_reduces;
+    broadcasts[rank] = counting.broadcasts;
+  });
   for (int rank = 0; rank < 2; ++rank) {
     ASSERT_TRUE(results[rank].ok()) << "rank " << rank << ": " << results[rank];
     EXPECT_EQ(device_all_reduces[rank], 5 * 4) << "rank " << rank;
