@@ -12,9 +12,10 @@ namespace {
 constexpr int kRowsPerTask = 64;
 
 // fn(r, scale, zero) for every row r, with the row's scales and zeros
-// gathered first (they are stored [group, row]); stops early when fn says so.
+// gathered first (they are stored [group, row]); stops early when fn returns
+// false. Whether every call returned true.
 template <typename Fn>
-void ForEachRow(const QuantizedWeight& w, Fn&& fn) {
+bool ForEachRow(const QuantizedWeight& w, Fn&& fn) {
   std::atomic<bool> stop{false};
   ParallelFor((w.rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
     std::vector<float> scale(w.num_groups);
@@ -28,6 +29,7 @@ void ForEachRow(const QuantizedWeight& w, Fn&& fn) {
       if (!fn(r, scale, zero)) stop.store(true, std::memory_order_relaxed);
     }
   });
+  return !stop.load();
 }
 
 // QuantizedWeight::Dequantize's expression.
@@ -64,8 +66,7 @@ std::vector<float> DequantizeAll(const QuantizedWeight& w) {
 
 bool IsDequantized(const QuantizedWeight& w, std::span<const float> values) {
   if (values.size() != w.codes.size() || values.size() != static_cast<size_t>(w.rows) * w.cols) return false;
-  std::atomic<bool> differ{false};
-  ForEachRow(w, [&](int r, const std::vector<float>& scale, const std::vector<int32_t>& zero) {
+  return ForEachRow(w, [&](int r, const std::vector<float>& scale, const std::vector<int32_t>& zero) {
     const size_t row = static_cast<size_t>(r) * w.cols;
     uint32_t bits = 0;
     for (int c = 0; c < w.cols; ++c) {
@@ -73,10 +74,8 @@ bool IsDequantized(const QuantizedWeight& w, std::span<const float> values) {
       bits |= std::bit_cast<uint32_t>(DequantizedCode(w.codes[row + c], scale[g], zero[g])) ^
               std::bit_cast<uint32_t>(values[row + c]);
     }
-    if (bits != 0) differ.store(true, std::memory_order_relaxed);
     return bits == 0;
   });
-  return !differ.load();
 }
 
 }  // namespace shrinkray

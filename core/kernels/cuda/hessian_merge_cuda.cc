@@ -21,9 +21,8 @@ absl::StatusOr<long> MergeHessianAcrossRanksCuda(float* h, int dim, long n_sampl
     return absl::Status(sums.status().code(), absl::StrCat("the float64 sums (", count * sizeof(double),
                                                            " bytes) on the device: ", sums.status().message()));
   }
-  SR_CUDA_RETURN_IF_ERROR(
-      kernels::LaunchPackHessianSums(sums->data(), h, dim, static_cast<double>(n_samples), stream));
   const double n = static_cast<double>(n_samples);
+  SR_CUDA_RETURN_IF_ERROR(kernels::LaunchPackHessianSums(sums->data(), h, dim, n, stream));
   SR_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(sums->data() + count - 1, &n, sizeof(double), cudaMemcpyHostToDevice, stream));
   // The collective runs on the communicator's own stream.
